@@ -1,0 +1,82 @@
+"""The loss the data-driven metrics differentiate: the calibration-set mean, batch by batch.
+
+With targets it is cross-entropy. Without, it is label-free output matching against the float
+model's own outputs at the weights it had when this object was built (θ₀): KL(p_θ₀ ‖ p_θ) over the
+last output dimension ("kl", for classifiers) or ½‖f_θ − f_θ₀‖² ("mse", for other outputs). Both
+have zero gradient at θ₀ and a Gauss-Newton (positive semi-definite) Hessian there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.data import Calibration
+from workers.errors import AnalysisError
+
+OUTPUT_LOSSES = ("kl", "mse")
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's output tensor; AnalysisError naming the batch shape when the forward fails."""
+    try:
+        out = model(x)
+    except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
+        raise AnalysisError(
+            f"model forward failed on a calibration batch of shape {list(x.shape)}:"
+            f" {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
+        raise AnalysisError("model output: must be a floating-point tensor (or a tuple starting with one)")
+    if out.dim() < 2:
+        raise AnalysisError(f"model output: expected (batch, ..., classes), got shape {list(out.shape)}")
+    return out
+
+
+class CalibrationLoss:
+    """Yields one loss tensor per calibration batch; their sum is the dataset-mean loss."""
+
+    def __init__(self, model: nn.Module, calibration: Calibration, *, output_loss: str = "kl"):
+        if output_loss not in OUTPUT_LOSSES:
+            raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}, got {output_loss!r}")
+        self.model = model
+        self.calibration = calibration
+        self.output_loss = output_loss
+        self.label_free = calibration.targets is None
+        self._references: list[torch.Tensor] = []
+        if self.label_free:
+            with torch.no_grad():
+                for x, _ in calibration.batches():
+                    out = forward(model, x).detach().to(torch.float32)
+                    ref = torch.log_softmax(out, dim=-1) if output_loss == "kl" else out
+                    self._references.append(ref.reshape(-1, out.shape[-1]))
+            self.rows = sum(r.shape[0] for r in self._references)
+        else:
+            self.rows = sum(int(y.numel()) for _, y in calibration.batches())
+
+    def batch_losses(self) -> Iterator[torch.Tensor]:
+        for i, (x, y) in enumerate(self.calibration.batches()):
+            out = forward(self.model, x)
+            logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
+            if not self.label_free:
+                target = y.reshape(-1)
+                if target.shape[0] != logits.shape[0]:
+                    raise AnalysisError(
+                        f"targets: {target.shape[0]} per batch but the model gives {logits.shape[0]} output rows"
+                    )
+                if int(target.max()) >= logits.shape[1]:
+                    raise AnalysisError(
+                        f"targets: class index {int(target.max())} but the model has {logits.shape[1]} classes"
+                    )
+                loss = F.cross_entropy(logits, target, reduction="sum")
+            elif self.output_loss == "kl":
+                ref = self._references[i]
+                loss = F.kl_div(torch.log_softmax(logits, dim=-1), ref, reduction="sum", log_target=True)
+            else:
+                loss = 0.5 * (logits - self._references[i]).pow(2).sum()
+            yield loss / self.rows

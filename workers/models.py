@@ -1,0 +1,216 @@
+"""Models in: where a model comes from, how it is loaded, and which of its layers are decision units.
+
+Two sources today. A safetensors file runs no code, so it needs a built-in architecture to pour its
+tensors into. A `torch.export` `.pt2` archive carries its own graph but is unpickled on load, i.e.
+it runs code: call `load_model` on one only inside the job's child process.
+
+Layer discovery works on ordinary module trees (isinstance checks) and on the flat GraphModule an
+exported program unlifts to, whose submodules are plain containers: there the graph's aten.linear /
+aten.conv* / aten.embedding calls and the parameter feeding their weight argument say what is a layer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.architectures import build_model
+from workers.errors import ModelLoadError
+
+__all__ = ["FORMATS", "LayerInfo", "ModelSource", "find_layers", "inspect_model", "load_model"]
+
+FORMATS = ("safetensors", "pt2")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model lives and how to read it; plain data so it travels as JSON to the job."""
+
+    format: str
+    path: str
+    architecture: str | None = None
+    hyperparams: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
+        if not isinstance(data, Mapping):
+            raise ValueError("model: must be a JSON object")
+        unknown = sorted(set(data) - {"format", "path", "architecture", "hyperparams"})
+        if unknown:
+            raise ValueError(f"model.{unknown[0]}: unknown field")
+        fmt, path = data.get("format"), data.get("path")
+        if fmt not in FORMATS:
+            raise ValueError(f"model.format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if not isinstance(path, str) or not path:
+            raise ValueError("model.path: must be a non-empty string")
+        arch, hyper = data.get("architecture"), data.get("hyperparams")
+        if fmt == "safetensors" and not isinstance(arch, str):
+            raise ValueError("model.architecture: required for a safetensors model")
+        if hyper is not None and not isinstance(hyper, Mapping):
+            raise ValueError("model.hyperparams: must be a JSON object")
+        return cls(fmt, path, arch, dict(hyper) if hyper is not None else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantizable layer: a decision unit of the plan."""
+
+    name: str
+    kind: str  # "linear" | "conv1d" | "conv2d" | "embedding"
+    weight_shape: list[int]
+    parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "weight_shape": list(self.weight_shape),
+            "parameters": self.parameters,
+        }
+
+
+def load_model(source: ModelSource | Mapping[str, Any]) -> nn.Module:
+    """The model in float32 on the CPU. For `pt2` this unpickles, i.e. runs code from the file."""
+    if not isinstance(source, ModelSource):
+        source = ModelSource.from_dict(source)
+    if not os.path.isfile(source.path):
+        raise ModelLoadError(f"model.path: no such file {source.path!r}")
+    if source.format == "safetensors":
+        return _load_safetensors(source)
+    if source.format == "pt2":
+        return _load_pt2(source)
+    raise ValueError(f"model.format: must be one of {', '.join(FORMATS)}, got {source.format!r}")
+
+
+def _load_safetensors(source: ModelSource) -> nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if source.architecture is None:
+        raise ValueError("model.architecture: required for a safetensors model")
+    model = build_model(source.architecture, source.hyperparams or {})
+    try:
+        state = load_file(source.path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"model: not a readable safetensors file ({exc})") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        raise ModelLoadError(
+            f"model: weights do not fit architecture {source.architecture!r}: {'; '.join(parts)}"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ModelLoadError(
+                f"model: weights do not fit architecture {source.architecture!r}: {key} has shape"
+                f" {list(tensor.shape)}, the architecture expects {list(expected[key].shape)}"
+            )
+        if not tensor.dtype.is_floating_point:
+            raise ModelLoadError(f"model: {key} has dtype {tensor.dtype}, expected a floating-point tensor")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def _load_pt2(source: ModelSource) -> nn.Module:
+    try:
+        program = torch.export.load(source.path)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpack the archive is the file's fault
+        raise ModelLoadError(f"model: not a readable torch.export archive ({type(exc).__name__}: {exc})") from exc
+    module = program.module()
+    return module.to(torch.float32)
+
+
+_MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Linear, "linear"),
+    (nn.Conv1d, "conv1d"),
+    (nn.Conv2d, "conv2d"),
+    (nn.Embedding, "embedding"),
+)
+
+
+def find_layers(model: nn.Module) -> list[tuple[LayerInfo, nn.Parameter]]:
+    """Quantizable layers in execution-independent order, each with its weight Parameter.
+
+    A weight shared by several layers (tied embeddings) is listed once, under its first name:
+    it is one decision, and counting it twice would double its bytes.
+    """
+    if isinstance(model, torch.fx.GraphModule):
+        found = _graph_layers(model)
+    else:
+        found = []
+        for name, module in model.named_modules():
+            for cls, kind in _MODULE_KINDS:
+                if isinstance(module, cls) and _plain_weight(module):
+                    found.append((name or kind, kind, module.weight))
+                    break
+    result: list[tuple[LayerInfo, nn.Parameter]] = []
+    seen: set[int] = set()
+    for name, kind, weight in found:
+        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        info = LayerInfo(name, kind, [int(s) for s in weight.shape], int(weight.numel()))
+        result.append((info, weight))
+    return result
+
+
+def _plain_weight(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+_CONV_KINDS = {3: "conv1d", 4: "conv2d"}
+
+
+def _graph_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str, nn.Parameter]]:
+    aten = torch.ops.aten
+    weight_arg = {
+        aten.linear.default: (1, "linear"),
+        aten.conv1d.default: (1, "conv1d"),
+        aten.conv2d.default: (1, "conv2d"),
+        aten.convolution.default: (1, None),
+        aten.embedding.default: (0, "embedding"),
+    }
+    found: list[tuple[str, str, nn.Parameter]] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in weight_arg:
+            continue
+        index, kind = weight_arg[node.target]
+        if len(node.args) <= index:
+            continue
+        src = node.args[index]
+        if not isinstance(src, torch.fx.Node) or src.op != "get_attr":
+            continue  # weight computed in the graph, not a stored parameter
+        try:
+            weight = gm.get_parameter(src.target)
+        except AttributeError:
+            continue  # a buffer or constant, not trainable state
+        if kind is None:
+            kind = _CONV_KINDS.get(weight.dim())
+            if kind is None:
+                continue
+        name = src.target.removesuffix(".weight")
+        found.append((name, kind, weight))
+    return found
+
+
+def inspect_model(source: ModelSource | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The layer inventory as JSON-able rows (name, kind, weight_shape, parameters)."""
+    model = load_model(source)
+    layers = find_layers(model)
+    if not layers:
+        raise ModelLoadError("model: no quantizable layer found (Linear, Conv1d, Conv2d or Embedding)")
+    return [info.to_dict() for info, _ in layers]
