@@ -1,0 +1,43 @@
+"""bitplan's solver: exact per-unit format plans under budgets, Pareto frontiers, baselines, search.
+
+Pure math: numpy, pulp, highspy and (lazily) optuna; no torch, no I/O.
+"""
+
+from solver._solve import TimeLimitReached, solve
+from solver.backends import available_backends, backend_names, get_backend, register
+from solver.backends.base import Backend
+from solver.errors import BackendUnavailable, InfeasibleBudget, ProblemError, SolverError
+from solver.plan import Plan
+from solver.problem import (
+    FORMAT_VERSION,
+    Budget,
+    Option,
+    Problem,
+    Unit,
+    average_bits_budget,
+    problem_from_dict,
+    problem_to_dict,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Backend",
+    "BackendUnavailable",
+    "Budget",
+    "InfeasibleBudget",
+    "Option",
+    "Plan",
+    "Problem",
+    "ProblemError",
+    "SolverError",
+    "TimeLimitReached",
+    "Unit",
+    "available_backends",
+    "average_bits_budget",
+    "backend_names",
+    "get_backend",
+    "problem_from_dict",
+    "problem_to_dict",
+    "register",
+    "solve",
+]
