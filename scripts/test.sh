@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Quick start 2: install (project, test extras, the Debian servers the tests start), run the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/system-packages.sh
+bash scripts/setup.sh test
+export CI="${CI:-}"
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi
+exit $rc

@@ -1,0 +1,60 @@
+"""The API edge: domain errors become HTTP responses here and only here. Every body names the field."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.errors import Conflict, InvalidInput, NotFound, StorageError
+from solver.errors import InfeasibleBudget, ProblemError
+
+
+def _loc(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = _loc(first.get("loc", ()))
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": f"{field}: {first.get('msg')}",
+                "field": field,
+                "errors": [{"field": _loc(e.get("loc", ())), "message": e.get("msg")} for e in errors],
+            },
+        )
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_: Request, exc: InvalidInput):
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc), "field": exc.field, **exc.extra})
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound):
+        return JSONResponse(status_code=404, content={"detail": str(exc), "field": f"{exc.kind}_id"})
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict):
+        return JSONResponse(status_code=409, content={"detail": exc.message})
+
+    @app.exception_handler(InfeasibleBudget)
+    async def _infeasible(_: Request, exc: InfeasibleBudget):
+        return JSONResponse(
+            status_code=422,
+            content={"detail": f"budget: {exc}", "field": "budget", "minimums": exc.minimums,
+                     "violated": list(exc.violated)},
+        )
+
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError):
+        return JSONResponse(status_code=422, content={"detail": f"problem: {exc}", "field": "problem"})
+
+    @app.exception_handler(StorageError)
+    async def _storage(_: Request, exc: StorageError):
+        return JSONResponse(status_code=503, content={"detail": "storage unavailable, try again"},
+                            headers={"Retry-After": "5"})

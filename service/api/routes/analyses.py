@@ -1,0 +1,107 @@
+"""/v1/analyses: start a sensitivity analysis, follow it, read its table, ask it for plans."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from service import catalog, planning, store
+from service.api.deps import get_queue, get_session, get_settings
+from service.api.routes.plans import plan_out
+from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut
+from service.config import Settings
+from service.db.models import AnalysisRecord, PlanRecord
+from service.errors import Conflict, InvalidInput
+from service.jobs import JobQueue
+
+router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+
+
+def analysis_out(rec: AnalysisRecord) -> AnalysisOut:
+    base = f"/v1/analyses/{rec.id}"
+    links = {"self": base}
+    if rec.status == "succeeded":
+        links.update(table=f"{base}/table", plans=f"{base}/plans")
+    return AnalysisOut(
+        id=rec.id, model_id=rec.model_id, dataset_id=rec.dataset_id, candidates=rec.candidates, metric=rec.metric,
+        seed=rec.seed, options=rec.options, status=rec.status,
+        progress=Progress(fraction=rec.progress, message=rec.message), error=rec.error, attempts=rec.attempts,
+        created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at, links=links,
+    )
+
+
+@router.post("", status_code=202, response_model=AnalysisOut)
+def create_analysis(
+    body: AnalysisIn,
+    response: Response,
+    session: Session = Depends(get_session),
+    queue: JobQueue = Depends(get_queue),
+) -> AnalysisOut:
+    store.get_model(session, model_id=body.model_id)
+    dataset = store.get_dataset(session, dataset_id=body.dataset_id) if body.dataset_id else None
+    candidates = catalog.check_candidates(body.candidates)
+    catalog.check_metric(body.metric, has_dataset=dataset is not None)
+    rec = AnalysisRecord(
+        model_id=body.model_id, dataset_id=body.dataset_id, candidates=candidates, metric=body.metric,
+        seed=body.seed, options=dict(body.options), status="queued", progress=0.0, message="queued", attempts=0,
+    )
+    session.add(rec)
+    session.commit()  # the runner reads the row from its own session
+    queue.enqueue(rec.id)
+    response.headers["Location"] = f"/v1/analyses/{rec.id}"
+    return analysis_out(rec)
+
+
+@router.get("", response_model=list[AnalysisOut])
+def list_analyses(limit: int = 100, session: Session = Depends(get_session)) -> list[AnalysisOut]:
+    if not 1 <= limit <= 1000:
+        raise InvalidInput("limit", "must be between 1 and 1000")
+    return [analysis_out(r) for r in store.list_analyses(session, limit=limit)]
+
+
+@router.get("/{analysis_id}", response_model=AnalysisOut)
+def get_analysis(analysis_id: str, session: Session = Depends(get_session)) -> AnalysisOut:
+    return analysis_out(store.get_analysis(session, analysis_id=analysis_id))
+
+
+def _succeeded(session: Session, analysis_id: str) -> AnalysisRecord:
+    rec = store.get_analysis(session, analysis_id=analysis_id)
+    if rec.status != "succeeded":
+        raise Conflict(f"analysis {analysis_id} is {rec.status}, not succeeded" + (f": {rec.error}" if rec.error else ""))
+    return rec
+
+
+@router.get("/{analysis_id}/table", response_model=TableOut)
+def get_table(analysis_id: str, session: Session = Depends(get_session)) -> TableOut:
+    rec = _succeeded(session, analysis_id)
+    return TableOut(analysis_id=rec.id, metric=rec.metric, **catalog.table_view(rec.table))
+
+
+@router.post("/{analysis_id}/plans", status_code=201, response_model=PlanOut)
+async def create_plan(
+    analysis_id: str, body: PlanIn, response: Response, session: Session = Depends(get_session)
+) -> PlanOut:
+    rec = _succeeded(session, analysis_id)
+    problem = planning.problem_for(rec.id, rec.problem)
+    budget = body.budget.model_dump(exclude_none=True)
+    budgets = planning.budgets_from(problem, budget)
+    plan = await run_in_threadpool(
+        planning.make_plan, problem, budgets, backend=body.backend, time_limit=body.time_limit_s
+    )
+    prec = PlanRecord(
+        analysis_id=rec.id, budget=budget, assignment=dict(plan.assignment), total_bytes=plan.costs.get("bytes", 0.0),
+        average_bits=plan.average_bits(problem), predicted_damage=plan.damage, costs=dict(plan.costs),
+        solver_status=plan.status, gap=plan.gap, backend=plan.backend, solve_seconds=plan.solve_seconds,
+    )
+    session.add(prec)
+    session.commit()
+    response.headers["Location"] = f"/v1/plans/{prec.id}"
+    return plan_out(prec, problem)
+
+
+@router.get("/{analysis_id}/plans", response_model=list[PlanOut])
+def list_plans(analysis_id: str, session: Session = Depends(get_session)) -> list[PlanOut]:
+    rec = _succeeded(session, analysis_id)
+    problem = planning.problem_for(rec.id, rec.problem)
+    return [plan_out(p, problem) for p in store.list_plans(session, analysis_id=analysis_id)]

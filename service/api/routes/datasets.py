@@ -1,0 +1,57 @@
+"""/v1/datasets: calibration data as safetensors with `inputs` and optional `targets`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from sqlalchemy.orm import Session
+
+from service import store
+from service.api.deps import get_blobs, get_session, get_settings
+from service.api.routes.uploading import stage_upload
+from service.api.schemas import DatasetOut
+from service.blobs import BlobStore
+from service.config import Settings
+from service.db.models import DatasetRecord
+from service.errors import InvalidInput
+from service.uploads import check_dataset, read_safetensors_header, sniff_format
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def dataset_out(rec: DatasetRecord) -> DatasetOut:
+    return DatasetOut(
+        id=rec.id, name=rec.name, sha256=rec.sha256, size_bytes=rec.size_bytes, samples=rec.samples,
+        input_shape=rec.input_shape, input_dtype=rec.input_dtype, has_targets=rec.has_targets,
+        created_at=rec.created_at,
+    )
+
+
+@router.post("", status_code=201, response_model=DatasetOut)
+async def upload_dataset(
+    file: UploadFile = File(..., description="safetensors with 'inputs' [N, ...] and optional 'targets' [N]"),
+    name: str | None = Form(None, max_length=200),
+    settings: Settings = Depends(get_settings),
+    blobs: BlobStore = Depends(get_blobs),
+    session: Session = Depends(get_session),
+) -> DatasetOut:
+    staged = await stage_upload(file, blobs, settings)
+    try:
+        if sniff_format(staged.path) != "safetensors":
+            raise InvalidInput("file", "expected a safetensors file with tensors 'inputs' and optional 'targets'")
+        samples, shape, dtype, has_targets = check_dataset(read_safetensors_header(staged.path))
+    except BaseException:
+        blobs.discard(staged)
+        raise
+    blobs.commit(staged)
+    rec = DatasetRecord(
+        name=name or file.filename or "dataset", sha256=staged.sha256, size_bytes=staged.size, samples=samples,
+        input_shape=list(shape), input_dtype=dtype, has_targets=has_targets,
+    )
+    session.add(rec)
+    session.commit()
+    return dataset_out(rec)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: Session = Depends(get_session)) -> DatasetOut:
+    return dataset_out(store.get_dataset(session, dataset_id=dataset_id))

@@ -1,0 +1,94 @@
+"""/v1/models: upload a model (safetensors + built-in architecture, or a torch.export .pt2)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from service import store
+from service.api.deps import get_blobs, get_session, get_settings
+from service.api.routes.uploading import stage_upload
+from service.api.schemas import ModelOut
+from service.blobs import BlobStore
+from service.config import Settings
+from service.db.models import ModelRecord
+from service.errors import InvalidInput
+from service.inspection import inspect_upload
+from service.uploads import check_zip, read_safetensors_header, sniff_format
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def model_out(rec: ModelRecord) -> ModelOut:
+    return ModelOut(
+        id=rec.id, name=rec.name, sha256=rec.sha256, format=rec.format, architecture=rec.architecture,
+        hyperparams=rec.hyperparams, size_bytes=rec.size_bytes,
+        parameters=sum(int(l["parameters"]) for l in rec.layers), layers=rec.layers, created_at=rec.created_at,
+    )
+
+
+def _parse_spec(spec: str | None) -> tuple[str | None, dict | None]:
+    if spec is None or not spec.strip():
+        return None, None
+    try:
+        data = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("spec", f"must be JSON like {{\"architecture\": \"mlp\", \"hyperparams\": {{...}}}} ({exc})")
+    if not isinstance(data, dict) or not isinstance(data.get("architecture"), str):
+        raise InvalidInput("spec", "must be a JSON object with a string 'architecture' and object 'hyperparams'")
+    hyper = data.get("hyperparams", {})
+    if not isinstance(hyper, dict):
+        raise InvalidInput("spec.hyperparams", "must be a JSON object")
+    extra = set(data) - {"architecture", "hyperparams"}
+    if extra:
+        raise InvalidInput("spec", f"unexpected keys {sorted(extra)}")
+    return data["architecture"], hyper
+
+
+@router.post("", status_code=201, response_model=ModelOut)
+async def upload_model(
+    file: UploadFile = File(..., description="safetensors weights, or a torch.export .pt2 archive"),
+    spec: str | None = Form(None, description='For safetensors: {"architecture": "mlp", "hyperparams": {...}}'),
+    name: str | None = Form(None, max_length=200),
+    settings: Settings = Depends(get_settings),
+    blobs: BlobStore = Depends(get_blobs),
+    session: Session = Depends(get_session),
+) -> ModelOut:
+    architecture, hyperparams = _parse_spec(spec)
+    staged = await stage_upload(file, blobs, settings)
+    try:
+        fmt = sniff_format(staged.path)
+        if fmt == "safetensors":
+            if architecture is None:
+                raise InvalidInput("spec", "a safetensors upload needs an architecture spec")
+            read_safetensors_header(staged.path)
+        elif fmt == "pt2":
+            if not settings.allow_code_formats:
+                raise InvalidInput("file", ".pt2 archives run code when loaded; this server has them switched off")
+            if architecture is not None:
+                raise InvalidInput("spec", "a .pt2 archive carries its own architecture; leave spec out")
+            check_zip(staged.path)
+        else:
+            raise InvalidInput("file", "unrecognised file type: expected safetensors or a torch.export .pt2 (zip)")
+        layers = await run_in_threadpool(
+            inspect_upload, settings, path=staged.path, fmt=fmt, architecture=architecture, hyperparams=hyperparams
+        )
+    except BaseException:
+        blobs.discard(staged)
+        raise
+    blobs.commit(staged)
+    rec = ModelRecord(
+        name=name or file.filename or "model", sha256=staged.sha256, format=fmt, architecture=architecture,
+        hyperparams=hyperparams, size_bytes=staged.size, layers=layers,
+    )
+    session.add(rec)
+    session.commit()
+    return model_out(rec)
+
+
+@router.get("/{model_id}", response_model=ModelOut)
+def get_model(model_id: str, session: Session = Depends(get_session)) -> ModelOut:
+    return model_out(store.get_model(session, model_id=model_id))

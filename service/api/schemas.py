@@ -1,0 +1,152 @@
+"""Typed request and response bodies of API v1. ORM rows are converted here, never returned raw."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LayerOut(BaseModel):
+    name: str
+    kind: str
+    weight_shape: list[int]
+    parameters: int
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    sha256: str
+    format: Literal["safetensors", "pt2"]
+    architecture: str | None
+    hyperparams: dict[str, Any] | None
+    size_bytes: int
+    parameters: int = Field(description="Quantizable weights over all layers.")
+    layers: list[LayerOut]
+    created_at: datetime
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+    samples: int
+    input_shape: list[int]
+    input_dtype: str
+    has_targets: bool
+    created_at: datetime
+
+
+class AnalysisIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str = Field(min_length=1, max_length=64)
+    dataset_id: str | None = Field(None, max_length=64)
+    candidates: list[str] | None = Field(
+        None, min_length=1, max_length=64, description="Candidate formats; default INT2/3/4/6/8 per-channel."
+    )
+    metric: str = Field("hutchinson", min_length=1, max_length=50)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    options: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, description="Metric options, e.g. tolerance, max_probes, batch_size."
+    )
+
+
+class Progress(BaseModel):
+    fraction: float
+    message: str
+
+
+class AnalysisOut(BaseModel):
+    id: str
+    model_id: str
+    dataset_id: str | None
+    candidates: list[str]
+    metric: str
+    seed: int
+    options: dict[str, Any]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: dict[str, str]
+
+
+class CandidateCell(BaseModel):
+    candidate: str
+    damage: float
+    bytes: float
+    bits_per_weight: float
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class TableRow(BaseModel):
+    layer: str
+    kind: str
+    weights: int
+    statistics: dict[str, Any]
+    candidates: list[CandidateCell]
+
+
+class TableOut(BaseModel):
+    analysis_id: str
+    metric: str
+    layers: list[TableRow]
+    provenance: dict[str, Any]
+
+
+class BudgetIn(BaseModel):
+    """Upper limits; give `bytes` or `average_bits` (bits per weight incl. scale overhead), plus any other costs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bytes: float | None = Field(None, gt=0)
+    average_bits: float | None = Field(None, gt=0, le=64)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "BudgetIn":
+        if self.bytes is None and self.average_bits is None:
+            raise ValueError("give bytes or average_bits")
+        if self.bytes is not None and self.average_bits is not None:
+            raise ValueError("give bytes or average_bits, not both")
+        return self
+
+
+class PlanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    budget: BudgetIn
+    backend: str = Field("auto", max_length=20)
+    time_limit_s: float | None = Field(None, gt=0, le=600)
+
+
+class LayerChoice(BaseModel):
+    layer: str
+    candidate: str
+    damage: float
+    bytes: float
+
+
+class PlanOut(BaseModel):
+    id: str
+    analysis_id: str
+    budget: dict[str, Any]
+    total_bytes: float
+    average_bits: float
+    predicted_damage: float
+    costs: dict[str, float]
+    solver: dict[str, Any]
+    layers: list[LayerChoice]
+    created_at: datetime
+    links: dict[str, str]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    field: str | None = None

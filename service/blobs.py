@@ -1,0 +1,80 @@
+"""Content-addressed blob store on a filesystem shared by the API and every worker.
+
+A blob's name is its sha256, so the same upload twice costs one copy and a path can never be
+overwritten with other bytes. Writes go to a temp file in the same directory and are renamed in,
+so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class UploadTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class StagedUpload:
+    """An upload written to a private temp file, hashed, not yet visible in the store."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+class BlobStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_for(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def _staging_dir(self) -> Path:
+        d = self.root / "staging"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    async def stage(self, chunks: AsyncIterator[bytes], *, limit: int, suffix: str = "") -> StagedUpload:
+        """Stream an upload to a temp file while hashing it; the caller validates, then commits or discards."""
+        digest = hashlib.sha256()
+        fd, name = tempfile.mkstemp(dir=self._staging_dir(), suffix=suffix)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise UploadTooLarge(limit)
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return StagedUpload(Path(name), digest.hexdigest(), size)
+
+    def commit(self, staged: StagedUpload) -> Path:
+        """Move a validated upload into the store under its hash (a no-op if the bytes are there already)."""
+        target = self.path_for(staged.sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            staged.path.unlink(missing_ok=True)
+        else:
+            os.replace(staged.path, target)
+        return target
+
+    @staticmethod
+    def discard(staged: StagedUpload) -> None:
+        staged.path.unlink(missing_ok=True)

@@ -1,0 +1,54 @@
+"""What the API checks and shows about candidates, metrics and tables, with no torch imported.
+
+The workers' registries parse names without loading torch; only running a metric needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.errors import InvalidInput
+
+# Metrics that need no calibration data; every other metric is data-driven.
+DATA_FREE_METRICS = frozenset({"mse"})
+
+
+def check_candidates(names: list[str] | None) -> list[str]:
+    from workers.quantizers import DEFAULT_CANDIDATES, parse_candidates
+
+    if names is None:
+        return list(DEFAULT_CANDIDATES)
+    try:
+        return [q.name for q in parse_candidates(names)]
+    except ValueError as exc:
+        raise InvalidInput("candidates", str(exc).removeprefix("candidates: ")) from exc
+
+
+def check_metric(name: str, *, has_dataset: bool) -> None:
+    from workers.metrics import metric_names
+
+    if name not in metric_names():
+        raise InvalidInput("metric", f"unknown metric {name!r}; valid: {', '.join(metric_names())}")
+    if not has_dataset and name not in DATA_FREE_METRICS:
+        raise InvalidInput("dataset_id", f"the {name} metric needs calibration data: upload a dataset and pass its id")
+
+
+_LAYER_STATS = ("mean", "ci_halfwidth", "samples", "converged")
+_PROVENANCE = ("statistic", "loss", "calibration_samples", "seed", "timings", "candidates", "version")
+
+
+def table_view(table: dict[str, Any]) -> dict[str, Any]:
+    """The stored table as API rows: statistics per layer, one cell per candidate."""
+    layers = []
+    for row in table["layers"]:
+        cells = []
+        for c in row["candidates"]:
+            details = {k: v for k, v in c.items() if k not in ("candidate", "damage", "bytes", "bits_per_weight")}
+            cells.append({"candidate": c["candidate"], "damage": c["damage"], "bytes": c["bytes"],
+                          "bits_per_weight": c["bits_per_weight"], "details": details})
+        stats = {k: row.get(k) for k in _LAYER_STATS}
+        stats["weight_shape"] = row.get("weight_shape")
+        layers.append({"layer": row["name"], "kind": row["kind"], "weights": row["weights"],
+                       "statistics": stats, "candidates": cells})
+    provenance = {k: table[k] for k in _PROVENANCE if k in table}
+    return {"layers": layers, "provenance": provenance}

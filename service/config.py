@@ -1,0 +1,44 @@
+"""All configuration, validated once. Solver and worker functions get plain arguments, never this."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BITPLAN_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Blobs and the default SQLite database live here.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in data_dir when unset.")
+    redis_url: str | None = Field(None, description="RQ on Redis when set; the in-process runner otherwise.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(None, description="Base URL printed in links; http://host:port when unset.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    job_concurrency: int = Field(1, ge=1, description="Jobs the in-process runner runs at once.")
+    allow_code_formats: bool = Field(
+        True, description="Accept formats whose loading runs code (torch.export .pt2); loaded only in jobs."
+    )
+    job_memory_limit_mb: int = Field(8192, ge=256, description="Address-space limit of a job process.")
+    job_cpu_limit_s: int = Field(3600, ge=10, description="CPU-time limit of a job process.")
+    auto_migrate: bool = Field(True, description="Upgrade the database schema to head when the server starts.")
+    inspect_timeout_s: float = Field(120.0, gt=0, description="Wall-clock limit of upload inspection.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'bitplan.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

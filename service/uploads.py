@@ -1,0 +1,134 @@
+"""Checks on uploaded files that run no code: file type sniffing and safetensors header parsing.
+
+Everything here reads bytes and JSON only. Anything that needs torch (building the architecture,
+loading a .pt2) happens later, in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import InvalidInput
+
+# Element sizes of the dtypes the safetensors format defines.
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+INT_DTYPES = {"U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def sniff_format(path: Path) -> str:
+    """'pt2' for a zip archive, 'safetensors' for a plausible safetensors file, else 'unknown'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "pt2"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
+def read_safetensors_header(path: Path, *, field: str = "file") -> dict[str, TensorInfo]:
+    """Parse and check a safetensors header against the file's size. Raises InvalidInput(field)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise InvalidInput(field, "not a safetensors file: shorter than its 8-byte header length")
+        (n,) = struct.unpack("<Q", raw_len)
+        if n == 0 or n > MAX_HEADER or 8 + n > size:
+            raise InvalidInput(field, "not a valid safetensors file: header length exceeds the file (truncated?)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(field, f"not a valid safetensors file: header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise InvalidInput(field, "not a valid safetensors file: header is not a JSON object")
+    data_len = size - 8 - n
+    tensors: dict[str, TensorInfo] = {}
+    spans = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = meta["dtype"]
+            shape = tuple(int(d) for d in meta["shape"])
+            start, end = (int(x) for x in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(field, f"tensor {name!r}: malformed header entry") from exc
+        if dtype not in DTYPE_BYTES:
+            raise InvalidInput(field, f"tensor {name!r}: unknown dtype {dtype!r}")
+        if any(d < 0 for d in shape):
+            raise InvalidInput(field, f"tensor {name!r}: negative dimension")
+        expected = math.prod(shape) * DTYPE_BYTES[dtype]
+        if not (0 <= start <= end <= data_len) or end - start != expected:
+            raise InvalidInput(
+                field, f"tensor {name!r}: data offsets do not fit the file (truncated or corrupt upload)"
+            )
+        spans.append((start, end))
+        tensors[name] = TensorInfo(dtype, shape)
+    if not tensors:
+        raise InvalidInput(field, "safetensors file holds no tensors")
+    spans.sort()
+    for (_, a_end), (b_start, _) in zip(spans, spans[1:]):
+        if b_start < a_end:
+            raise InvalidInput(field, "safetensors tensors overlap (corrupt file)")
+    return tensors
+
+
+def check_zip(path: Path, *, field: str = "file", max_members: int = 10_000, max_ratio: float = 200.0) -> None:
+    """A .pt2 is a zip: check it opens, every member's CRC, and refuse zip bombs before a child unpacks it."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > max_members:
+                raise InvalidInput(field, f"archive has {len(infos)} members (limit {max_members})")
+            total = sum(i.file_size for i in infos)
+            packed = max(1, sum(i.compress_size for i in infos))
+            if total / packed > max_ratio:
+                raise InvalidInput(field, "archive expands more than 200× (zip bomb?)")
+            for info in infos:
+                if info.filename.startswith("/") or ".." in Path(info.filename).parts:
+                    raise InvalidInput(field, f"archive member {info.filename!r} escapes the archive")
+            bad = zf.testzip()
+            if bad is not None:
+                raise InvalidInput(field, f"archive member {bad!r} is corrupt")
+    except zipfile.BadZipFile as exc:
+        raise InvalidInput(field, f"not a valid .pt2 archive: {exc}") from exc
+
+
+def check_dataset(tensors: dict[str, TensorInfo], *, field: str = "file") -> tuple[int, tuple[int, ...], str, bool]:
+    """Calibration data: float `inputs` [N, ...] and optional integer or float `targets` [N, ...]."""
+    if "inputs" not in tensors:
+        raise InvalidInput(field, f"dataset needs a tensor named 'inputs'; found {sorted(tensors)}")
+    extra = set(tensors) - {"inputs", "targets"}
+    if extra:
+        raise InvalidInput(field, f"unexpected tensors {sorted(extra)}; allowed: inputs, targets")
+    inputs = tensors["inputs"]
+    if len(inputs.shape) < 2 or inputs.shape[0] == 0:
+        raise InvalidInput(field, "inputs: must have shape [samples, ...] with at least one sample")
+    if inputs.dtype not in FLOAT_DTYPES | INT_DTYPES:
+        raise InvalidInput(field, f"inputs: unsupported dtype {inputs.dtype}")
+    targets = tensors.get("targets")
+    if targets is not None:
+        if not targets.shape or targets.shape[0] != inputs.shape[0]:
+            raise InvalidInput(field, "targets: first dimension must equal the number of inputs")
+        if targets.dtype not in INT_DTYPES | FLOAT_DTYPES:
+            raise InvalidInput(field, f"targets: unsupported dtype {targets.dtype}")
+    return inputs.shape[0], inputs.shape[1:], inputs.dtype, targets is not None
