@@ -42,7 +42,7 @@ class Hutchinson(Metric):
 
     tolerance: float = 0.1
     min_probes: int = 16
-    max_probes: int = 512
+    max_probes: int = 1024
     probe_batch: int = 16
     output_loss: str = "kl"
 
