@@ -113,7 +113,8 @@ def _load_safetensors(source: ModelSource) -> nn.Module:
         raise ModelLoadError(
             f"model: weights do not fit architecture {source.architecture!r}: {'; '.join(parts)}"
         )
-    for key, tensor in state.items():
+    for key in expected:  # the module's own order: the first layer's mismatch is reported first
+        tensor = state[key]
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ModelLoadError(
                 f"model: weights do not fit architecture {source.architecture!r}: {key} has shape"

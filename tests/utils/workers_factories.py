@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import torch
@@ -26,7 +28,17 @@ def blobs(samples: int = 64, features: int = 6, classes: int = 4, seed: int = 0)
 
 
 def trained_mlp(hyperparams: dict | None = None, *, steps: int = 150, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A fresh copy of an MLP trained on `blobs` (training is cached; each caller may mutate its copy)."""
     hp = dict(MLP if hyperparams is None else hyperparams)
+    state, x, y = _trained_state(json.dumps(hp, sort_keys=True), steps, seed)
+    model = build_model("mlp", hp)
+    model.load_state_dict(state)
+    return model.eval(), x.clone(), y.clone()
+
+
+@functools.cache
+def _trained_state(hp_json: str, steps: int, seed: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    hp = json.loads(hp_json)
     torch.manual_seed(seed)
     model = build_model("mlp", hp)
     x, y = blobs(features=hp["in_features"], classes=hp["out_features"], seed=seed)
@@ -35,7 +47,7 @@ def trained_mlp(hyperparams: dict | None = None, *, steps: int = 150, seed: int 
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    return model.eval(), x, y
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, x, y
 
 
 def save_model(path: Path, model: nn.Module) -> str:

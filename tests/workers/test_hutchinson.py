@@ -13,14 +13,6 @@ from workers.models import find_layers
 from workers.quantizers import parse_candidates
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def measure(model, calibration, seed=0, **options):
     metric = get_metric("hutchinson", options)
     ctx = MetricContext(model, find_layers(model), calibration, [], seed)
