@@ -13,10 +13,16 @@ from pathlib import Path
 from service.client import ApiError, BitplanClient
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(preferred: int = 8000) -> int:
+    """The usual port when it is free, so `bitplan serve` later brings the printed URLs back."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
 
 
 class _Step:
@@ -35,14 +41,23 @@ class _Step:
             print(f"  done in {time.perf_counter() - self.t0:.2f} s", flush=True)
 
 
+_last_bar: list[str] = [""]
+
+
 def _bar(state: dict) -> None:
+    """A redrawn bar on a terminal; one line per change otherwise (logs stay readable)."""
     frac = state["progress"]["fraction"]
+    key = f"{frac:.3f}{state['status']}{state['progress']['message']}"
+    if key == _last_bar[0]:
+        return
+    _last_bar[0] = key
     width = 30
     filled = int(round(frac * width))
     line = f"\r  [{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}%  {state['status']}: {state['progress']['message'][:60]:<60}"
-    sys.stderr.write(line)
+    tty = sys.stderr.isatty()
+    sys.stderr.write(line if tty else line.strip("\r").rstrip() + "\n")
     sys.stderr.flush()
-    if state["status"] in ("succeeded", "failed", "cancelled"):
+    if tty and state["status"] in ("succeeded", "failed", "cancelled"):
         sys.stderr.write("\n")
 
 
@@ -93,12 +108,13 @@ def run_demo(*, url: str | None, bits: float, keep_serving: bool, architecture: 
         table = client.table(analysis["id"])
         traces = {row["layer"]: row["statistics"] for row in table["layers"]}
         print()
-        print(f"{'layer':<12} {'weights':>8} {'trace/n':>12} {'format':>8} {'bytes':>10}")
+        print(f"{'layer':<12} {'weights':>8} {'Tr(H)/n':>12} {'±95%':>10} {'format':>8} {'bytes':>10}")
         weights = {row["layer"]: row["weights"] for row in table["layers"]}
         for layer in plan["layers"]:
             stats = traces[layer["layer"]]
-            trace = stats.get("mean", float("nan"))
-            print(f"{layer['layer']:<12} {weights[layer['layer']]:>8} {trace:>12.4g} {layer['candidate']:>8} "
+            n = weights[layer["layer"]]
+            trace, ci = stats.get("mean", float("nan")), stats.get("ci_halfwidth") or 0.0
+            print(f"{layer['layer']:<12} {n:>8} {trace / n:>12.4g} {ci / n:>10.2g} {layer['candidate']:>8} "
                   f"{layer['bytes']:>10.0f}")
         print()
         budget_bytes = bits * model["parameters"] / 8

@@ -36,7 +36,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound):
-        return JSONResponse(status_code=404, content={"detail": str(exc), "field": f"{exc.kind}_id"})
+        return JSONResponse(status_code=404, content={"detail": f"{exc.kind}_id: {exc}", "field": f"{exc.kind}_id"})
 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, exc: Conflict):

@@ -30,7 +30,8 @@ class _Reporter:
 
     def __call__(self, fraction: float, message: str) -> None:
         with self._lock:
-            self._latest = (fraction, message)
+            # Progress never moves backwards, whatever the stages report.
+            self._latest = (max(fraction, self._latest[0]), message)
             now = time.monotonic()
             if now - self._last < self.min_interval:
                 return
