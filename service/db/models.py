@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -105,5 +105,20 @@ class PlanRecord(Base):
     solver_status: Mapped[str] = mapped_column(String(20))
     gap: Mapped[float] = mapped_column(Float)
     backend: Mapped[str] = mapped_column(String(20))
+    solve_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FrontierRecord(Base):
+    """A computed frontier of an analysis, kept so the dashboard and clients never recompute it."""
+
+    __tablename__ = "frontiers"
+    __table_args__ = (UniqueConstraint("analysis_id", "cost", "points_requested", name="uq_frontier_request"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id"), index=True)
+    cost: Mapped[str] = mapped_column(String(50))
+    points_requested: Mapped[int] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]]
     solve_seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
