@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,19 @@ class Settings(BaseSettings):
     job_cpu_limit_s: int = Field(3600, ge=10, description="CPU-time limit of a job process.")
     auto_migrate: bool = Field(True, description="Upgrade the database schema to head when the server starts.")
     inspect_timeout_s: float = Field(120.0, gt=0, description="Wall-clock limit of upload inspection.")
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="Bearer tokens required: auto = on unless the server binds a loopback address."
+    )
+    auth_force_off: bool = Field(
+        False, description="Allow auth=off on a non-loopback host (only behind a proxy that authenticates)."
+    )
+    rate_limit_per_s: float = Field(20.0, ge=0, description="Requests per second per token (0: no limit).")
+    rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate holds.")
+    max_active_jobs_per_token: int = Field(8, ge=1, description="Queued + running analyses one token may have.")
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60, description="How long an Idempotency-Key is remembered.")
+    max_unpacked_bytes: int = Field(
+        8 * 1024**3, gt=0, description="Largest total uncompressed size of an uploaded .pt2 archive."
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -41,3 +41,30 @@ class Conflict(ServiceError):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class Unauthorized(ServiceError):
+    """No bearer token, or one that is unknown or revoked, where the server requires one (→ 401)."""
+
+    def __init__(self, message: str, *, error: str = "invalid_token"):
+        super().__init__(message)
+        self.message = message
+        self.error = error
+
+
+class Forbidden(ServiceError):
+    """A valid token without the scope the operation needs (→ 403 naming the scope)."""
+
+    def __init__(self, scope: str):
+        super().__init__(f"this token lacks the '{scope}' scope")
+        self.scope = scope
+
+
+class TooManyRequests(ServiceError):
+    """A per-token limit is reached: request rate or concurrent jobs (→ 429 with Retry-After)."""
+
+    def __init__(self, field: str, message: str, *, retry_after: float):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.retry_after = retry_after

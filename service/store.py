@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import AnalysisRecord, DatasetRecord, ModelRecord, PlanRecord, utcnow
@@ -117,3 +117,11 @@ def finish_analysis(
         rec.message = "done"
     else:
         rec.message = status
+
+
+def count_active_analyses(session: Session, *, token_id: str) -> int:
+    """Queued and running analyses submitted with one token (the per-token concurrency limit)."""
+    stmt = select(func.count()).select_from(AnalysisRecord).where(
+        AnalysisRecord.token_id == token_id, AnalysisRecord.status.in_(ACTIVE)
+    )
+    return int(session.scalar(stmt) or 0)
