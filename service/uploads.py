@@ -92,14 +92,25 @@ def read_safetensors_header(path: Path, *, field: str = "file") -> dict[str, Ten
     return tensors
 
 
-def check_zip(path: Path, *, field: str = "file", max_members: int = 10_000, max_ratio: float = 200.0) -> None:
-    """A .pt2 is a zip: check it opens, every member's CRC, and refuse zip bombs before a child unpacks it."""
+def check_zip(path: Path, *, field: str = "file", max_members: int = 10_000, max_ratio: float = 200.0,
+              max_total_bytes: int = 8 * 1024**3) -> None:
+    """A .pt2 is a zip: check it opens, every member's CRC, and refuse zip bombs before a child unpacks it.
+
+    The ratio alone is not enough: a large upload at 200× still unpacks to terabytes, so the declared
+    total is capped too, before testzip() decompresses anything (it never reads past a member's
+    declared size). Duplicate names are refused because readers disagree on which copy wins.
+    """
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             if len(infos) > max_members:
                 raise InvalidInput(field, f"archive has {len(infos)} members (limit {max_members})")
             total = sum(i.file_size for i in infos)
+            if total > max_total_bytes:
+                raise InvalidInput(field, f"archive unpacks to {total} bytes (limit {max_total_bytes})")
+            names = [i.filename for i in infos]
+            if len(set(names)) != len(names):
+                raise InvalidInput(field, "archive holds two members with the same name")
             packed = max(1, sum(i.compress_size for i in infos))
             if total / packed > max_ratio:
                 raise InvalidInput(field, "archive expands more than 200× (zip bomb?)")

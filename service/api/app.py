@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from service.api import errors
-from service.api.routes import analyses, datasets, models, plans
+from service.api import errors, security
+from service.api.idempotency import IdempotencyMiddleware, document_header
+from service.api.limits import BodySizeLimitMiddleware, RateLimitMiddleware
+from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.routes import analyses, datasets, models, ops, plans, tokens
 from service.blobs import BlobStore
 from service.config import Settings, get_settings
 from service.db import migrate
@@ -16,6 +19,7 @@ from service.jobs import make_queue
 
 def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    auth_on = security.auth_required(settings)  # raises before serving anything on an unsafe configuration
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -39,12 +43,19 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.state.settings = settings
     app.state.blobs = BlobStore(settings.data_dir / "blobs")
     app.state.queue = make_queue(settings)
+    app.state.auth_required = auth_on
+    app.state.metrics = Metrics(settings.resolved_database_url)
     errors.install(app)
     for module in (models, datasets, analyses, plans):
-        app.include_router(module.router)
-
-    @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+        app.include_router(module.router, dependencies=[Depends(security.require_method_scope)])
+    app.include_router(tokens.router, dependencies=[Depends(security.require_scope("admin"))])
+    app.include_router(ops.router)
+    # Outermost last: metrics see everything; sizes are refused before the caller is looked up; the
+    # rate limit and idempotency need the caller.
+    app.add_middleware(IdempotencyMiddleware, settings=settings)
+    app.add_middleware(RateLimitMiddleware, rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
+    app.add_middleware(security.AuthenticationMiddleware, settings=settings, required=auth_on)
+    app.add_middleware(BodySizeLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    document_header(app)
     return app

@@ -6,7 +6,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.errors import Conflict, InvalidInput, NotFound, StorageError
+from service.errors import (
+    Conflict, Forbidden, InvalidInput, NotFound, StorageError, TooManyRequests, Unauthorized,
+)
 from solver.errors import InfeasibleBudget, ProblemError
 
 
@@ -58,3 +60,21 @@ def install(app: FastAPI) -> None:
     async def _storage(_: Request, exc: StorageError):
         return JSONResponse(status_code=503, content={"detail": "storage unavailable, try again"},
                             headers={"Retry-After": "5"})
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized):
+        challenge = 'Bearer realm="bitplan"' + (f', error="{exc.error}"' if exc.error else "")
+        return JSONResponse(status_code=401, content={"detail": exc.message, "field": "authorization"},
+                            headers={"WWW-Authenticate": challenge})
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden):
+        return JSONResponse(
+            status_code=403, content={"detail": f"authorization: {exc}", "field": "authorization", "scope": exc.scope},
+            headers={"WWW-Authenticate": f'Bearer realm="bitplan", error="insufficient_scope", scope="{exc.scope}"'},
+        )
+
+    @app.exception_handler(TooManyRequests)
+    async def _too_many(_: Request, exc: TooManyRequests):
+        return JSONResponse(status_code=429, content={"detail": str(exc), "field": exc.field},
+                            headers={"Retry-After": str(max(1, round(exc.retry_after)))})

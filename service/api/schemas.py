@@ -150,3 +150,23 @@ class PlanOut(BaseModel):
 class ErrorOut(BaseModel):
     detail: str
     field: str | None = None
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[Literal["read", "submit", "admin"]] = Field(min_length=1, max_length=3)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    secret: str = Field(description="Shown once: only its hash is stored.")

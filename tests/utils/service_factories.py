@@ -11,9 +11,24 @@ from service.api.app import create_app
 from service.config import Settings
 
 
-def make_client(tmp_path: Path, database_url: str | None = None) -> TestClient:
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, _env_file=None)
-    return TestClient(create_app(settings))
+def make_client(tmp_path: Path, database_url: str | None = None, *, run_jobs: bool = True,
+                **overrides) -> TestClient:
+    """The app under a TestClient; `overrides` are settings (auth="on", rate_limit_per_s=...)."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, _env_file=None, **overrides)
+    return TestClient(create_app(settings, run_jobs=run_jobs))
+
+
+def issue_token(client: TestClient, *scopes: str, name: str = "test") -> str:
+    """A token's secret, created straight in the app's database (as `bitplan token create` does)."""
+    from service import tokens
+    from service.db.session import session_scope
+
+    with session_scope(client.app.state.settings.resolved_database_url) as session:
+        return tokens.create_token(session, name=name, scopes=list(scopes)).secret
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
 
 
 def upload_model(client: TestClient, digits, **overrides):

@@ -8,6 +8,8 @@ from sqlalchemy.orm import Session
 
 from service import catalog, planning, store
 from service.api.deps import get_queue, get_session, get_settings
+from service.api.limits import check_active_jobs
+from service.api.security import Principal, get_principal
 from service.api.routes.plans import plan_out
 from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut
 from service.config import Settings
@@ -37,7 +39,10 @@ def create_analysis(
     response: Response,
     session: Session = Depends(get_session),
     queue: JobQueue = Depends(get_queue),
+    settings: Settings = Depends(get_settings),
+    principal: Principal = Depends(get_principal),
 ) -> AnalysisOut:
+    check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
     store.get_model(session, model_id=body.model_id)
     dataset = store.get_dataset(session, dataset_id=body.dataset_id) if body.dataset_id else None
     candidates = catalog.check_candidates(body.candidates)
@@ -45,6 +50,7 @@ def create_analysis(
     rec = AnalysisRecord(
         model_id=body.model_id, dataset_id=body.dataset_id, candidates=candidates, metric=body.metric,
         seed=body.seed, options=dict(body.options), status="queued", progress=0.0, message="queued", attempts=0,
+        token_id=principal.token_id,
     )
     session.add(rec)
     session.commit()  # the runner reads the row from its own session

@@ -70,7 +70,7 @@ async def upload_model(
                 raise InvalidInput("file", ".pt2 archives run code when loaded; this server has them switched off")
             if architecture is not None:
                 raise InvalidInput("spec", "a .pt2 archive carries its own architecture; leave spec out")
-            check_zip(staged.path)
+            await run_in_threadpool(check_zip, staged.path, max_total_bytes=settings.max_unpacked_bytes)
         else:
             raise InvalidInput("file", "unrecognised file type: expected safetensors or a torch.export .pt2 (zip)")
         layers = await run_in_threadpool(
