@@ -6,7 +6,11 @@ import time
 from collections.abc import Mapping, Sequence
 
 from solver._model import Model, compile_problem, limits_of
-from solver.backends import get_backend
+import numpy as np
+
+from solver.backends import available_backends, get_backend
+from solver.backends._mckp import Knapsack
+from solver.backends.base import Outcome
 from solver.backends._ilp import fits
 from solver.errors import InfeasibleBudget, SolverError
 from solver.plan import STATUS_OPTIMAL, STATUS_TIME_LIMIT, Plan
@@ -51,16 +55,48 @@ def solve_model(
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit}")
     impl = get_backend(backend, len(limits))
     minimums = check_reachable(model, limits)
-    out = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start)
+    if backend == "auto" and impl.name == "mckp":
+        out, name = _auto_single(model, limits, time_limit, start, started)
+    else:
+        out, name = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start), impl.name
     if out.status == "infeasible":
         names = ", ".join(f"{n} ≤ {_fmt(v)}" for n, v in limits.items())
         raise InfeasibleBudget(
             f"budgets {names} cannot all be met together, though each can alone", minimums=minimums, violated=()
         )
     if out.choice is None:
-        raise TimeLimitReached(f"time limit of {time_limit} s ended before {impl.name} found a plan")
+        raise TimeLimitReached(f"time limit of {time_limit} s ended before {name} found a plan")
     status = STATUS_OPTIMAL if out.status == "optimal" else STATUS_TIME_LIMIT
-    return model.plan(out.choice, backend=impl.name, started=started, status=status, bound=out.bound)
+    return model.plan(out.choice, backend=name, started=started, status=status, bound=out.bound)
+
+
+AUTO_NODE_LIMIT = 50_000
+
+
+def _auto_single(model: Model, limits, time_limit, start, started) -> tuple[Outcome, str]:
+    """The knapsack method first; if its search grows past AUTO_NODE_LIMIT nodes (adversarial
+    tables with many equal trade-offs), hand its incumbent to the general ILP as a warm start."""
+    mckp = get_backend("mckp", len(limits))
+    if limits:
+        (name, limit), = limits.items()
+        cost = model.cost(name)
+    else:
+        cost, limit = np.zeros(model.valid.shape), 0.0
+    out = Knapsack(cost, model.damage, model.valid).solve(
+        limit, time_limit=time_limit, start=start, node_limit=AUTO_NODE_LIMIT
+    )
+    if out.status != "incomplete":
+        return out, mckp.name
+    others = [n for n in ("highs", "cbc") if n in available_backends()]
+    if not others:
+        return Outcome(out.choice, "time_limit", out.bound), mckp.name
+    left = None if time_limit is None else max(time_limit - (time.perf_counter() - started), 1e-3)
+    general = get_backend(others[0], len(limits))
+    ilp = general.solve(model, model.damage, limits, time_limit=left, start=out.choice)
+    bound = max(out.bound, ilp.bound)
+    if ilp.choice is None or (ilp.status != "optimal" and model.totals(ilp.choice)[0] > model.totals(out.choice)[0]):
+        return Outcome(out.choice, "time_limit", bound), mckp.name
+    return Outcome(ilp.choice, ilp.status, bound), general.name
 
 
 def solve(

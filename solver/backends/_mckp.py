@@ -80,6 +80,64 @@ class _Hull:
         self.n_steps = np.bincount(row, minlength=n) if row.size else np.zeros(n, dtype=np.intp)
 
 
+def _lattice_step(cost: np.ndarray, valid: np.ndarray) -> float:
+    """When every cost is an integer, totals move in steps of the gcd of the options' differences
+    from their group's cheapest; a budget can be rounded down to that lattice without losing any
+    plan, which tightens the LP bound (bytes of power-of-two layers share large common factors)."""
+    c = np.where(valid, cost, np.nan)
+    diffs = (c - np.nanmin(c, axis=1)[:, None])[valid]
+    if diffs.size == 0 or not np.all(np.isfinite(diffs)) or diffs.max() >= 2.0**52:
+        return 0.0
+    if not np.array_equal(diffs, np.round(diffs)) or not np.array_equal(c[valid], np.round(c[valid])):
+        return 0.0
+    ints = diffs.astype(np.int64)
+    ints = ints[ints > 0]
+    return float(np.gcd.reduce(ints)) if ints.size else 0.0
+
+
+def _improve(opts: np.ndarray, c: np.ndarray, d: np.ndarray, left: float, rounds: int = 64) -> np.ndarray:
+    """Local search on a feasible choice: best single move into the unused budget, else the best
+    pair of moves in different groups (one frees budget, the other spends it). Heuristic only."""
+    rows = np.arange(opts.size)
+    opts = opts.copy()
+    for _ in range(rounds):
+        dc = c - c[rows, opts][:, None]
+        dd = d - d[rows, opts][:, None]
+        ok = np.isfinite(dc) & np.isfinite(dd)
+        single = np.where(ok & (dc <= left) & (dd < 0), dd, np.inf)
+        r1, j1 = np.unravel_index(np.argmin(single), single.shape)
+        best_single = single[r1, j1]
+        mr, mj = np.nonzero(ok & (dd != 0))
+        mdc, mdd = dc[mr, mj], dd[mr, mj]
+        order = np.argsort(mdc, kind="stable")
+        sdc, sdd, srow = mdc[order], mdd[order], mr[order]
+        if sdc.size < 2:
+            break
+        # For each move B, the best partner A among moves with dc_A ≤ left − dc_B.
+        pref = np.minimum.accumulate(sdd)
+        pref_arg = np.zeros(sdd.size, dtype=np.intp)
+        is_new = np.r_[True, sdd[1:] < pref[:-1]]
+        pref_arg[is_new] = np.flatnonzero(is_new)
+        pref_arg = np.maximum.accumulate(pref_arg)
+        idx = np.searchsorted(sdc, left - sdc, side="right") - 1
+        has = idx >= 0
+        a = pref_arg[np.where(has, idx, 0)]
+        total = np.where(has & (srow[a] != srow) & (a != np.arange(sdc.size)), sdd + sdd[a], np.inf)
+        b = int(np.argmin(total))
+        best_pair = total[b]
+        if min(best_single, best_pair) >= 0:
+            break
+        if best_single <= best_pair:
+            left -= dc[r1, j1]
+            opts[r1] = j1
+        else:
+            for k in (order[b], order[a[b]]):
+                r, j = mr[k], mj[k]
+                left -= dc[r, j]
+                opts[r] = j
+    return opts
+
+
 @dataclass
 class _Node:
     rows: np.ndarray  # root group indices still open
@@ -100,6 +158,14 @@ class Knapsack:
         self.root_hull = _Hull(cost, obj, valid)
         scale = np.where(valid, np.abs(obj), 0.0).max(axis=1).sum()
         self.otol = OBJ_REL * max(float(scale), 1e-300)
+        self.step = _lattice_step(cost, valid)
+
+    def effective_budget(self, budget: float) -> float:
+        """`budget` rounded down to the lattice of reachable totals (see _lattice_step)."""
+        base = self.root_hull.base_cost
+        if self.step <= 0 or budget < base:
+            return budget
+        return min(budget, base + self.step * np.floor((budget - base) / self.step + 1e-9))
 
     def minimum_cost(self) -> float:
         return self.root_hull.base_cost
@@ -115,7 +181,16 @@ class Knapsack:
         rc = self.obj + lam * self.cost
         return float(rc.min(axis=1).sum() - lam * budget)
 
-    def solve(self, budget: float, *, time_limit: float | None = None, start: np.ndarray | None = None) -> Outcome:
+    def solve(
+        self,
+        budget: float,
+        *,
+        time_limit: float | None = None,
+        start: np.ndarray | None = None,
+        node_limit: int | None = None,
+    ) -> Outcome:
+        """Optimal choice for `budget`; "time_limit" (or "incomplete" past `node_limit` nodes)
+        returns the incumbent with the least bound of the open nodes."""
         deadline = None if time_limit is None else time.perf_counter() + time_limit
         ctol = FEAS_REL * max(1.0, abs(budget))
         n = self.cost.shape[0]
@@ -135,18 +210,23 @@ class Knapsack:
                 out[frows] = fopts
             return out
 
-        stack = [_Node(all_rows, self.valid, budget, 0.0, None, -np.inf)]
+        stack = [_Node(all_rows, self.valid, self.effective_budget(budget), 0.0, None, -np.inf)]
         root = True
+        nodes = 0
         while stack:
             node = stack.pop()
-            if not root and deadline is not None and time.perf_counter() > deadline:
+            nodes += 1
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            out_of_nodes = node_limit is not None and nodes > node_limit
+            if not root and (out_of_time or out_of_nodes):
                 bound = min([best_val, node.lb, *(s.lb for s in stack)])
                 if best is None:
                     return Outcome(None, "no_solution", bound)
-                return Outcome(best, "time_limit", bound)
+                return Outcome(best, "time_limit" if out_of_time else "incomplete", bound)
             rows, valid, bud, offset, fixed = node.rows, node.valid, node.budget, node.offset, node.fixed
             first = root
             root = False
+            hull = None
             while True:
                 if rows.size == 0:
                     if bud >= -ctol and offset < best_val:
@@ -191,6 +271,8 @@ class Knapsack:
                     else:
                         blocked.add(r)
                 opts = hull.vertices[local, counts]
+                if hull is self.root_hull:
+                    opts = _improve(opts, c, d, bud - float(c[local, opts].sum()))
                 val = offset + float(d[local, opts].sum())
                 if val < best_val and float(c[local, opts].sum()) <= bud + ctol:
                     best_val, best = val, materialise(here, rows, opts)

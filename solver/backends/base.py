@@ -11,7 +11,7 @@ import numpy as np
 
 from solver._model import Model
 
-OutcomeStatus = Literal["optimal", "time_limit", "infeasible", "no_solution"]
+OutcomeStatus = Literal["optimal", "time_limit", "incomplete", "infeasible", "no_solution"]
 
 
 @dataclass(frozen=True)
