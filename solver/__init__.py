@@ -6,6 +6,7 @@ Pure math: numpy, pulp, highspy and (lazily) optuna; no torch, no I/O.
 from solver._solve import TimeLimitReached, solve
 from solver.backends import available_backends, backend_names, get_backend, register
 from solver.backends.base import Backend
+from solver.frontier import Frontier, Frontier2D, frontier, frontier_2d, lower_convex_hull
 from solver.errors import BackendUnavailable, InfeasibleBudget, ProblemError, SolverError
 from solver.plan import Plan
 from solver.problem import (
@@ -21,6 +22,8 @@ from solver.problem import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "Frontier",
+    "Frontier2D",
     "Backend",
     "BackendUnavailable",
     "Budget",
@@ -33,6 +36,9 @@ __all__ = [
     "TimeLimitReached",
     "Unit",
     "available_backends",
+    "frontier",
+    "frontier_2d",
+    "lower_convex_hull",
     "average_bits_budget",
     "backend_names",
     "get_backend",

@@ -1,0 +1,191 @@
+"""Pareto frontiers of damage against costs: exact points on a budget grid, and the convex hull."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from solver._model import Model, compile_problem, limits_of
+from solver._solve import check_reachable, solve_model
+from solver.backends import get_backend
+from solver.backends._mckp import Knapsack
+from solver.errors import InfeasibleBudget
+from solver.plan import Plan
+from solver.problem import Budget, Problem
+
+_SAME_REL = 1e-12
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """Damage versus one cost: plans sorted by that cost, each optimal for a budget equal to its own
+    cost (under any extra budgets), none dominated by another."""
+
+    cost: str
+    points: list[Plan]
+
+
+@dataclass(frozen=True)
+class Frontier2D:
+    """Damage versus two costs: non-dominated plans, each optimal for limits equal to its own costs."""
+
+    costs: tuple[str, str]
+    points: list[Plan]
+
+
+def frontier(
+    problem: Problem,
+    cost: str = "bytes",
+    points: int = 100,
+    *,
+    budgets: Sequence[Budget] = (),
+    backend: str = "auto",
+) -> Frontier:
+    """Exact plans for `points` budgets evenly spaced from the cheapest plan's `cost` to the cost of
+    the least-damage plan; duplicates and dominated plans dropped.
+
+    With no extra budgets the knapsack method answers every budget from one hull, warm-started
+    from its neighbour's plan; otherwise the chosen ILP back-end solves each point, warm-started too.
+    """
+    if points < 1:
+        raise ValueError(f"points must be ≥ 1, got {points}")
+    model = compile_problem(problem)
+    model.cost(cost)
+    extra = limits_of(model, [b for b in budgets if b.cost != cost])
+    cap = min((b.limit for b in budgets if b.cost == cost), default=np.inf)
+    if not extra and backend in ("auto", "mckp"):
+        plans = _knapsack_frontier(model, cost, points, cap)
+    else:
+        plans = _ilp_frontier(model, cost, points, cap, extra, backend)
+    return Frontier(cost=cost, points=_non_dominated(plans, (cost,)))
+
+
+def _grid(lo: float, hi: float, cap: float, points: int) -> np.ndarray:
+    hi = min(hi, cap)
+    if points == 1 or hi <= lo:
+        return np.array([hi if points == 1 else lo])
+    return np.linspace(lo, hi, points)
+
+
+def _knapsack_frontier(model: Model, cost: str, points: int, cap: float) -> list[Plan]:
+    started = time.perf_counter()
+    ks = Knapsack(model.cost(cost), model.damage, model.valid)
+    lo = ks.minimum_cost()
+    if cap < lo:
+        check_reachable(model, {cost: cap})
+    rows = np.arange(model.n_groups)
+    hull = ks.root_hull
+    dearest = hull.vertices[rows, hull.n_steps]
+    hi = float(ks.cost[rows, dearest].sum())
+    plans, prev = [], None
+    for budget in _grid(lo, hi, cap, points):
+        out = ks.solve(float(budget), start=prev)
+        prev = out.choice
+        plans.append(model.plan(out.choice, backend="mckp", started=started))
+        started = time.perf_counter()
+    return plans
+
+
+def _ilp_frontier(
+    model: Model, cost: str, points: int, cap: float, extra: dict[str, float], backend: str
+) -> list[Plan]:
+    check_reachable(model, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
+    impl = get_backend("highs" if backend == "auto" else backend, len(extra) + 1)
+    # Ends of the grid: the cheapest plan meeting the extra budgets, and the least-damage one.
+    cheapest = impl.solve(model, model.cost(cost), extra)
+    if cheapest.choice is None:
+        raise InfeasibleBudget(
+            "the extra budgets cannot all be met together",
+            minimums={n: model.minimum(n) for n in extra},
+            violated=(),
+        )
+    lo = model.totals(cheapest.choice)[1][cost]
+    best = solve_model(model, extra, backend=impl.name if extra else backend)
+    hi = best.costs[cost]
+    plans, prev = [], cheapest.choice
+    for budget in _grid(lo, hi, cap, points):
+        plan = solve_model(model, {**extra, cost: float(budget)}, backend=impl.name, start=prev)
+        prev = model.choice_of(plan)
+        plans.append(plan)
+    return plans
+
+
+def _non_dominated(plans: Sequence[Plan], costs: Sequence[str]) -> list[Plan]:
+    """Drop duplicates and plans some other plan beats or equals in damage and every cost."""
+
+    def key(p: Plan) -> tuple[float, ...]:
+        return (*(p.costs[c] for c in costs), p.damage)
+
+    ordered = sorted(plans, key=key)
+    kept: list[Plan] = []
+    for plan in ordered:
+        k = key(plan)
+        tol = [_SAME_REL * max(1.0, abs(x)) for x in k]
+        if any(all(q <= x + t for q, x, t in zip(key(other), k, tol)) for other in kept):
+            continue
+        kept.append(plan)
+    return kept
+
+
+def lower_convex_hull(problem: Problem, cost: str = "bytes") -> list[Plan]:
+    """Every vertex of the lower convex hull of (cost, damage) over all plans, cheapest first: the
+    plans minimising damage + λ·cost as λ sweeps from +∞ to 0. Each is optimal for its own cost."""
+    started = time.perf_counter()
+    model = compile_problem(problem)
+    ks = Knapsack(model.cost(cost), model.damage, model.valid)
+    hull = ks.root_hull
+    choice = hull.base.copy()
+    steps = np.zeros(model.n_groups, dtype=np.intp)
+    plans = [model.plan(choice, backend="lagrangian", started=started)]
+    eff = hull.eff
+    breaks = np.flatnonzero(np.r_[eff[1:] != eff[:-1], True]) if eff.size else np.empty(0, dtype=np.intp)
+    begin = 0
+    for end in breaks + 1:
+        rows = hull.row[begin:end]
+        np.add.at(steps, rows, 1)
+        choice[rows] = hull.vertices[rows, steps[rows]]
+        begin = end
+        started_point = time.perf_counter()
+        plans.append(model.plan(choice, backend="lagrangian", started=started_point))
+    return plans
+
+
+def frontier_2d(
+    problem: Problem,
+    costs: tuple[str, str] = ("bytes", "latency_ms"),
+    grid: tuple[int, int] = (10, 10),
+    *,
+    budgets: Sequence[Budget] = (),
+    backend: str = "auto",
+) -> Frontier2D:
+    """Exact plans on an n × m grid of limits on two costs (each from its least achievable value to
+    its value in the least-damage plan); infeasible cells skipped, dominated plans dropped."""
+    n, m = grid
+    if n < 1 or m < 1:
+        raise ValueError(f"grid must be two positive counts, got {grid}")
+    if costs[0] == costs[1]:
+        raise ValueError("frontier_2d needs two different costs")
+    model = compile_problem(problem)
+    extra = limits_of(model, [b for b in budgets if b.cost not in costs])
+    best = solve_model(model, extra, backend=backend)
+    axes = []
+    for c in costs:
+        cap = min((b.limit for b in budgets if b.cost == c), default=np.inf)
+        axes.append(_grid(model.minimum(c), best.costs[c], cap, n if c == costs[0] else m))
+    impl_name = get_backend(backend, len(extra) + 2).name
+    plans: list[Plan] = []
+    for a in axes[0]:
+        prev = None
+        for b in axes[1]:  # tightest first: each plan is a feasible warm start for the next cell
+            try:
+                plan = solve_model(
+                    model, {**extra, costs[0]: float(a), costs[1]: float(b)}, backend=impl_name, start=prev
+                )
+            except InfeasibleBudget:
+                continue
+            prev = model.choice_of(plan)
+            plans.append(plan)
+    return Frontier2D(costs=costs, points=_non_dominated(plans, costs))
