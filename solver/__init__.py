@@ -6,7 +6,9 @@ Pure math: numpy, pulp, highspy and (lazily) optuna; no torch, no I/O.
 from solver._solve import TimeLimitReached, solve
 from solver.backends import available_backends, backend_names, get_backend, register
 from solver.backends.base import Backend
-from solver.frontier import Frontier, Frontier2D, frontier, frontier_2d, lower_convex_hull
+from solver._baselines import greedy_plan, uniform_plans
+from solver._budget import parse_budget
+from solver._frontier import Frontier, Frontier2D, frontier, frontier_2d, lower_convex_hull
 from solver.errors import BackendUnavailable, InfeasibleBudget, ProblemError, SolverError
 from solver.plan import Plan
 from solver.problem import (
@@ -37,6 +39,9 @@ __all__ = [
     "Unit",
     "available_backends",
     "frontier",
+    "greedy_plan",
+    "parse_budget",
+    "uniform_plans",
     "frontier_2d",
     "lower_convex_hull",
     "average_bits_budget",
