@@ -1,0 +1,48 @@
+"""/v1/analyses/{id}/frontier: the exact damage-versus-cost front of an analysis, computed once, stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service import planning
+from service.api.deps import get_session
+from service.api.routes.analyses import succeeded_analysis
+from service.db.models import FrontierRecord
+from service.errors import InvalidInput
+from service.frontiers import compute_frontier
+
+router = APIRouter(prefix="/v1/analyses", tags=["frontiers"])
+
+
+@router.get("/{analysis_id}/frontier")
+async def get_frontier(
+    analysis_id: str,
+    cost: str = Query("bytes", max_length=50, description="The cost on the x axis (bytes, bops, latency_ms...)."),
+    points: int = Query(50, ge=2, le=1000, description="Budgets on the grid from the cheapest to the dearest plan."),
+    session: Session = Depends(get_session),
+) -> dict[str, Any]:
+    rec = succeeded_analysis(session, analysis_id)
+    stmt = select(FrontierRecord).where(
+        FrontierRecord.analysis_id == rec.id, FrontierRecord.cost == cost, FrontierRecord.points_requested == points
+    )
+    stored = session.scalars(stmt).first()
+    if stored is None:
+        problem = planning.problem_for(rec.id, rec.problem)
+        if cost not in problem.cost_names:
+            raise InvalidInput("cost", f"this analysis has no cost {cost!r}; it has {list(problem.cost_names)}")
+        data = await run_in_threadpool(compute_frontier, problem, cost=cost, points=points)
+        stored = FrontierRecord(analysis_id=rec.id, cost=cost, points_requested=points, data=data,
+                                solve_seconds=data["solve_seconds"])
+        session.add(stored)
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent request stored the same frontier first: serve theirs
+            session.rollback()
+            stored = session.scalars(stmt).one()
+    return {"analysis_id": rec.id, "points_requested": stored.points_requested, **stored.data}
