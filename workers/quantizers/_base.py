@@ -24,11 +24,16 @@ class Quantizer(ABC):
     - `ladder` names the set of candidates that differ from this one only in `weight_bits`; along a
       ladder more bits must never be predicted worse (the analysis enforces it).
     - torch is imported inside `quantize`, never at module import.
+    - `activation_bits` is the width of the activations the layer computes with; it only enters
+      costs (BOPs, roofline latency). Families never set it: the registry wraps any candidate
+      named with an "_a<bits>" suffix (see workers.quantizers), and 16 (FP16/BF16 activations,
+      i.e. weight-only quantization) is the default.
     """
 
     name: str
     family: str
     weight_bits: int
+    activation_bits: int = 16
 
     @abstractmethod
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""The one registry of format families; candidate names are parsed by asking each family in turn."""
+"""The one registry of format families; candidate names are parsed by asking each family in turn.
+
+An "_a<bits>" suffix (activation width, 2..16) is split off here, before any family sees the
+name, so every family's formats can be paired with an activation width the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,30 @@ import importlib
 from collections.abc import Iterable
 from functools import cache
 
+from workers.quantizers._activations import (
+    DEFAULT_ACTIVATION_BITS,
+    MAX_ACTIVATION_BITS,
+    MIN_ACTIVATION_BITS,
+    SUFFIX,
+    WithActivations,
+)
 from workers.quantizers._base import Family, Quantizer
 
 # family name -> "module:class"; imported on first use so registering costs nothing at import.
 _FAMILIES: dict[str, str] = {
     "integer": "workers.quantizers._integer:IntegerFamily",
+    "float": "workers.quantizers._float:FloatFamily",
+    "mx": "workers.quantizers._mx:MXFamily",
+    "nvfp4": "workers.quantizers._nvfp4:NVFP4Family",
+    "half": "workers.quantizers._half:HalfFamily",
 }
 
 DEFAULT_CANDIDATES: tuple[str, ...] = ("int2", "int3", "int4", "int6", "int8")
+
+_ACTIVATION_GRAMMAR = (
+    f"any of the above + _a<bits> (activation width {MIN_ACTIVATION_BITS}..{MAX_ACTIVATION_BITS}, for BOPs and"
+    f" latency; without it activations are {DEFAULT_ACTIVATION_BITS}-bit, i.e. weight-only; e.g. int8_a8, mxfp4_a8)"
+)
 
 
 @cache
@@ -29,21 +49,38 @@ def families() -> dict[str, Family]:
 
 
 def candidate_grammar() -> str:
-    """One line per available family: the candidate names it accepts."""
-    return "\n".join(f"- {name}: {fam.grammar}" for name, fam in families().items())
+    """One line per available family: the candidate names it accepts, then the activation suffix."""
+    lines = [f"- {name}: {fam.grammar}" for name, fam in families().items()]
+    return "\n".join([*lines, f"- W/A pairs: {_ACTIVATION_GRAMMAR}"])
 
 
 def parse_candidate(name: str) -> Quantizer:
     """The format a candidate name denotes; ValueError listing the grammar when no family knows it."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"candidate: must be a non-empty string, got {name!r}")
+    m = SUFFIX.match(name)
+    if m is not None:
+        bits_text = m.group("bits")
+        bits = int(bits_text)
+        if bits_text != str(bits) or not MIN_ACTIVATION_BITS <= bits <= MAX_ACTIVATION_BITS:
+            raise ValueError(
+                f"candidate {name!r}: activation bits must be {MIN_ACTIVATION_BITS}..{MAX_ACTIVATION_BITS}"
+            )
+        base = _parse_weight_format(m.group("base"), name)
+        if bits == DEFAULT_ACTIVATION_BITS:
+            raise ValueError(f"candidate {name!r}: write it as {base.name!r} ({bits}-bit activations are the default)")
+        return WithActivations(base, bits)
+    return _parse_weight_format(name, name)
+
+
+def _parse_weight_format(name: str, full: str) -> Quantizer:
     for family in families().values():
         quantizer = family.parse(name)
         if quantizer is not None:
             if quantizer.name != name:  # one spelling per format keeps table keys unique
-                raise ValueError(f"candidate {name!r}: write it as {quantizer.name!r}")
+                raise ValueError(f"candidate {full!r}: write it as {full.replace(name, quantizer.name, 1)!r}")
             return quantizer
-    raise ValueError(f"candidate {name!r}: unknown format; valid names:\n{candidate_grammar()}")
+    raise ValueError(f"candidate {full!r}: unknown format; valid names:\n{candidate_grammar()}")
 
 
 def parse_candidates(names: Iterable[str]) -> list[Quantizer]:
