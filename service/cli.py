@@ -41,6 +41,64 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(url=args.url, bits=args.bits, keep_serving=args.keep_serving, architecture=args.architecture)
 
 
+def _lazy(module: str, name: str):
+    """A command handler imported on use, so `bitplan serve` never loads the client side and vice versa."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
+def _add_client_commands(sub) -> None:
+    from service.commands import add_client_args
+
+    p = sub.add_parser("submit", help="upload a model (and dataset) and start an analysis; prints its id")
+    p.add_argument("model", help="safetensors weights (with --spec) or a torch.export .pt2")
+    p.add_argument("--spec", help='JSON or a JSON file: {"architecture": "mlp", "hyperparams": {...}}')
+    p.add_argument("--dataset", help="calibration safetensors with 'inputs' and optional 'targets'")
+    p.add_argument("--candidates", nargs="+", help="candidate formats, e.g. int4 int8 (or int4,int8)")
+    p.add_argument("--metric", default="hutchinson")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait", action="store_true", help="follow it with a progress bar until it ends")
+    p.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    add_client_args(p)
+    p.set_defaults(func=_lazy("service.commands", "submit"))
+
+    p = sub.add_parser("status", help="state and progress of an analysis")
+    p.add_argument("id")
+    add_client_args(p)
+    p.set_defaults(func=_lazy("service.commands", "status"))
+
+    p = sub.add_parser("plan", help="solve a finished analysis for a budget and print the per-layer plan")
+    p.add_argument("id")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--bits", type=float, help="average bits per weight (scale overhead included)")
+    budget.add_argument("--bytes", type=float, help="total bytes of the quantized layers")
+    add_client_args(p)
+    p.set_defaults(func=_lazy("service.commands", "plan"))
+
+    p = sub.add_parser("batch", help="run a YAML/JSONL file of jobs with progress bars and a summary table")
+    p.add_argument("file")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between status polls")
+    p.add_argument("--timeout", type=float, default=6 * 3600, help="give up on jobs still running after this")
+    add_client_args(p)
+    p.set_defaults(func=_lazy("service.batch", "main"))
+
+    p = sub.add_parser("token", help="create, list or revoke API tokens (on this server's database)")
+    tsub = p.add_subparsers(dest="token_command", required=True)
+    t = tsub.add_parser("create", help="make a token and print its secret once")
+    t.add_argument("--name", required=True)
+    t.add_argument("--scopes", default="read,submit", help="comma-separated: read, submit, admin")
+    t = tsub.add_parser("list", help="tokens (id, prefix, name, scopes)")
+    t.add_argument("--all", action="store_true", help="include revoked ones")
+    t = tsub.add_parser("revoke", help="revoke a token by id or prefix")
+    t.add_argument("id")
+    p.set_defaults(func=_lazy("service.commands", "token"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bitplan", description="Mixed-precision bit-allocation search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--architecture", choices=["mlp", "cnn"], default="mlp")
     p.add_argument("--keep-serving", action="store_true", help="leave the server running after the demo")
     p.set_defaults(func=_demo)
+    _add_client_commands(sub)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,19 @@ class ApiError(Exception):
 
 
 class BitplanClient:
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 120.0):
+    """Every POST carries an Idempotency-Key, so a POST retried after a 429/503 or a lost connection
+    has its effect once; `retries` bounds how often (Retry-After is honoured up to `max_wait` s).
+    `http` lets tests pass an httpx.Client of their own (e.g. FastAPI's TestClient)."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 120.0,
+                 retries: int = 3, max_wait: float = 30.0, http: httpx.Client | None = None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.retries = retries
+        self.max_wait = max_wait
+        if http is not None:
+            http.headers.update(headers)
+        self._http = http or httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -46,6 +56,34 @@ class BitplanClient:
             raise ApiError(response.status_code, str(detail), body)
         return response.json()
 
+    def _post(self, path: str, *, json_body: Any = None, file: Path | None = None, data: dict | None = None,
+              retry: bool = True) -> Any:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        attempt = 0
+        while True:
+            try:
+                if file is not None:
+                    with open(file, "rb") as f:
+                        r = self._http.post(path, files={"file": (Path(file).name, f)}, data=data or {},
+                                            headers=headers)
+                else:
+                    r = self._http.post(path, json=json_body, headers=headers)
+            except httpx.TransportError:
+                if not retry or attempt >= self.retries:
+                    raise
+                r = None
+            transient = r is None or r.status_code in (429, 503) or (
+                r.status_code == 409 and "Idempotency-Key" in r.text)  # the same request still in flight
+            if r is not None and (not transient or not retry or attempt >= self.retries):
+                return self._json(r)
+            wait = 2.0 ** attempt
+            if r is not None and r.headers.get("retry-after", "").isdigit():
+                wait = float(r.headers["retry-after"])
+            if wait > self.max_wait:
+                return self._json(r)
+            attempt += 1
+            time.sleep(wait)
+
     def health(self) -> bool:
         try:
             return self._http.get("/healthz", timeout=2).status_code == 200
@@ -59,21 +97,23 @@ class BitplanClient:
             data["spec"] = json.dumps({"architecture": architecture, "hyperparams": hyperparams or {}})
         if name:
             data["name"] = name
-        with open(path, "rb") as f:
-            return self._json(self._http.post("/v1/models", files={"file": (Path(path).name, f)}, data=data))
+        return self._post("/v1/models", file=Path(path), data=data)
 
     def upload_dataset(self, path: Path, *, name: str | None = None) -> dict[str, Any]:
-        with open(path, "rb") as f:
-            data = {"name": name} if name else {}
-            return self._json(self._http.post("/v1/datasets", files={"file": (Path(path).name, f)}, data=data))
+        return self._post("/v1/datasets", file=Path(path), data={"name": name} if name else {})
 
     def start_analysis(self, model_id: str, *, dataset_id: str | None = None, candidates: list[str] | None = None,
-                       metric: str = "hutchinson", seed: int = 0, options: dict | None = None) -> dict[str, Any]:
+                       metric: str = "hutchinson", seed: int = 0, options: dict | None = None,
+                       retry: bool = True) -> dict[str, Any]:
+        """Submit; with retry=False a 429 (rate or concurrent-job limit) is raised at once as ApiError."""
         body = {"model_id": model_id, "dataset_id": dataset_id, "metric": metric, "seed": seed,
                 "options": options or {}}
         if candidates is not None:
             body["candidates"] = candidates
-        return self._json(self._http.post("/v1/analyses", json=body))
+        return self._post("/v1/analyses", json_body=body, retry=retry)
+
+    def list_analyses(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        return self._json(self._http.get("/v1/analyses", params={"limit": limit}))
 
     def analysis(self, analysis_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/analyses/{analysis_id}"))
@@ -98,8 +138,7 @@ class BitplanClient:
     def plan(self, analysis_id: str, *, average_bits: float | None = None, bytes: float | None = None,
              backend: str = "auto") -> dict[str, Any]:
         budget = {k: v for k, v in {"average_bits": average_bits, "bytes": bytes}.items() if v is not None}
-        return self._json(self._http.post(f"/v1/analyses/{analysis_id}/plans",
-                                          json={"budget": budget, "backend": backend}))
+        return self._post(f"/v1/analyses/{analysis_id}/plans", json_body={"budget": budget, "backend": backend})
 
     def get_plan(self, plan_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/plans/{plan_id}"))

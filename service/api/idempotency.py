@@ -48,6 +48,35 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         content={"detail": f"{HEADER}: {message}", "field": HEADER})
 
 
+def _boundary(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    ctype = next((v for k, v in headers if k == b"content-type"), b"")
+    if not ctype.startswith(b"multipart/"):
+        return None
+    for param in ctype.split(b";")[1:]:
+        name, _, value = param.strip().partition(b"=")
+        if name.lower() == b"boundary" and value:
+            return value.strip(b'"')
+    return None
+
+
+def _hash_body(spool, digest, boundary: bytes | None) -> None:
+    """Hash the spooled body; a multipart boundary is hashed as a placeholder, because clients pick a
+    random one per attempt and a retried upload must still count as the same request."""
+    spool.seek(0)
+    keep = len(boundary) - 1 if boundary else 0
+    carry = b""
+    while chunk := spool.read(1 << 16):
+        buf = carry + chunk
+        if boundary:
+            buf = buf.replace(boundary, b"\0boundary\0")
+        if len(buf) <= keep:
+            carry = buf
+            continue
+        digest.update(buf[:len(buf) - keep])
+        carry = buf[len(buf) - keep:]
+    digest.update(carry)
+
+
 def _begin(url: str, *, owner: str, key: str, request_hash: str, ttl_s: int) -> tuple[str, Any]:
     """('new', row id) | ('replay', row) | ('mismatch', None) | ('in_flight', None)."""
     now = utcnow()
@@ -134,10 +163,10 @@ class IdempotencyMiddleware:
                 if size > self.max_body:
                     await _error(413, "body too large to be held for replay")(scope, receive, send)
                     return
-                digest.update(chunk)
                 spool.write(chunk)
                 if not message.get("more_body", False):
                     break
+            _hash_body(spool, digest, _boundary(scope["headers"]))
             outcome, found = await run_in_threadpool(
                 _begin, self.url, owner=principal.owner, key=key, request_hash=digest.hexdigest(), ttl_s=self.ttl_s)
             if outcome == "mismatch":

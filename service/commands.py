@@ -1,0 +1,163 @@
+"""Client-side commands of `bitplan`: submit, status, plan (over HTTP), and token (on the database).
+
+submit/status/plan use only BitplanClient, so they work against any server; `token` is an operator's
+tool like `migrate`: it writes the database directly, which is how the first admin token is made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.client import ApiError, BitplanClient
+
+__all__ = ["add_client_args", "client_from", "submit", "status", "plan", "token", "progress_line"]
+
+
+def add_client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("BITPLAN_URL", "http://127.0.0.1:8000"),
+                   help="server URL (env BITPLAN_URL; default http://127.0.0.1:8000)")
+    p.add_argument("--token", default=os.environ.get("BITPLAN_TOKEN"), help="bearer token (env BITPLAN_TOKEN)")
+
+
+def client_from(args: argparse.Namespace) -> BitplanClient:
+    return BitplanClient(args.url, token=args.token)
+
+
+def progress_line(state: dict[str, Any], *, label: str = "", width: int = 30) -> str:
+    frac = float(state["progress"]["fraction"])
+    filled = int(round(frac * width))
+    msg = state.get("error") or state["progress"]["message"]
+    return f"{label}[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}%  {state['status']:<9} {msg[:50]}"
+
+
+def _spec(raw: str | None) -> tuple[str | None, dict | None]:
+    if raw is None:
+        return None, None
+    text = Path(raw).read_text() if not raw.lstrip().startswith("{") and Path(raw).is_file() else raw
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--spec: not JSON ({exc})") from exc
+    if not isinstance(data, dict) or "architecture" not in data:
+        raise ValueError('--spec: expected {"architecture": ..., "hyperparams": {...}}')
+    return data["architecture"], data.get("hyperparams", {})
+
+
+def _candidates(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [c for v in values for c in v.split(",") if c]
+
+
+def _errors(fn):
+    """Print an API error as the server phrased it (it names the field) and exit 1."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except ApiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+@_errors
+def submit(args: argparse.Namespace) -> int:
+    architecture, hyperparams = _spec(args.spec)
+    with client_from(args) as client:
+        model = client.upload_model(Path(args.model), architecture=architecture, hyperparams=hyperparams)
+        dataset = client.upload_dataset(Path(args.dataset)) if args.dataset else None
+        analysis = client.start_analysis(model["id"], dataset_id=dataset["id"] if dataset else None,
+                                         candidates=_candidates(args.candidates), metric=args.metric,
+                                         seed=args.seed)
+        print(analysis["id"])
+        if not args.wait:
+            return 0
+        tty = sys.stderr.isatty()
+        last = [""]
+
+        def show(state: dict[str, Any]) -> None:
+            line = progress_line(state)
+            if line != last[0]:
+                last[0] = line
+                sys.stderr.write(("\r" + line) if tty else line + "\n")
+                sys.stderr.flush()
+
+        final = client.wait(analysis["id"], on_progress=show, poll=args.poll)
+        if tty:
+            sys.stderr.write("\n")
+        print(f"{final['status']}" + (f": {final['error']}" if final.get("error") else ""))
+        return 0 if final["status"] == "succeeded" else 1
+
+
+@_errors
+def status(args: argparse.Namespace) -> int:
+    with client_from(args) as client:
+        state = client.analysis(args.id)
+    print(f"{state['id']}  {progress_line(state)}")
+    if state.get("error"):
+        print(f"error: {state['error']}")
+    return 1 if state["status"] in ("failed", "cancelled") else 0
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    rows = [("layer", "candidate", "bytes", "damage")]
+    rows += [(l["layer"], l["candidate"], f"{l['bytes']:.0f}", f"{l['damage']:.4g}") for l in plan["layers"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.append(f"total {plan['total_bytes']:.0f} bytes, {plan['average_bits']:.3f} bits/weight, predicted damage "
+                 f"{plan['predicted_damage']:.4g} ({plan['solver']['status']}); {plan['links']['self']}")
+    return "\n".join(lines)
+
+
+@_errors
+def plan(args: argparse.Namespace) -> int:
+    with client_from(args) as client:
+        result = client.plan(args.id, average_bits=args.bits, bytes=args.bytes)
+    print(format_plan(result))
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    from service import tokens
+    from service.config import get_settings
+    from service.db import migrate
+    from service.db.session import session_scope
+    from service.errors import NotFound
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    migrate.upgrade(url)
+    with session_scope(url) as session:
+        if args.token_command == "create":
+            try:
+                issued = tokens.create_token(session, name=args.name, scopes=args.scopes)
+            except ValueError as exc:
+                print(f"error: --scopes: {exc}", file=sys.stderr)
+                return 2
+            rec = issued.record
+            print(f"created token {rec.id} ({rec.name}, scopes {','.join(rec.scopes)}); its secret, shown once:",
+                  file=sys.stderr)
+            print(issued.secret)
+        elif args.token_command == "list":
+            for rec in tokens.list_tokens(session, include_revoked=args.all):
+                state = f"revoked {rec.revoked_at:%Y-%m-%d %H:%M}" if rec.revoked_at else "active"
+                print(f"{rec.id}  bp_{rec.prefix}_…  {rec.name:<20} {','.join(rec.scopes):<18} {state}")
+        else:
+            try:
+                rec = tokens.revoke_token(session, token_id=args.id)
+            except NotFound as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"revoked {rec.id} ({rec.name})")
+    return 0
