@@ -16,7 +16,9 @@ _TIGHTEN_TRIES = 3
 
 class CbcBackend(Backend):
     """PuLP's CBC with zero gaps. CBC does not report its bound through PuLP, so on a time limit the
-    bound is the LP relaxation's optimum (solved by CBC too): weaker, but proven."""
+    bound is the LP relaxation's optimum (solved by CBC too): weaker, but proven. PuLP also reports
+    "infeasible" when CBC stops on time with no plan, so under a time limit only an infeasible LP
+    relaxation counts as proof."""
 
     name = "cbc"
     max_budgets = None
@@ -76,15 +78,20 @@ def _run(lay: Layout, time_limit: float | None) -> Outcome:
     if lay.col_group.size == 0:
         return Outcome(lay.fixed.copy(), "optimal", lay.obj_shift)
     prob, xs = _build(lay, relax=False)
-    limit = None if time_limit is None else max(1, int(np.ceil(time_limit)))
-    prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=0, gapAbs=0, threads=1))
-    if prob.status == pulp.LpStatusInfeasible:
+    limit = None if time_limit is None else max(float(time_limit), 0.01)
+    # "increment 0": CBC otherwise only accepts improvements above an objective increment it
+    # guesses, and calls a plan 1e-5 worse than the best one optimal.
+    cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=0, gapAbs=0, threads=1, options=["increment 0"])
+    prob.solve(cmd)
+    if prob.status == pulp.LpStatusInfeasible and time_limit is None:
         return Outcome(None, "infeasible", float("inf"))
     values = np.array([x.varValue if x.varValue is not None else 0.0 for x in xs])
     if prob.sol_status == pulp.LpSolutionOptimal:
         return Outcome(lay.choice(values), "optimal", lay.objective_value(float(values @ lay.obj)))
     relaxed, _ = _build(lay, relax=True)
     relaxed.solve(pulp.PULP_CBC_CMD(msg=False, threads=1))
+    if relaxed.status == pulp.LpStatusInfeasible:
+        return Outcome(None, "infeasible", float("inf"))
     bound = lay.objective_value(pulp.value(relaxed.objective)) if relaxed.status == 1 else -np.inf
     if prob.sol_status == pulp.LpSolutionIntegerFeasible:
         return Outcome(lay.choice(values), "time_limit", bound)
