@@ -178,7 +178,7 @@ class Knapsack:
             return float("inf")
         k = int(np.searchsorted(hull.cum_dc, resid, side="right"))
         lam = hull.eff[k] if k < hull.eff.size else 0.0
-        rc = self.obj + lam * self.cost
+        rc = np.where(self.valid, self.obj + lam * np.where(self.valid, self.cost, 0.0), np.inf)
         return float(rc.min(axis=1).sum() - lam * budget)
 
     def solve(
@@ -249,7 +249,7 @@ class Knapsack:
                         best_val, best = val, materialise(here, rows, opts)
                     break
                 lam = float(hull.eff[k])
-                rc = d + lam * c
+                rc = np.where(valid, d + lam * np.where(valid, c, 0.0), np.inf)
                 m = rc.min(axis=1)
                 lb = offset + float(m.sum()) - lam * bud
                 if lb >= best_val - self.otol:
