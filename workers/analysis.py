@@ -6,28 +6,74 @@ with fewer. Estimator noise (or a quantizer grid that happens to fit a layer bad
 raw damages; the table then gives the higher-bit candidate the lower damage of the two (a running
 minimum in ascending bits), keeping the raw value beside it. Candidates on different ladders (per
 channel vs group-wise, symmetric vs asymmetric) are not compared.
+
+Device: "auto" takes CUDA when torch sees a GPU, else the CPU; the model and the calibration
+tensors are moved there for the whole analysis. Memory: when the metric runs out of memory (CUDA's
+OutOfMemoryError, or a RuntimeError saying "out of memory", also when a metric wrapped it) the
+calibration batch size is halved and the metric restarts, down to 1; out of memory at batch size 1
+is an AnalysisError saying what to cap. The batch size that finally ran is in the provenance.
+
+Costs: with calibration data one sample is traced (workers.costs) for MACs, BOPs and latency, and
+the same pass finds the fusable projections that `ties="auto"` ties (workers.units).
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from workers.costs import HardwareProfile, bops, roofline_ms, trace_layers
 from workers.data import Calibration
 from workers.errors import AnalysisError, DatasetError
 from workers.metrics import Metric, MetricContext
 from workers.models import find_layers
 from workers.quantizers import Quantizer
 from workers.table import CandidateRow, LayerRow, SensitivityTable
+from workers.units import group_layers
 
-__all__ = ["analyse", "enforce_monotone"]
+__all__ = ["analyse", "enforce_monotone", "is_out_of_memory", "resolve_device"]
 
 Report = Callable[[float, str], None]
 _MEASURE_SHARE = 0.95  # of the progress bar; quantizing every layer × candidate is the rest
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """"auto" (or None): CUDA when available, else CPU; "cpu", "cuda", "cuda:N" as asked."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"options.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"options.device: {device!r} asked for, but torch sees no CUDA device here")
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"options.device: {exc}") from exc
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"options.device: {device!r} but only {torch.cuda.device_count()} CUDA device(s)")
+        return resolved
+    return torch.device("cpu")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocator failure anywhere in the exception's cause / context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, torch.OutOfMemoryError):
+            return True
+        if isinstance(current, RuntimeError) and "out of memory" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def analyse(
@@ -39,12 +85,26 @@ def analyse(
     seed: int = 0,
     report: Report | None = None,
     timings: dict[str, float] | None = None,
+    device: str | None = "auto",
+    hardware: HardwareProfile | None = None,
+    latency_table: Mapping[tuple[str, str], float] | None = None,
+    grouping: str | list[str] = "layer",
+    ties: str = "auto",
+    provenance: dict[str, Any] | None = None,
 ) -> SensitivityTable:
     """The sensitivity table of `model`'s quantizable layers under `candidates`.
 
-    Leaves the model's parameters unchanged. `timings`, when given, receives seconds per phase.
+    Leaves the model's parameter values unchanged (it may move the model to `device`). `timings`,
+    when given, receives seconds per phase. `latency_table` maps (layer, candidate) → ms (parsed
+    by workers.costs.parse_latency_table); `hardware` asks for roofline latencies instead.
     """
-    report = report or (lambda fraction, message: None)
+    raw_report = report or (lambda fraction, message: None)
+    shown = [0.0]
+
+    def report(fraction: float, message: str) -> None:  # monotone even across OOM restarts
+        shown[0] = max(shown[0], fraction)
+        raw_report(shown[0], message)
+
     timings = timings if timings is not None else {}
     layers = find_layers(model)
     if not layers:
@@ -53,18 +113,33 @@ def analyse(
         raise DatasetError(f"dataset: the {metric.name} metric needs calibration data")
     if not candidates:
         raise ValueError("candidates: must name at least one format")
+    if hardware is not None and latency_table is not None:
+        raise ValueError("options.latency_table: give either a latency table or a hardware profile, not both")
+    names = [info.name for info, _ in layers]
+    units = group_layers(names, grouping)
 
+    target = resolve_device(device)
+    model.to(target)
+    if calibration is not None:
+        calibration.to(target)
     torch.manual_seed(seed)
+
     started = time.perf_counter()
-    ctx = MetricContext(
-        model=model,
-        layers=layers,
-        calibration=calibration,
-        candidates=list(candidates),
-        seed=seed,
-        report=lambda f, m: report(_MEASURE_SHARE * min(max(f, 0.0), 1.0), m),
-    )
-    stats = metric.measure(ctx)
+    trace = None
+    if calibration is not None:
+        report(0.0, "tracing one sample for MACs and shared inputs")
+        try:
+            trace = trace_layers(model, layers, calibration.inputs[:1])
+        except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
+            raise AnalysisError(
+                f"model forward failed on one calibration sample of shape {list(calibration.inputs[:1].shape)}:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+    timings["trace_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    first_batch = calibration.batch_size if calibration is not None else None
+    stats = _measure_with_backoff(model, layers, calibration, candidates, metric, seed, target, report)
     if len(stats) != len(layers):
         raise AnalysisError(f"metric {metric.name!r} returned {len(stats)} statistics for {len(layers)} layers")
     timings["measure_s"] = time.perf_counter() - started
@@ -74,13 +149,19 @@ def analyse(
     rows = []
     for (info, weight), stat in zip(layers, stats, strict=True):
         w = weight.detach().to(torch.float32)
+        layer_trace = trace.layers.get(info.name) if trace is not None else None
         cand_rows = []
         for q in candidates:
-            quantized = q.quantize(w)
+            quantized = info.quantize(q, w)
             perturbation = float((quantized.to(torch.float64) - w.to(torch.float64)).pow(2).sum())
             damage = float(metric.damage(stat, q, w, quantized))
             if damage != damage or damage in (float("inf"), float("-inf")):
                 raise AnalysisError(f"layer {info.name!r} candidate {q.name!r}: damage is not finite")
+            latency = None
+            if latency_table is not None:
+                latency = latency_table[(info.name, q.name)]
+            elif hardware is not None and layer_trace is not None:
+                latency = roofline_ms(layer_trace, info, q, hardware)
             cand_rows.append(
                 CandidateRow(
                     candidate=q.name,
@@ -89,6 +170,8 @@ def analyse(
                     bytes=q.bytes(info.weight_shape),
                     bits_per_weight=q.bits_per_weight(info.weight_shape),
                     perturbation=perturbation,
+                    bops=bops(layer_trace.macs, q) if layer_trace is not None else None,
+                    latency_ms=latency,
                 )
             )
         enforce_monotone(cand_rows, candidates)
@@ -103,10 +186,31 @@ def analyse(
                 samples=stat.samples,
                 converged=stat.converged,
                 candidates=cand_rows,
+                macs=layer_trace.macs if layer_trace is not None else None,
+                shared_with=list(info.shared_with),
             )
         )
     timings["quantize_s"] = time.perf_counter() - started
     report(1.0, "done")
+
+    tie_groups = [list(g) for g in trace.shared_inputs] if (trace is not None and ties == "auto") else []
+    prov: dict[str, Any] = {
+        "seed": seed,
+        "device": str(target),
+        "torch": torch.__version__,
+        "grouping": grouping,
+        "ties": ties,
+    }
+    if calibration is not None:
+        prov["calibration"] = dict(calibration.provenance)
+        prov["batch_size"] = {"requested": first_batch, "used": calibration.batch_size}
+    if trace is not None:
+        prov["cost_sample_shape"] = trace.sample_shape
+    if hardware is not None:
+        prov["latency"] = {"model": "roofline", "hardware": hardware.to_dict()}
+    elif latency_table is not None:
+        prov["latency"] = {"model": "table"}
+    prov.update(provenance or {})
     return SensitivityTable(
         metric=metric.name,
         statistic=metric.statistic,
@@ -114,7 +218,39 @@ def analyse(
         candidates=[q.name for q in candidates],
         layers=rows,
         calibration_samples=calibration.samples if calibration is not None else 0,
+        groups={unit: members for unit, members in units.items() if members != [unit]},
+        ties=tie_groups,
+        provenance=prov,
     )
+
+
+def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, device, report):
+    while True:
+        ctx = MetricContext(
+            model=model,
+            layers=layers,
+            calibration=calibration,
+            candidates=list(candidates),
+            seed=seed,
+            report=lambda f, m: report(_MEASURE_SHARE * min(max(f, 0.0), 1.0), m),
+        )
+        try:
+            return metric.measure(ctx)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if calibration is None or not is_out_of_memory(exc):
+                raise
+            failed = calibration.batch_size
+            if failed <= 1:
+                raise AnalysisError(
+                    f"out of memory on {device} even with batch size 1: lower options.max_length (sequence"
+                    " length) or the model size, or run on a device with more memory"
+                ) from exc
+            del exc  # its traceback holds the failed attempt's tensors
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            calibration.batch_size = max(1, failed // 2)
+            report(0.0, f"out of memory at batch size {failed} on {device}; retrying with {calibration.batch_size}")
 
 
 def enforce_monotone(rows: list[CandidateRow], candidates: Sequence[Quantizer]) -> None:

@@ -8,6 +8,7 @@ raise `ValueError` (messages start with the field); unreadable inputs raise `Mod
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,7 +18,24 @@ __all__ = ["ANALYSIS_OPTIONS", "inspect_model_job", "run_analysis_job"]
 Report = Callable[[float, str], None]
 
 # request["options"] keys the analysis itself reads; every other key goes to the metric.
-ANALYSIS_OPTIONS = {"batch_size": 256, "max_samples": None}
+#   batch_size    calibration mini-batch (halved automatically on out-of-memory)
+#   max_samples   cap on calibration samples (text: windows, default 64)
+#   max_length    cap on sequence length (text: window length in tokens, default 128)
+#   device        "auto" (CUDA when available, else CPU) | "cpu" | "cuda" | "cuda:N"
+#   hardware      roofline latency: "t4" | "a100" | "h100" | {name, peak_ops: {bits: ops/s}, bandwidth}
+#   latency_table {layer: {candidate: ms}} measured latencies (instead of `hardware`)
+#   grouping      "layer" | "block" | [name prefixes]: decision units
+#   ties          "auto" (tie fusable projections found in the traced pass) | "none"
+ANALYSIS_OPTIONS = {
+    "batch_size": 256,
+    "max_samples": None,
+    "max_length": None,
+    "device": "auto",
+    "hardware": None,
+    "latency_table": None,
+    "grouping": "layer",
+    "ties": "auto",
+}
 _REQUEST_FIELDS = ("model", "dataset_path", "candidates", "metric", "seed", "options")
 
 
@@ -33,7 +51,8 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
 
     request = {"model": {format, path, architecture, hyperparams}, "dataset_path": str | None,
     "candidates": [names] (default DEFAULT_CANDIDATES), "metric": "hutchinson", "seed": int,
-    "options": {batch_size, max_samples, <metric options>}}. `report(fraction, message)` gets
+    "options": {<ANALYSIS_OPTIONS keys>, <metric options>}}; model.format "hf" takes a Hugging
+    Face directory, and then dataset_path may be text (JSONL or lines) tokenized by its tokenizer. `report(fraction, message)` gets
     progress in [0, 1]; the metric's messages carry an ETA.
     """
     report = report or (lambda fraction, message: None)
@@ -63,6 +82,14 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
         raise ValueError("options: must be a JSON object")
     analysis_options = {k: options.get(k, v) for k, v in ANALYSIS_OPTIONS.items()}
     metric_options = {k: v for k, v in options.items() if k not in ANALYSIS_OPTIONS}
+    from workers.costs import parse_hardware
+    from workers.units import validate_grouping, validate_ties
+
+    hardware = None if analysis_options["hardware"] is None else parse_hardware(analysis_options["hardware"])
+    grouping = validate_grouping(analysis_options["grouping"])
+    ties = validate_ties(analysis_options["ties"])
+    if hardware is not None and analysis_options["latency_table"] is not None:
+        raise ValueError("options.latency_table: give either a latency table or a hardware profile, not both")
     dataset_path = request.get("dataset_path")
     if dataset_path is not None and (not isinstance(dataset_path, str) or not dataset_path):
         raise ValueError("dataset_path: must be a non-empty string or null")
@@ -89,13 +116,46 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
     calibration = None
     if dataset_path is not None:
         report(0.0, "loading calibration data")
+        from workers.data import sniff
+
+        tokenizer = None
+        if source.format == "hf" and os.path.isfile(dataset_path) and sniff(dataset_path) == "text":
+            from workers.hf import load_tokenizer
+
+            tokenizer = load_tokenizer(source.path)
         calibration = load_calibration(
             dataset_path,
             batch_size=analysis_options["batch_size"],
             max_samples=analysis_options["max_samples"],
+            max_length=analysis_options["max_length"],
+            token_ids=source.format == "hf",
+            tokenizer=tokenizer,
+            causal_lm=bool(getattr(model, "bitplan_causal_lm", False)),
         )
     timings["load_data_s"] = time.perf_counter() - started
 
-    table = analyse(model, calibration, candidates, metric, seed=seed, report=report, timings=timings)
+    latency_table = None
+    if analysis_options["latency_table"] is not None:
+        from workers.costs import parse_latency_table
+        from workers.models import find_layers
+
+        latency_table = parse_latency_table(
+            analysis_options["latency_table"], [info.name for info, _ in find_layers(model)], [q.name for q in candidates]
+        )
+
+    table = analyse(
+        model,
+        calibration,
+        candidates,
+        metric,
+        seed=seed,
+        report=report,
+        timings=timings,
+        device=analysis_options["device"],
+        hardware=hardware,
+        latency_table=latency_table,
+        grouping=grouping,
+        ties=ties,
+    )
     timings["total_s"] = time.perf_counter() - total_started
     return {**table.to_dict(), "seed": seed, "timings": timings}

@@ -1,8 +1,17 @@
 """Models in: where a model comes from, how it is loaded, and which of its layers are decision units.
 
-Two sources today. A safetensors file runs no code, so it needs a built-in architecture to pour its
+Three sources. A safetensors file runs no code, so it needs a built-in architecture to pour its
 tensors into. A `torch.export` `.pt2` archive carries its own graph but is unpickled on load, i.e.
-it runs code: call `load_model` on one only inside the job's child process.
+it runs code: call `load_model` on one only inside the job's child process. A Hugging Face model
+directory ("hf": config.json + *.safetensors) is loaded by transformers offline with no remote code
+(workers.hf; why ONNX is not a source is written there).
+
+Decision units are the weights of Linear / Conv1d / Conv2d / Embedding modules and of transformers'
+Conv1D (GPT-2), which is a linear layer storing its weight transposed, (in, out): its LayerInfo
+reports the (out, in) shape and `transposed`, and `LayerInfo.quantize` rounds it in that
+orientation, so per-channel and group scales run along output channels as for nn.Linear. One
+weight used by several modules (tied embedding / LM head) is one unit; the other users' names are
+in `shared_with`.
 
 Layer discovery works on ordinary module trees (isinstance checks) and on the flat GraphModule an
 exported program unlifts to, whose submodules are plain containers: there the graph's aten.linear /
@@ -14,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,9 +31,12 @@ from torch import nn
 from workers.architectures import build_model
 from workers.errors import ModelLoadError
 
+if TYPE_CHECKING:
+    from workers.quantizers import Quantizer
+
 __all__ = ["FORMATS", "LayerInfo", "ModelSource", "find_layers", "inspect_model", "load_model"]
 
-FORMATS = ("safetensors", "pt2")
+FORMATS = ("safetensors", "pt2", "hf")
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class ModelSource:
         if not isinstance(path, str) or not path:
             raise ValueError("model.path: must be a non-empty string")
         arch, hyper = data.get("architecture"), data.get("hyperparams")
+        if fmt == "hf" and arch is not None:
+            raise ValueError("model.architecture: an 'hf' directory names its own architecture in config.json")
         if fmt == "safetensors" and not isinstance(arch, str):
             raise ValueError("model.architecture: required for a safetensors model")
         if hyper is not None and not isinstance(hyper, Mapping):
@@ -61,26 +75,46 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One quantizable layer: a decision unit of the plan."""
+    """One quantizable layer: a decision unit of the plan. `weight_shape` is in the quantizer's
+    orientation (output channels first); `transposed` says the Parameter stores it the other way."""
 
     name: str
     kind: str  # "linear" | "conv1d" | "conv2d" | "embedding"
     weight_shape: list[int]
     parameters: int
+    transposed: bool = False
+    shared_with: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        row: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "weight_shape": list(self.weight_shape),
             "parameters": self.parameters,
         }
+        if self.transposed:
+            row["transposed"] = True
+        if self.shared_with:
+            row["shared_with"] = list(self.shared_with)
+        return row
+
+    def quantize(self, quantizer: Quantizer, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` (in the Parameter's layout) after a round trip through `quantizer`, rounded
+        in output-channel orientation and returned in the Parameter's layout, float32."""
+        w = weight.detach().to(torch.float32)
+        if self.transposed:
+            return quantizer.quantize(w.t()).t().contiguous()
+        return quantizer.quantize(w)
 
 
 def load_model(source: ModelSource | Mapping[str, Any]) -> nn.Module:
     """The model in float32 on the CPU. For `pt2` this unpickles, i.e. runs code from the file."""
     if not isinstance(source, ModelSource):
         source = ModelSource.from_dict(source)
+    if source.format == "hf":
+        from workers.hf import load_hf_model
+
+        return load_hf_model(source.path)
     if not os.path.isfile(source.path):
         raise ModelLoadError(f"model.path: no such file {source.path!r}")
     if source.format == "safetensors":
@@ -146,27 +180,58 @@ _MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
 def find_layers(model: nn.Module) -> list[tuple[LayerInfo, nn.Parameter]]:
     """Quantizable layers in execution-independent order, each with its weight Parameter.
 
-    A weight shared by several layers (tied embeddings) is listed once, under its first name:
-    it is one decision, and counting it twice would double its bytes.
+    A weight shared by several layers (tied embeddings, or two Parameters viewing one storage) is
+    listed once, under its first name, with the other names in `shared_with`: it is one decision,
+    and counting it twice would double its bytes.
     """
     if isinstance(model, torch.fx.GraphModule):
-        found = _graph_layers(model)
+        found = [(name, kind, weight, False) for name, kind, weight in _graph_layers(model)]
     else:
+        from workers.hf import is_conv1d
+
         found = []
-        for name, module in model.named_modules():
+        for name, module in model.named_modules(remove_duplicate=False):
+            if not _plain_weight(module):
+                continue
+            if is_conv1d(module) and module.weight.dim() == 2:
+                found.append((name or "linear", "linear", module.weight, True))
+                continue
             for cls, kind in _MODULE_KINDS:
-                if isinstance(module, cls) and _plain_weight(module):
-                    found.append((name or kind, kind, module.weight))
+                if isinstance(module, cls):
+                    found.append((name or kind, kind, module.weight, False))
                     break
-    result: list[tuple[LayerInfo, nn.Parameter]] = []
-    seen: set[int] = set()
-    for name, kind, weight in found:
-        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+    first: dict[Any, int] = {}
+    entries: list[list[Any]] = []
+    for name, kind, weight, transposed in found:
+        if not isinstance(weight, nn.Parameter):
             continue
-        seen.add(id(weight))
-        info = LayerInfo(name, kind, [int(s) for s in weight.shape], int(weight.numel()))
+        key = _storage_key(weight)
+        if key in first:
+            other = entries[first[key]]
+            if name != other[0] and name not in other[4]:
+                other[4].append(name)
+            continue
+        first[key] = len(entries)
+        entries.append([name, kind, weight, transposed, []])
+    result: list[tuple[LayerInfo, nn.Parameter]] = []
+    for name, kind, weight, transposed, shared in entries:
+        shape = [int(s) for s in weight.shape]
+        if transposed:
+            shape = shape[::-1]
+        info = LayerInfo(name, kind, shape, int(weight.numel()), transposed, tuple(shared))
         result.append((info, weight))
     return result
+
+
+def _storage_key(weight: torch.Tensor) -> Any:
+    """Identity of the numbers a weight holds: two Parameters over one storage are one weight."""
+    try:
+        ptr = weight.data_ptr()
+    except RuntimeError:  # tensors without storage (meta, some subclasses)
+        ptr = 0
+    if ptr == 0:
+        return ("id", id(weight))
+    return ("data", weight.device.type, ptr, tuple(weight.shape), tuple(weight.stride()))
 
 
 def _plain_weight(module: nn.Module) -> bool:

@@ -2,6 +2,10 @@
 
 Plain data with a JSON form (`to_dict` / `from_dict`) so it can be stored, served and edited, and
 `to_problem` turns it into the solver's input. Nothing here imports torch.
+
+Backward compatible: the fields added with costs and units (`bops`, `latency_ms`, `macs`,
+`shared_with`, `groups`, `ties`, `provenance`) are optional in `from_dict`, so tables stored
+before them still parse (and give a problem with bytes only and no ties, as before).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class CandidateRow:
     `damage` is what the solver minimises; `raw_damage` is the metric's own value before the
     monotonicity rule (more bits never predicted worse along a ladder) raised or lowered it.
     `perturbation` is ‖Q(W) − W‖²; `bytes` is exact (packed weights plus scales / offsets).
+    `bops` = MACs × w_bits × a_bits for one calibration sample and `latency_ms` the user's or the
+    roofline figure (workers.costs); None when not measured.
     """
 
     candidate: str
@@ -32,6 +38,8 @@ class CandidateRow:
     bytes: int
     bits_per_weight: float
     perturbation: float
+    bops: float | None = None
+    latency_ms: float | None = None
 
 
 @dataclass
@@ -49,6 +57,8 @@ class LayerRow:
     samples: int | None
     converged: bool
     candidates: list[CandidateRow] = field(default_factory=list)
+    macs: int | None = None
+    shared_with: list[str] = field(default_factory=list)
 
     def candidate(self, name: str) -> CandidateRow:
         for row in self.candidates:
@@ -59,7 +69,11 @@ class LayerRow:
 
 @dataclass
 class SensitivityTable:
-    """`loss` names what was differentiated ("cross_entropy", "kl_label_free", "mse_label_free")."""
+    """`loss` names what was differentiated ("cross_entropy", "kl_label_free", "mse_label_free").
+
+    `groups`: unit name → layer names for units of several layers (layers not listed are their
+    own unit); `ties`: lists of layer names that must take one candidate; `provenance`: seeds,
+    device, batch size used, calibration caps, cost model (JSON-able, for people)."""
 
     metric: str
     statistic: str
@@ -67,6 +81,9 @@ class SensitivityTable:
     candidates: list[str]
     layers: list[LayerRow]
     calibration_samples: int = 0
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    ties: list[list[str]] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerRow:
         for row in self.layers:
@@ -96,6 +113,8 @@ class SensitivityTable:
                             bytes=int(c["bytes"]),
                             bits_per_weight=float(c["bits_per_weight"]),
                             perturbation=float(c["perturbation"]),
+                            bops=_optional_float(c.get("bops")),
+                            latency_ms=_optional_float(c.get("latency_ms")),
                         )
                         for c in raw["candidates"]
                     ]
@@ -110,6 +129,8 @@ class SensitivityTable:
                             samples=None if raw.get("samples") is None else int(raw["samples"]),
                             converged=bool(raw.get("converged", True)),
                             candidates=rows,
+                            macs=None if raw.get("macs") is None else int(raw["macs"]),
+                            shared_with=[str(n) for n in raw.get("shared_with") or []],
                         )
                     )
                 except (KeyError, TypeError, ValueError) as exc:
@@ -121,6 +142,9 @@ class SensitivityTable:
                 candidates=[str(c) for c in data["candidates"]],
                 layers=layers,
                 calibration_samples=int(data.get("calibration_samples", 0)),
+                groups={str(k): [str(n) for n in v] for k, v in dict(data.get("groups") or {}).items()},
+                ties=[[str(n) for n in group] for group in data.get("ties") or []],
+                provenance=dict(data.get("provenance") or {}),
             )
         except KeyError as exc:
             raise ValueError(f"{exc.args[0]}: required") from exc
@@ -128,18 +152,33 @@ class SensitivityTable:
             raise ValueError(f"table: malformed ({exc})") from exc
 
     def to_problem(self) -> Problem:
-        """Units named after layers, `weights` = parameter count, one option per candidate with
-        its damage and cost {"bytes": exact bytes}."""
-        return Problem(
-            units=tuple(
-                Unit(
-                    name=row.name,
-                    weights=row.weights,
-                    options=tuple(
-                        Option(candidate=c.candidate, damage=c.damage, costs={"bytes": float(c.bytes)})
-                        for c in row.candidates
-                    ),
-                )
-                for row in self.layers
-            )
-        )
+        """One unit per group (or layer), `weights` = parameter count, one option per candidate with
+        its damage and costs: "bytes" always, "bops" and "latency_ms" when every row has them. A
+        group's damage and costs are its layers' sums. Ties between layers become ties between
+        their units (dropped when they fall inside one unit)."""
+        unit_of = {name: unit for unit, members in self.groups.items() for name in members}
+        order: dict[str, list[LayerRow]] = {}
+        for row in self.layers:
+            order.setdefault(unit_of.get(row.name, row.name), []).append(row)
+        cells = [c for row in self.layers for c in row.candidates]
+        optional = [k for k in ("bops", "latency_ms") if cells and all(getattr(c, k) is not None for c in cells)]
+        units = []
+        for unit, rows in order.items():
+            options = []
+            for cand in [c.candidate for c in rows[0].candidates]:
+                members = [row.candidate(cand) for row in rows]
+                costs = {"bytes": float(sum(c.bytes for c in members))}
+                for k in optional:
+                    costs[k] = float(sum(getattr(c, k) for c in members))
+                options.append(Option(candidate=cand, damage=float(sum(c.damage for c in members)), costs=costs))
+            units.append(Unit(name=unit, weights=sum(r.weights for r in rows), options=tuple(options)))
+        ties = []
+        for group in self.ties:
+            names = list(dict.fromkeys(unit_of.get(n, n) for n in group))
+            if len(names) > 1 and tuple(names) not in ties:
+                ties.append(tuple(names))
+        return Problem(units=tuple(units), ties=tuple(ties))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

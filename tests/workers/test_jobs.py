@@ -44,7 +44,7 @@ def test_analysis_job_end_to_end(files):
     assert damages == sorted(damages, reverse=True)
     problem = table.to_problem()
     assert problem_from_dict(json.loads(json.dumps(problem_to_dict(problem)))) == problem
-    assert problem.unit("fc1").weights == 48 and problem.unit("fc1").option("int4").costs == {"bytes": 40.0}
+    assert problem.unit("fc1").weights == 48 and problem.unit("fc1").option("int4").costs == {"bytes": 40.0, "bops": 48 * 4 * 16.0}
 
 
 def test_label_free_when_the_dataset_has_no_targets(files):
@@ -63,7 +63,7 @@ def test_seed_makes_runs_identical(files):
     "change, error, pattern",
     [
         ({"dataset_path": None}, DatasetError, "^dataset: the hutchinson metric needs calibration data"),
-        ({"candidates": ["int4", "fp3"]}, ValueError, "^candidate 'fp3': unknown format"),
+        ({"candidates": ["int4", "nf4"]}, ValueError, "^candidate 'nf4': unknown format"),
         ({"metric": "eigen"}, ValueError, "^metric: unknown 'eigen'"),
         ({"options": {"probes": 3}}, ValueError, "^options.probes: unknown option"),
         ({"options": {"batch_size": 0}}, ValueError, "^options.batch_size"),
