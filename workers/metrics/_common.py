@@ -1,0 +1,153 @@
+"""Pieces the metrics share: which weights get a graph, batched Hessian-vector products, CI maths.
+
+Kept apart from any one metric so that hutchinson, eigen and fisher differentiate the same loss
+the same way (and a fix to one is a fix to all).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from workers.errors import AnalysisError
+from workers.metrics._loss import CalibrationLoss
+
+Z95 = 1.96
+
+
+@contextmanager
+def grad_only_for(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Differentiate only the layer weights (biases and norms need no graph) and put the model in
+    eval mode (dropout off); restore both afterwards. Exported GraphModules have no eval(): they
+    keep the mode they were exported in."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    wanted = {id(p) for p in params}
+    was_training = model.training
+    try:
+        model.eval()
+    except NotImplementedError:
+        pass
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for p in params:
+            if p not in flags:
+                p.requires_grad_(False)
+        if was_training:
+            try:
+                model.train()
+            except NotImplementedError:
+                pass
+
+
+class BatchedHvp:
+    """H·v for a batch of vectors, summed over calibration batches.
+
+    `__call__(vectors, wrt)`: `vectors[i]` is a (B, *shape_i) batch for layer i, or None for a zero
+    block; the result holds (H·v) restricted to the layers in `wrt`, one (B, *shape) tensor each.
+    Only the layers with a vector take part in the double backward, so probing a few layers costs
+    less than probing all. With one calibration batch the gradient graph is built once and reused;
+    with several it is rebuilt per batch so only one batch's graph is alive at a time. Batched
+    double backward (is_grads_batched) falls back to a column-by-column loop for ops that vmap lacks.
+    """
+
+    def __init__(self, loss: CalibrationLoss, params: list[nn.Parameter], metric: str):
+        self.loss = loss
+        self.params = params
+        self.metric = metric
+        self.batched = True
+        self._cached: list[torch.Tensor | None] | None = None
+
+    def __call__(self, vectors: Sequence[torch.Tensor | None], wrt: Sequence[int]) -> list[torch.Tensor]:
+        batch = next(v.shape[0] for v in vectors if v is not None)
+        total = [torch.zeros((batch, *self.params[i].shape), dtype=self.params[i].dtype) for i in wrt]
+        for grads in self._gradients():
+            for acc, hv in zip(total, self._products(grads, vectors, wrt, batch), strict=True):
+                acc.add_(hv)
+        return total
+
+    def _gradients(self) -> Iterator[list[torch.Tensor | None]]:
+        if self._cached is not None:
+            yield self._cached
+            return
+        single = len(self.loss.calibration) == 1
+        for value in self.loss.batch_losses():
+            if not torch.isfinite(value):
+                raise AnalysisError(f"{self.metric}: the loss is not finite on a calibration batch")
+            grads = torch.autograd.grad(value, self.params, create_graph=True, allow_unused=True)
+            grads = [g if g is not None and g.requires_grad else None for g in grads]
+            if single:
+                self._cached = grads
+            yield grads
+
+    def _products(
+        self, grads: Sequence[torch.Tensor | None], vectors: Sequence[torch.Tensor | None], wrt: Sequence[int], batch: int
+    ) -> list[torch.Tensor]:
+        live = [i for i, g in enumerate(grads) if g is not None and vectors[i] is not None]
+        inputs = [self.params[i] for i in wrt]
+        zeros = [torch.zeros((batch, *p.shape), dtype=p.dtype) for p in inputs]
+        if not live:  # the loss is (at most) linear in these weights: H·v = 0
+            return zeros
+        outputs = [grads[i] for i in live]
+        if self.batched:
+            try:
+                result = torch.autograd.grad(
+                    outputs,
+                    inputs,
+                    grad_outputs=[vectors[i] for i in live],
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+                return [z if r is None else r for z, r in zip(zeros, result, strict=True)]
+            except RuntimeError:
+                self.batched = False  # some op has no batching rule: loop from now on
+        for j in range(batch):
+            result = torch.autograd.grad(
+                outputs, inputs, grad_outputs=[vectors[i][j] for i in live], retain_graph=True, allow_unused=True
+            )
+            for z, r in zip(zeros, result, strict=True):
+                if r is not None:
+                    z[j] = r
+        return zeros
+
+
+def rademacher(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=gen).to(dtype).mul_(2).sub_(1)
+
+
+def mean_ci(row: Sequence[float]) -> tuple[float, float]:
+    """Sample mean and 95% half-width 1.96·s/√k (inf with fewer than two samples)."""
+    k = len(row)
+    mean = math.fsum(row) / k
+    if k < 2:
+        return mean, math.inf
+    var = math.fsum((x - mean) ** 2 for x in row) / (k - 1)
+    return mean, Z95 * math.sqrt(var / k)
+
+
+def relative(mean: float, half: float) -> float:
+    """Half-width (or change) over |mean| (absolute value: traces and eigenvalues can be negative);
+    an exactly zero, zero-spread quantity has nothing left to estimate."""
+    if half == 0:
+        return 0.0
+    return half / abs(mean) if mean != 0 else math.inf
+
+
+def perturbation(weight: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """ΔW = Q(W) − W in float64, so the squared sums of tiny errors do not round away."""
+    return quantized.detach().to(torch.float64) - weight.detach().to(torch.float64)
+
+
+def pct(value: float) -> str:
+    return f"{value:.1%}" if math.isfinite(value) else "∞"
