@@ -10,6 +10,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ def pulp_cbc(problem: Problem, limit: float) -> tuple[float, float]:
 
 
 def main() -> None:
+    warnings.simplefilter("ignore", DeprecationWarning)  # PuLP 3's notices about its 4.0 API
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=100)
     parser.add_argument("--cbc-sample", type=int, default=10, help="frontier points solved by PuLP+CBC")

@@ -9,6 +9,7 @@ from solver.backends.base import Backend
 from solver._baselines import greedy_plan, uniform_plans
 from solver._budget import parse_budget
 from solver._frontier import Frontier, Frontier2D, frontier, frontier_2d, lower_convex_hull
+from solver.search import ScoredPlan, search
 from solver.errors import BackendUnavailable, InfeasibleBudget, ProblemError, SolverError
 from solver.plan import Plan
 from solver.problem import (
@@ -34,6 +35,7 @@ __all__ = [
     "Plan",
     "Problem",
     "ProblemError",
+    "ScoredPlan",
     "SolverError",
     "TimeLimitReached",
     "Unit",
@@ -50,5 +52,6 @@ __all__ = [
     "problem_from_dict",
     "problem_to_dict",
     "register",
+    "search",
     "solve",
 ]

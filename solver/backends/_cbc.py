@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -44,7 +45,9 @@ class CbcBackend(Backend):
             lay = layout(model, objective, limits)
             if lay is None:
                 return Outcome(None, "infeasible", float("inf"))
-            out = _run(lay, time_limit)
+            with warnings.catch_warnings():  # PuLP 3 flags its 4.0 API changes on every variable
+                warnings.simplefilter("ignore", DeprecationWarning)
+                out = _run(lay, time_limit)
             if out.choice is None:
                 return out
             over = violation(model, out.choice, limits)
