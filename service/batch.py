@@ -160,8 +160,9 @@ def _upload_all(client: BitplanClient, jobs: list[BatchJob], runs: list[_Run]) -
 
 
 def run_batch(client: BitplanClient, jobs: list[BatchJob], *, poll: float = 1.0, timeout: float = 6 * 3600,
-              progress: TextIO = sys.stderr, out: TextIO = sys.stdout) -> int:
+              progress: TextIO | None = None, out: TextIO | None = None) -> int:
     """Submit, follow and plan every job; print the summary table to `out`. Returns the exit status."""
+    progress, out = progress or sys.stderr, out or sys.stdout
     runs = [_Run(job) for job in jobs]
     board = _Board(runs, progress)
     ids = _upload_all(client, jobs, runs)

@@ -78,3 +78,27 @@ def install(app: FastAPI) -> None:
     async def _too_many(_: Request, exc: TooManyRequests):
         return JSONResponse(status_code=429, content={"detail": str(exc), "field": exc.field},
                             headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+
+
+def document(app: FastAPI) -> None:
+    """Make the OpenAPI document describe the 422 body this API really sends (a string `detail` naming
+    the field, `field`, and `errors`), not FastAPI's default list-of-errors shape."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["HTTPValidationError"] = {
+            "title": "HTTPValidationError", "type": "object", "required": ["detail"],
+            "properties": {
+                "detail": {"type": "string", "description": "`<field>: <message>`"},
+                "field": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "field": {"type": "string"}, "message": {"type": "string"}}}},
+            },
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
