@@ -71,25 +71,28 @@ def trace_layers(model: nn.Module, layers: Sequence[tuple[LayerInfo, nn.Paramete
     """One no-grad forward on `sample` (batch 1), counting per layer; the model is left as it was."""
     import torch
 
+    from workers.hf import is_conv1d
     from workers.models import _storage_key
 
     by_key = {_storage_key(w): info for info, w in layers}
     traces = {info.name: LayerTrace() for info, _ in layers}
     readers: dict[int, tuple[Any, list[str]]] = {}  # id(input) -> (input kept alive, layer names)
 
-    def record(info: LayerInfo, weight: torch.Tensor, inp: Any, out: Any) -> None:
+    def record(info: LayerInfo, weight: torch.Tensor, kind: str, transposed: bool, inp: Any, out: Any) -> None:
+        """`kind` is how this call uses the weight (a tied weight is an embedding in one call and
+        a linear head in another); `transposed` whether this call stores it (in, out)."""
         t = traces[info.name]
         t.calls += 1
         x = inp if isinstance(inp, torch.Tensor) else None
         y = out if isinstance(out, torch.Tensor) else None
         if y is not None:
             t.output_elements += int(y.numel())
-            if info.kind != "embedding":
-                out_features = int(weight.shape[1] if info.transposed else weight.shape[0])
+            if kind != "embedding":
+                out_features = int(weight.shape[1] if transposed else weight.shape[0])
                 t.macs += int(y.numel()) * (int(weight.numel()) // max(out_features, 1))
-        if x is not None:
-            t.input_elements += int(x.numel()) if info.kind != "embedding" else 0
-            if info.kind == "linear":
+        if x is not None and kind != "embedding":
+            t.input_elements += int(x.numel())
+            if kind == "linear":
                 kept, names = readers.setdefault(id(x), (x, []))
                 if info.name not in names:
                     names.append(info.name)
@@ -109,9 +112,13 @@ def trace_layers(model: nn.Module, layers: Sequence[tuple[LayerInfo, nn.Paramete
             if info is None:
                 continue
             seen.add(id(module))
+            kind = "embedding" if isinstance(module, torch.nn.Embedding) else "linear"
+            if isinstance(module, torch.nn.Conv1d | torch.nn.Conv2d):
+                kind = "conv"
+            transposed = is_conv1d(module)
 
-            def hook(mod, args, out, info=info, weight=weight):
-                record(info, weight, args[0] if args else None, out)
+            def hook(mod, args, out, info=info, weight=weight, kind=kind, transposed=transposed):
+                record(info, weight, kind, transposed, args[0] if args else None, out)
 
             handles.append(module.register_forward_hook(hook))
         try:
@@ -154,7 +161,8 @@ def _trace_graph(gm, by_key, sample, record) -> None:
                     if info is not None:
                         arg = node.args[0] if index == 1 else node.args[1]
                         inp = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
-                        record(info, weight, inp, out)
+                        kind = "embedding" if index == 0 else ("linear" if weight.dim() == 2 else "conv")
+                        record(info, weight, kind, False, inp, out)
             return out
 
     with torch.no_grad():
