@@ -29,7 +29,9 @@ class CbcBackend(Backend):
             return False
         import pulp
 
-        return bool(pulp.PULP_CBC_CMD(msg=False).available())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return bool(pulp.PULP_CBC_CMD(msg=False).available())
 
     def solve(
         self,
