@@ -40,6 +40,10 @@ from workers.units import group_layers
 __all__ = ["analyse", "enforce_monotone", "is_out_of_memory", "resolve_device"]
 
 Report = Callable[[float, str], None]
+_OOM_AT_ONE = (
+    "out of memory on {device} even with batch size 1: lower options.max_length (sequence length) or"
+    " the model size, or run on a device with more memory"
+)
 _MEASURE_SHARE = 0.95  # of the progress bar; quantizing every layer × candidate is the rest
 
 
@@ -131,6 +135,8 @@ def analyse(
         try:
             trace = trace_layers(model, layers, calibration.inputs[:1])
         except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
+            if is_out_of_memory(exc):
+                raise AnalysisError(_OOM_AT_ONE.format(device=target)) from exc
             raise AnalysisError(
                 f"model forward failed on one calibration sample of shape {list(calibration.inputs[:1].shape)}:"
                 f" {type(exc).__name__}: {exc}"
@@ -241,10 +247,7 @@ def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, 
                 raise
             failed = calibration.batch_size
             if failed <= 1:
-                raise AnalysisError(
-                    f"out of memory on {device} even with batch size 1: lower options.max_length (sequence"
-                    " length) or the model size, or run on a device with more memory"
-                ) from exc
+                raise AnalysisError(_OOM_AT_ONE.format(device=device)) from exc
             del exc  # its traceback holds the failed attempt's tensors
             gc.collect()
             if device.type == "cuda":
