@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-packages.sh
-bash scripts/setup.sh test
+bash scripts/setup.sh test,hf
 export CI="${CI:-}"
 set +e
 .venv/bin/python -m pytest "$@"
