@@ -64,7 +64,7 @@ def test_seed_makes_runs_identical(files):
     [
         ({"dataset_path": None}, DatasetError, "^dataset: the hutchinson metric needs calibration data"),
         ({"candidates": ["int4", "nf4"]}, ValueError, "^candidate 'nf4': unknown format"),
-        ({"metric": "eigen"}, ValueError, "^metric: unknown 'eigen'"),
+        ({"metric": "nosuch"}, ValueError, "^metric: unknown 'nosuch'"),
         ({"options": {"probes": 3}}, ValueError, "^options.probes: unknown option"),
         ({"options": {"batch_size": 0}}, ValueError, "^options.batch_size"),
         ({"seed": -1}, ValueError, "^seed"),
