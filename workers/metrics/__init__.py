@@ -1,6 +1,11 @@
-"""Sensitivity metrics: one module per metric, one registry (`get_metric`)."""
+"""Sensitivity metrics: one module per metric, one registry (`get_metric`).
+
+hutchinson (Tr H per layer), eigen (top eigenvalue of H per layer), fisher (diagonal Fisher),
+mse (data-free weight error), loss_delta (measured loss change). Importing this package loads no
+torch: only `get_metric` imports the chosen metric's module.
+"""
 
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._registry import get_metric, metric_names
+from workers.metrics._registry import get_metric, metric_names, metric_needs_data
 
-__all__ = ["LayerStatistic", "Metric", "MetricContext", "get_metric", "metric_names"]
+__all__ = ["LayerStatistic", "Metric", "MetricContext", "get_metric", "metric_names", "metric_needs_data"]

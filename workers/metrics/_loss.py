@@ -59,6 +59,11 @@ class CalibrationLoss:
         else:
             self.rows = sum(int(y.numel()) for _, y in calibration.batches())
 
+    def reference(self, batch: int) -> torch.Tensor:
+        """Label-free only: the float model's (rows, classes) log-probabilities ("kl") or outputs
+        ("mse") on calibration batch `batch`."""
+        return self._references[batch]
+
     def batch_losses(self) -> Iterator[torch.Tensor]:
         for i, (x, y) in enumerate(self.calibration.batches()):
             out = forward(self.model, x)

@@ -1,0 +1,212 @@
+"""Diagonal Fisher information per weight (SqueezeLLM / ModelOpt style sensitivity).
+
+F_ii = (1/R) Σ_s (∂ℓ_s/∂w_i)², the mean of squared *per-sample* gradients (ℓ_s: sample s's summed
+loss, R: output rows, i.e. samples, or samples × positions for sequence outputs) so that F is on
+the scale of the Hessian of the mean loss the other metrics use. Per-sample rather than per-batch
+gradients because B·ḡ_B² carries a bias (B−1)·ḡ² from the mean gradient; per-sample gradients come
+from one vectorised backward per chunk (torch.func vmap over grad), `sample_chunk` gradients at a
+time to bound memory (chunk × layer weights floats); models vmap cannot trace fall back to a
+per-sample loop (same numbers, slower).
+
+Which gradients:
+- with targets, the empirical Fisher on the real labels (what SqueezeLLM uses). Known limitation
+  (Kunstner et al. 2019): on a model that fits its labels confidently the per-sample gradients
+  are tiny, so it can be far below the Hessian; ranking layers still mostly works (the ΔW term).
+- label-free, the gradient of the output-matching loss is exactly zero at θ₀, so the empirical
+  Fisher would be zero. The Fisher of the float model's own output distribution is used instead,
+  which is exactly the Gauss-Newton matrix, i.e. the Hessian the other metrics see in label-free
+  mode. For a classifier head (one output row per sample) with at most `exact_outputs` outputs it
+  is computed exactly, one gradient per (sample, output): for "kl", g_sc = Jᵀ√p_c(e_c − p), so
+  Σ_c g_sc² = diag(Jᵀ(diag p − ppᵀ)J); for "mse", g_sk = Jᵀe_k. Otherwise (sequences, large
+  vocabularies) each row gets one seeded pseudo-target drawn from the model (y ~ softmax(f_θ₀(x)),
+  or f_θ₀(x) + N(0, I)) whose g gᵀ has that matrix as its expectation ("Monte Carlo Fisher").
+  Measured on a confident classifier the draws are very noisy (a rare class gives a huge
+  gradient), hence the exact path wherever it is affordable.
+
+Statistic: Tr(F_ll) = Σ_i F_ii of the layer, comparable to hutchinson's Tr(H_ll). Real labels and
+the exact expansion are exact on the calibration set (no CI); with drawn pseudo-targets the 95% CI
+is over the samples (independent draws) and `samples` counts them. Damage ≈ ½ Σ_i F_ii ΔW_i².
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from workers.errors import AnalysisError, DatasetError
+from workers.metrics._base import LayerStatistic, Metric, MetricContext
+from workers.metrics._common import Z95, grad_only_for, perturbation
+from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss, forward
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from workers.quantizers import Quantizer
+
+# Per-sample loss kinds: cross-entropy on class indices, ½‖f − t‖² on real targets, ⟨f, u⟩.
+_CE, _HALF_SQ, _LINEAR = "ce", "half_sq", "linear"
+
+
+@dataclass
+class Fisher(Metric):
+    """Options: `sample_chunk` per-sample gradients held at once; `exact_outputs` largest output
+    width for the exact label-free Fisher (0: always draw pseudo-targets); `output_loss` for
+    label-free mode ("kl" or "mse")."""
+
+    sample_chunk: int = 64
+    exact_outputs: int = 64
+    output_loss: str = "kl"
+
+    name: ClassVar[str] = "fisher"
+    statistic: ClassVar[str] = "fisher_trace"
+    needs_data: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        for field_name, low in (("sample_chunk", 1), ("exact_outputs", 0)):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"options.{field_name}: must be an integer ≥ {low}, got {value!r}")
+        if self.output_loss not in OUTPUT_LOSSES:
+            raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+
+    def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
+        if ctx.calibration is None:
+            raise DatasetError(f"dataset: the {self.name} metric needs calibration data")
+        params = [p for _, p in ctx.layers]
+        if not params:
+            raise AnalysisError("model: no quantizable layer found")
+        gen = torch.Generator().manual_seed(int(ctx.seed))
+        diag = [torch.zeros(p.shape, dtype=torch.float64) for p in params]
+        per_sample: list[list[torch.Tensor]] = [[] for _ in params]  # Σ_i g_si² per sample, for the CI
+        drawn = False
+        with grad_only_for(ctx.model, params):
+            loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
+            grads = _PerSampleGrads(ctx.model, params)
+            total = ctx.calibration.samples
+            done = 0
+            started = time.perf_counter()
+            for b, (x, y) in enumerate(ctx.calibration.batches()):
+                kind, targets, columns = self._targets(loss, b, x, y, gen)
+                drawn = drawn or (loss.label_free and kind != _LINEAR)
+                step = max(1, self.sample_chunk // columns)
+                for start in range(0, x.shape[0], step):
+                    xs = x[start : start + step]
+                    ts = targets[start * columns : (start + xs.shape[0]) * columns]
+                    xs_rep = xs.repeat_interleave(columns, dim=0) if columns > 1 else xs
+                    for i, g in enumerate(grads(xs_rep, ts, kind)):
+                        sq = g.to(torch.float64).pow(2).reshape(xs.shape[0], columns, *g.shape[1:]).sum(dim=1)
+                        diag[i].add_(sq.sum(dim=0))
+                        per_sample[i].append(sq.flatten(1).sum(dim=1))
+                    done += xs.shape[0]
+                    elapsed = time.perf_counter() - started
+                    ctx.report(done / total, f"fisher: {done} of {total} samples, ETA {elapsed / done * (total - done):.0f} s")
+        stats = []
+        for i in range(len(params)):
+            diag[i].div_(loss.rows)
+            norms = torch.cat(per_sample[i])
+            n = norms.numel()
+            mean = float(diag[i].sum())
+            half = None
+            if drawn:  # Tr(F_ll) = (n/R) · mean_s ‖g_s‖² over independent draws: a sample mean's CI
+                half = Z95 * float(norms.std()) / math.sqrt(n) * n / loss.rows if n > 1 else math.inf
+            if not (math.isfinite(mean) and (half is None or math.isfinite(half))):
+                raise AnalysisError("fisher: the Fisher estimate is not finite (NaN/inf in the loss or gradients)")
+            stats.append(
+                LayerStatistic(
+                    mean=mean,
+                    ci_halfwidth=half,
+                    samples=n if drawn else None,
+                    extra={"diag": diag[i].to(torch.float32)},
+                )
+            )
+        ctx.report(1.0, f"fisher: {total} samples")
+        return stats
+
+    def damage(
+        self, stat: LayerStatistic, candidate: Quantizer, weight: torch.Tensor, quantized: torch.Tensor
+    ) -> float:
+        delta = perturbation(weight, quantized)
+        return 0.5 * float((stat.extra["diag"].to(torch.float64).reshape(delta.shape) * delta.pow(2)).sum())
+
+    def _targets(
+        self, loss: CalibrationLoss, batch: int, x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator
+    ) -> tuple[str, torch.Tensor, int]:
+        """(loss kind, targets with `columns` consecutive rows per sample, columns): real labels,
+        the exact label-free expansion, or drawn pseudo-targets (see the module docstring)."""
+        if not loss.label_free:
+            return _CE, y.reshape(x.shape[0], -1), 1
+        ref = loss.reference(batch)  # (rows, outputs): log-probabilities ("kl") or outputs ("mse")
+        rows, outputs = ref.shape
+        if rows == x.shape[0] and outputs <= self.exact_outputs:
+            eye = torch.eye(outputs, dtype=ref.dtype)
+            if self.output_loss == "kl":
+                p = ref.exp()  # u_sc = √p_sc (e_c − p_s): rows (s, c) flattened sample-major
+                u = (eye.unsqueeze(0) - p.unsqueeze(1)) * p.sqrt().unsqueeze(2)
+            else:
+                u = eye.expand(rows, outputs, outputs)
+            return _LINEAR, u.reshape(rows * outputs, 1, outputs), outputs
+        if self.output_loss == "kl":
+            drawn = torch.multinomial(ref.exp(), 1, generator=gen).squeeze(1)
+            return _CE, drawn.reshape(x.shape[0], -1), 1
+        drawn = ref + torch.randn(ref.shape, generator=gen, dtype=ref.dtype)
+        return _HALF_SQ, drawn.reshape(x.shape[0], -1, outputs), 1
+
+
+class _PerSampleGrads:
+    """Per-sample gradients of the layer weights, one vectorised backward per chunk."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter]):
+        self.model = model
+        self.params = params
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.names = [names[id(p)] for p in params]
+        self.vectorised = True
+
+    @staticmethod
+    def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, *, check_values: bool = True) -> torch.Tensor:
+        """One sample's summed loss. Under vmap the class-index check cannot run (it reads values);
+        an out-of-range target then fails inside vmap, the loop takes over and raises the message."""
+        logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
+        if kind == _LINEAR:
+            return (logits * target.reshape(logits.shape)).sum()
+        if kind == _HALF_SQ:
+            return 0.5 * (logits - target.reshape(logits.shape)).pow(2).sum()
+        target = target.reshape(-1)
+        if target.shape[0] != logits.shape[0]:
+            raise AnalysisError(f"targets: {target.shape[0]} per sample but the model gives {logits.shape[0]} output rows")
+        if check_values and int(target.max()) >= logits.shape[1]:
+            raise AnalysisError(f"targets: class index {int(target.max())} but the model has {logits.shape[1]} classes")
+        return F.cross_entropy(logits, target, reduction="sum")
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        if self.vectorised:
+            try:
+                return self._vmapped(x, targets, kind)
+            except (RuntimeError, NotImplementedError, TypeError):
+                self.vectorised = False  # an op or control flow vmap cannot batch: loop from now on
+        columns = []
+        for s in range(x.shape[0]):
+            value = self._loss(forward(self.model, x[s : s + 1]), targets[s], kind)
+            columns.append(torch.autograd.grad(value, self.params, allow_unused=True))
+        return [
+            torch.stack([torch.zeros_like(p) if col[i] is None else col[i] for col in columns])
+            for i, p in enumerate(self.params)
+        ]
+
+    def _vmapped(self, x: torch.Tensor, targets: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        from torch.func import functional_call, grad, vmap
+
+        weights = tuple(p.detach() for p in self.params)
+
+        def one(ws: tuple[torch.Tensor, ...], xs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = functional_call(self.model, dict(zip(self.names, ws, strict=True)), (xs.unsqueeze(0),))
+            if isinstance(out, tuple | list):
+                out = out[0]
+            return self._loss(out, t, kind, check_values=False)
+
+        return list(vmap(grad(one), in_dims=(None, 0, 0))(weights, x, targets))

@@ -1,0 +1,99 @@
+"""Measured sensitivity: quantize one layer to one candidate, measure the calibration loss change.
+
+The ground truth the proxies approximate (AIMET AMP phase 1): for every layer l and candidate b,
+Δ_l(b) = L(θ with W_l ← Q_b(W_l)) − L(θ), every other layer left in float, the weight restored
+after each evaluation. Cost: layers × candidates forward passes over the calibration set (no
+backward), so it is the slowest metric; progress reports an ETA per evaluation.
+
+The loss is the calibration-set mean (cross-entropy with targets, label-free output matching
+without, so Δ = L(θ_q) since L(θ₀) = 0). Forward passes on fixed data in eval mode are
+deterministic; the seed is not used. Δ can be negative (quantization noise that happens to lower
+cross-entropy): it is reported as measured, since it is a measurement, not a proxy. Per-layer
+terms ignore how layers interact when several are quantized together.
+
+Statistic: the largest Δ over the candidates (the layer's worst case); damage is the Δ measured
+for that candidate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from workers.errors import AnalysisError, DatasetError
+from workers.metrics._base import LayerStatistic, Metric, MetricContext
+from workers.metrics._common import grad_only_for
+from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss
+
+if TYPE_CHECKING:
+    from workers.quantizers import Quantizer
+
+
+@dataclass
+class LossDelta(Metric):
+    """Options: `output_loss` for label-free mode ("kl" or "mse")."""
+
+    output_loss: str = "kl"
+
+    name: ClassVar[str] = "loss_delta"
+    statistic: ClassVar[str] = "max_loss_delta"
+    needs_data: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.output_loss not in OUTPUT_LOSSES:
+            raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+
+    def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
+        if ctx.calibration is None:
+            raise DatasetError(f"dataset: the {self.name} metric needs calibration data")
+        if not ctx.layers:
+            raise AnalysisError("model: no quantizable layer found")
+        total = len(ctx.layers) * len(ctx.candidates)
+        stats = []
+        done = 0
+        started = time.perf_counter()
+        with torch.no_grad(), grad_only_for(ctx.model, []):
+            loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
+            base = _total(loss)
+            for info, weight in ctx.layers:
+                original = weight.detach().clone()
+                deltas: dict[str, float] = {}
+                try:
+                    for q in ctx.candidates:
+                        weight.copy_(q.quantize(original.to(torch.float32)).to(weight.dtype))
+                        deltas[q.name] = _total(loss) - base
+                        weight.copy_(original)
+                        done += 1
+                        elapsed = time.perf_counter() - started
+                        ctx.report(
+                            done / total,
+                            f"loss_delta: {done} of {total} evaluations ({info.name} × {q.name}),"
+                            f" ETA {elapsed / done * (total - done):.0f} s",
+                        )
+                finally:
+                    weight.copy_(original)
+                stats.append(
+                    LayerStatistic(
+                        mean=max(deltas.values(), default=0.0), ci_halfwidth=None, samples=None, extra={"delta": deltas}
+                    )
+                )
+        return stats
+
+    def damage(
+        self, stat: LayerStatistic, candidate: Quantizer, weight: torch.Tensor, quantized: torch.Tensor
+    ) -> float:
+        try:
+            return stat.extra["delta"][candidate.name]
+        except KeyError:
+            raise AnalysisError(f"loss_delta: candidate {candidate.name!r} was not measured") from None
+
+
+def _total(loss: CalibrationLoss) -> float:
+    value = math.fsum(float(v) for v in loss.batch_losses())
+    if not math.isfinite(value):
+        raise AnalysisError("loss_delta: the loss is not finite on the calibration data")
+    return value
