@@ -1,0 +1,306 @@
+"""Measured truth for plans: fake-quantize a model as a plan says and measure it on evaluation data.
+
+A plan maps layer names to candidate formats. Applying it replaces every planned layer's weight by
+its dequantized round trip through that format (`Quantizer.quantize`), which is exactly what an
+engine computes with, so the numbers here are what the quantized model really does (weights only;
+activations stay float).
+
+What is measured, over every output row (the last output dimension is the class / vocabulary /
+feature axis; every other position is a row):
+- `loss`: cross-entropy against integer `targets` when the data has them; next-token cross-entropy
+  for language models (integer token inputs, outputs (batch, seq, vocab), no targets); otherwise the
+  label-free loss the analysis used: KL(float ‖ quantized) ("kl") or ½‖f_q − f‖² per row ("mse").
+- `accuracy` (targets only), `perplexity` = exp(loss) for language models.
+- agreement with the float model: `top1_agreement` (argmax equal), `kl` = mean KL(p_float ‖ p_quant)
+  of the softmaxed rows, `cosine` = mean cosine similarity of the raw output rows.
+- the same loss / accuracy of the float model itself, so a report needs no second run.
+
+`Evaluator` holds one float model, its reference outputs and a cache of quantized weights, so K plans
+cost K forward passes plus one quantization per (layer, format) actually used. It mutates one private
+working copy of the model and restores nothing the caller owns.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.errors import AnalysisError, DatasetError
+from workers.models import find_layers
+
+__all__ = ["EvaluationData", "Evaluator", "apply_plan", "evaluate_plan", "load_evaluation"]
+
+Report = Callable[[float, str], None]
+IGNORE_INDEX = -100
+LABEL_FREE_LOSSES = ("kl", "mse")
+
+
+@dataclass
+class EvaluationData:
+    """Inputs (float features or integer token ids) with optional integer targets, in mini-batches.
+
+    Unlike calibration data, integer inputs are allowed: they are token ids of a language model.
+    Targets equal to -100 are ignored (the usual padding convention).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.inputs.dim() < 1 or self.inputs.shape[0] == 0:
+            raise DatasetError("inputs: must hold at least one sample (first dimension = samples)")
+        if self.inputs.dtype.is_complex or self.inputs.dtype == torch.bool:
+            raise DatasetError(f"inputs: must be floating-point features or integer token ids, got {self.inputs.dtype}")
+        if self.inputs.dtype.is_floating_point:
+            if not torch.isfinite(self.inputs).all():
+                raise DatasetError("inputs: contains NaN or infinite values")
+            self.inputs = self.inputs.to(torch.float32)
+        else:
+            if (self.inputs < 0).any():
+                raise DatasetError("inputs: token ids must be ≥ 0")
+            self.inputs = self.inputs.to(torch.long)
+        if self.targets is not None:
+            t = self.targets
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise DatasetError(f"targets: must be integer class indices, got {t.dtype}")
+            if t.dim() < 1 or t.shape[0] != self.inputs.shape[0]:
+                raise DatasetError(
+                    f"targets: first dimension {list(t.shape)[:1]} must equal the number of inputs"
+                    f" {self.inputs.shape[0]}"
+                )
+            if ((t < 0) & (t != IGNORE_INDEX)).any():
+                raise DatasetError("targets: class indices must be ≥ 0 (or -100 to ignore a position)")
+            self.targets = t.to(torch.long)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"options.batch_size: must be a positive integer, got {self.batch_size!r}")
+
+    @property
+    def samples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def tokens(self) -> bool:
+        return not self.inputs.dtype.is_floating_point
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for start in range(0, self.samples, self.batch_size):
+            stop = start + self.batch_size
+            yield self.inputs[start:stop], None if self.targets is None else self.targets[start:stop]
+
+
+def load_evaluation(path: str, *, batch_size: int = 256, max_samples: int | None = None) -> EvaluationData:
+    """Read evaluation data: a safetensors file with `inputs` and optional `targets`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"dataset: no such file {path!r}")
+    try:
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DatasetError(f"dataset: not a readable safetensors file ({exc})") from exc
+    if "inputs" not in tensors:
+        raise DatasetError(f"dataset: no tensor named 'inputs' (found: {', '.join(sorted(tensors)) or 'none'})")
+    inputs, targets = tensors["inputs"], tensors.get("targets")
+    if max_samples is not None:
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+            raise ValueError(f"options.max_samples: must be a positive integer, got {max_samples!r}")
+        inputs = inputs[:max_samples]
+        targets = None if targets is None else targets[:max_samples]
+    return EvaluationData(inputs, targets, batch_size)
+
+
+def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        out = model(x)
+    except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
+        raise AnalysisError(
+            f"model forward failed on an evaluation batch of shape {list(x.shape)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
+        raise AnalysisError("model output: must be a floating-point tensor (or a tuple starting with one)")
+    if out.dim() < 2:
+        raise AnalysisError(f"model output: expected (batch, ..., classes), got shape {list(out.shape)}")
+    return out.detach().to(torch.float32)
+
+
+def _is_language_model(data: EvaluationData, out: torch.Tensor) -> bool:
+    """Token inputs whose outputs have one vocabulary row per input position."""
+    return data.tokens and out.dim() == data.inputs.dim() + 1 and out.shape[:-1] == data.inputs.shape[: out.dim() - 1]
+
+
+def apply_plan(model: nn.Module, assignment: Mapping[str, str], *, inplace: bool = False) -> nn.Module:
+    """The model with every planned layer's weight replaced by its round trip through its format.
+
+    Works on a deep copy unless `inplace`. Layers the plan does not name stay float; a plan naming a
+    layer the model lacks is a `ValueError` (the plan belongs to another model).
+    """
+    from workers.quantizers import parse_candidate
+
+    target = model if inplace else copy.deepcopy(model)
+    layers = {info.name: weight for info, weight in find_layers(target)}
+    unknown = sorted(set(assignment) - set(layers))
+    if unknown:
+        raise ValueError(f"assignment: layer {unknown[0]!r} is not a quantizable layer of this model")
+    with torch.no_grad():
+        for name, candidate in assignment.items():
+            weight = layers[name]
+            weight.copy_(parse_candidate(candidate).quantize(weight).to(weight.dtype))
+    return target
+
+
+class Evaluator:
+    """Measures many plans of one model on one data set (see the module docstring for the numbers).
+
+    Rules: owns a deep copy of the model (the caller's is never changed); not thread-safe (one
+    working copy whose weights are swapped per plan); `evaluate` is deterministic.
+    """
+
+    def __init__(self, model: nn.Module, data: EvaluationData, *, output_loss: str = "kl"):
+        if output_loss not in LABEL_FREE_LOSSES:
+            raise ValueError(f"options.output_loss: must be one of {', '.join(LABEL_FREE_LOSSES)}, got {output_loss!r}")
+        self.data = data
+        self.output_loss = output_loss
+        self.model = copy.deepcopy(model)
+        try:
+            self.model.eval()
+        except NotImplementedError:  # exported GraphModules keep their mode
+            pass
+        self.layers = {info.name: weight for info, weight in find_layers(self.model)}
+        if not self.layers:
+            raise AnalysisError("model: no quantizable layer found (Linear, Conv1d, Conv2d or Embedding)")
+        self._float = {name: w.detach().clone() for name, w in self.layers.items()}
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        with torch.no_grad():
+            self.reference = [_output(self.model, x) for x, _ in data.batches()]
+        self.language_model = _is_language_model(data, self.reference[0])
+        self.loss_kind = (
+            "cross_entropy" if data.targets is not None else "next_token" if self.language_model else output_loss
+        )
+        self.float_metrics = self._score(self.reference)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.layers)
+
+    def quantized_weight(self, layer: str, candidate: str) -> torch.Tensor:
+        key = (layer, candidate)
+        if key not in self._cache:
+            from workers.quantizers import parse_candidate
+
+            self._cache[key] = parse_candidate(candidate).quantize(self._float[layer]).to(self._float[layer].dtype)
+        return self._cache[key]
+
+    def evaluate(self, assignment: Mapping[str, str]) -> dict[str, float | int | str | None]:
+        """The measured numbers of `assignment` (layer → candidate; unnamed layers stay float)."""
+        unknown = sorted(set(assignment) - set(self.layers))
+        if unknown:
+            raise ValueError(f"assignment: layer {unknown[0]!r} is not a quantizable layer of this model")
+        with torch.no_grad():
+            for name, weight in self.layers.items():
+                cand = assignment.get(name)
+                weight.copy_(self._float[name] if cand is None else self.quantized_weight(name, cand))
+            try:
+                outputs = [_output(self.model, x) for x, _ in self.data.batches()]
+            finally:
+                for name, weight in self.layers.items():
+                    weight.copy_(self._float[name])
+        metrics = self._score(outputs)
+        metrics.update(self._agreement(outputs))
+        metrics["float_layers"] = sum(1 for n in self.layers if n not in assignment)
+        return metrics
+
+    def _score(self, outputs: list[torch.Tensor]) -> dict[str, float | int | str | None]:
+        """Loss (and accuracy / perplexity where they exist) of `outputs` over the whole data set."""
+        total, rows, correct, labelled = 0.0, 0, 0, 0
+        for out, ref, (x, y) in zip(outputs, self.reference, self.data.batches(), strict=True):
+            logits = out.reshape(-1, out.shape[-1]).to(torch.float64)
+            if y is not None or self.language_model:
+                if y is not None:
+                    target = y.reshape(-1)
+                    if target.shape[0] != logits.shape[0]:
+                        raise AnalysisError(
+                            f"targets: {target.shape[0]} per batch but the model gives {logits.shape[0]} output rows"
+                        )
+                else:  # next token: position t predicts input t + 1
+                    logits = out[..., :-1, :].reshape(-1, out.shape[-1]).to(torch.float64)
+                    target = x[..., 1:].reshape(-1)
+                keep = target != IGNORE_INDEX
+                if keep.any() and int(target[keep].max()) >= logits.shape[1]:
+                    raise AnalysisError(
+                        f"targets: class index {int(target[keep].max())} but the model has {logits.shape[1]} classes"
+                    )
+                total += float(F.cross_entropy(logits[keep], target[keep], reduction="sum"))
+                rows += int(keep.sum())
+                if y is not None:
+                    correct += int((logits[keep].argmax(dim=1) == target[keep]).sum())
+                    labelled += int(keep.sum())
+            else:
+                reference = ref.reshape(-1, ref.shape[-1]).to(torch.float64)
+                if self.output_loss == "kl":
+                    total += float(_kl_rows(reference, logits).sum())
+                else:
+                    total += float(0.5 * (logits - reference).pow(2).sum())
+                rows += logits.shape[0]
+        loss = total / rows if rows else math.nan
+        return {
+            "loss": loss,
+            "loss_kind": self.loss_kind,
+            "accuracy": correct / labelled if labelled else None,
+            "perplexity": math.exp(min(loss, 700.0)) if self.language_model else None,
+            "rows": rows,
+        }
+
+    def _agreement(self, outputs: list[torch.Tensor]) -> dict[str, float]:
+        agree, kl, cosine, rows = 0, 0.0, 0.0, 0
+        for out, ref in zip(outputs, self.reference, strict=True):
+            q = out.reshape(-1, out.shape[-1]).to(torch.float64)
+            r = ref.reshape(-1, ref.shape[-1]).to(torch.float64)
+            agree += int((q.argmax(dim=1) == r.argmax(dim=1)).sum())
+            kl += float(_kl_rows(r, q).sum())
+            cosine += float(F.cosine_similarity(q, r, dim=1, eps=1e-12).sum())
+            rows += q.shape[0]
+        return {"top1_agreement": agree / rows, "kl": kl / rows, "cosine": cosine / rows}
+
+
+def _kl_rows(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(reference) ‖ softmax(logits)) per row."""
+    log_p = torch.log_softmax(reference_logits, dim=-1)
+    log_q = torch.log_softmax(logits, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0.0)
+
+
+def evaluate_plan(
+    model: nn.Module, data: EvaluationData, assignment: Mapping[str, str], *, output_loss: str = "kl"
+) -> dict[str, float | int | str | None]:
+    """One plan measured once (build an `Evaluator` to measure several)."""
+    return Evaluator(model, data, output_loss=output_loss).evaluate(assignment)
+
+
+def layer_loss_deltas(
+    evaluator: Evaluator, candidates: list[str], *, report: Report | None = None
+) -> dict[str, dict[str, float]]:
+    """Measured per-layer damage (AIMET AMP phase 1): loss with only that layer in that format minus
+    the float model's loss, on the evaluator's data. {layer: {candidate: Δloss}}. Use data other
+    than the evaluation set (calibration data) when the result will pick plans that are then
+    evaluated, or the comparison flatters it."""
+    report = report or (lambda fraction, message: None)
+    base = float(evaluator.float_metrics["loss"])
+    if evaluator.loss_kind in LABEL_FREE_LOSSES:
+        base = 0.0  # label-free loss of the float model against itself
+    names = evaluator.layer_names
+    out: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(names):
+        report(i / len(names), f"measuring Δloss of layer {i + 1}/{len(names)}")
+        out[name] = {c: float(evaluator.evaluate({name: c})["loss"]) - base for c in candidates}
+    return out

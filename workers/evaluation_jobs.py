@@ -1,0 +1,318 @@
+"""Job functions for measured truth: evaluate a plan (with baselines), evaluate a frontier.
+
+Same contract as `workers.jobs`: plain JSON-able requests in, JSON-able results out, no torch at
+import time, `ValueError` (message starting with the field) for bad requests.
+
+Baselines at the plan's own budget (its bytes):
+- `uniform`: the dearest uniform format that fits (every layer at one candidate);
+- `greedy`: the HAWQ-v2 / AIMET greedy path on the same table (`solver.greedy_plan`);
+- `hawq_v3`: the plain HAWQ-v3 formula, Ω = Tr(H)/n · ‖Q(W) − W‖² with the raw Hutchinson traces
+  (no monotone repair, no calibrated damage), solved exactly under the same budget. It needs a
+  Hutchinson table (`hawq_table`); bitplan's own plan differs from it when its table is a
+  calibrated one (measured loss_delta, Fisher) or when the monotone repair changed a damage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = [
+    "baseline_plans",
+    "evaluate_frontier_job",
+    "hawq_v3_problem",
+    "run_evaluation_job",
+]
+
+Report = Callable[[float, str], None]
+EVALUATION_OPTIONS = {"batch_size": 256, "max_samples": None, "output_loss": "kl"}
+BASELINES = ("uniform", "greedy", "hawq_v3")
+
+
+def _noop(fraction: float, message: str) -> None:
+    return None
+
+
+def _check_fields(request: Any, fields: tuple[str, ...]) -> None:
+    if not isinstance(request, Mapping):
+        raise ValueError("request: must be a JSON object")
+    unknown = sorted(set(request) - set(fields))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown request field (valid: {', '.join(fields)})")
+
+
+def _options(request: Mapping[str, Any]) -> dict[str, Any]:
+    options = request.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ValueError("options: must be a JSON object")
+    unknown = sorted(set(options) - set(EVALUATION_OPTIONS))
+    if unknown:
+        raise ValueError(f"options.{unknown[0]}: unknown option (valid: {', '.join(EVALUATION_OPTIONS)})")
+    return {k: options.get(k, v) for k, v in EVALUATION_OPTIONS.items()}
+
+
+def _assignment(value: Any, field: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"{field}: must be a non-empty JSON object of layer → candidate")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"{field}: layer names and candidates must be strings")
+    return dict(value)
+
+
+def _open(request: Mapping[str, Any], options: Mapping[str, Any], report: Report):
+    """Load the model and evaluation data named by the request; returns an Evaluator."""
+    from workers.evaluation import Evaluator, load_evaluation
+    from workers.models import ModelSource, load_model
+
+    if "model" not in request:
+        raise ValueError("model: required")
+    source = ModelSource.from_dict(request["model"])
+    path = request.get("dataset_path")
+    if not isinstance(path, str) or not path:
+        raise ValueError("dataset_path: required (evaluation data: a safetensors file with inputs, optional targets)")
+    report(0.0, "loading model and evaluation data")
+    model = load_model(source)
+    data = load_evaluation(path, batch_size=options["batch_size"], max_samples=options["max_samples"])
+    report(0.05, "float reference outputs")
+    return Evaluator(model, data, output_loss=options["output_loss"])
+
+
+def hawq_v3_problem(table: Mapping[str, Any]):
+    """The plain HAWQ-v3 problem of a Hutchinson table: damage = max(Tr, 0)/n · ‖ΔW‖² per candidate,
+    straight from the traces and perturbations (the table's monotone repair undone)."""
+    from solver import Option, Problem, Unit
+    from workers.table import SensitivityTable
+
+    parsed = SensitivityTable.from_dict(table)
+    if parsed.statistic != "hessian_trace":
+        raise ValueError(f"hawq_table: must be a Hutchinson (hessian_trace) table, got statistic {parsed.statistic!r}")
+    units = []
+    for row in parsed.layers:
+        per_weight = max(row.mean, 0.0) / row.weights if row.weights else 0.0
+        units.append(
+            Unit(
+                name=row.name,
+                weights=row.weights,
+                options=tuple(
+                    Option(candidate=c.candidate, damage=per_weight * c.perturbation, costs={"bytes": float(c.bytes)})
+                    for c in row.candidates
+                ),
+            )
+        )
+    return Problem(units=tuple(units))
+
+
+def _plan_row(plan, problem) -> dict[str, Any]:
+    return {
+        "assignment": dict(plan.assignment),
+        "predicted_damage": plan.damage,
+        "bytes": plan.costs.get("bytes"),
+        "average_bits": plan.average_bits(problem),
+        "status": plan.status,
+    }
+
+
+def baseline_plans(problem, limit: float, *, hawq_problem=None, names=BASELINES) -> dict[str, dict[str, Any]]:
+    """Baseline plans within `limit` bytes on `problem` (see the module docstring). A baseline that
+    cannot meet the limit is reported as {"error": ...} instead of a plan."""
+    from solver import Budget, InfeasibleBudget, greedy_plan, solve, uniform_plans
+
+    budget = Budget("bytes", float(limit))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in BASELINES:
+            raise ValueError(f"baselines: unknown {name!r} (valid: {', '.join(BASELINES)})")
+        try:
+            if name == "uniform":
+                fitting = [p for p in uniform_plans(problem).values() if p.costs["bytes"] <= limit * (1 + 1e-12)]
+                if not fitting:
+                    out[name] = {"error": "no uniform format fits the budget"}
+                    continue
+                best = max(fitting, key=lambda p: (p.costs["bytes"], -p.damage))
+                out[name] = {**_plan_row(best, problem), "candidate": next(iter(best.assignment.values()))}
+            elif name == "greedy":
+                out[name] = _plan_row(greedy_plan(problem, budget), problem)
+            else:
+                if hawq_problem is None:
+                    out[name] = {"error": "no Hutchinson table to build the plain HAWQ-v3 damage from"}
+                    continue
+                plan = solve(hawq_problem, [budget])
+                row = _plan_row(plan, hawq_problem)
+                # damage of the HAWQ-v3 plan as bitplan's own table predicts it, for comparison
+                row["predicted_damage_hawq_v3"] = row["predicted_damage"]
+                row["predicted_damage"] = sum(
+                    problem.unit(u).option(c).damage for u, c in plan.assignment.items()
+                )
+                out[name] = row
+        except InfeasibleBudget as exc:
+            out[name] = {"error": str(exc)}
+    return out
+
+
+def run_evaluation_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Measure one plan, and the baselines at its budget.
+
+    request = {"model": {...ModelSource}, "dataset_path": str, "assignment": {layer: candidate},
+    "problem": problem dict (the analysis's; needed for baselines), "hawq_table": Hutchinson table
+    dict or null, "baselines": ["uniform", "greedy", "hawq_v3"] (default all when a problem is
+    given), "options": {batch_size, max_samples, output_loss}}.
+    Returns {"plan": measured, "float": float model's loss/accuracy, "baselines": {name: plan row +
+    "measured"}, "timings"}.
+    """
+    report = report or _noop
+    started = time.perf_counter()
+    _check_fields(
+        request, ("model", "dataset_path", "assignment", "problem", "hawq_table", "baselines", "options")
+    )
+    options = _options(request)
+    assignment = _assignment(request.get("assignment"), "assignment")
+    problem = hawq = None
+    if request.get("problem") is not None:
+        from solver import problem_from_dict
+
+        problem = problem_from_dict(request["problem"])
+    if request.get("hawq_table") is not None:
+        hawq = hawq_v3_problem(request["hawq_table"])
+    names = request.get("baselines")
+    if names is None:
+        names = list(BASELINES) if problem is not None else []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("baselines: must be a list of names")
+    if names and problem is None:
+        raise ValueError("problem: required to build baselines")
+    for n in names:
+        if n not in BASELINES:
+            raise ValueError(f"baselines: unknown {n!r} (valid: {', '.join(BASELINES)})")
+
+    evaluator = _open(request, options, report)
+    report(0.1, "measuring the plan")
+    result: dict[str, Any] = {"plan": evaluator.evaluate(assignment), "float": evaluator.float_metrics}
+    if problem is not None:
+        plan_bytes = sum(problem.unit(u).option(c).costs.get("bytes", 0.0) for u, c in assignment.items())
+        result["plan"]["bytes"] = plan_bytes
+        result["plan"]["predicted_damage"] = sum(problem.unit(u).option(c).damage for u, c in assignment.items())
+        result["plan"]["average_bits"] = plan_bytes * 8.0 / problem.total_weights if problem.total_weights else None
+        baselines = baseline_plans(problem, plan_bytes, hawq_problem=hawq, names=names)
+        for i, (name, row) in enumerate(baselines.items()):
+            report(0.1 + 0.9 * i / max(len(baselines), 1), f"measuring baseline {name}")
+            if "assignment" in row:
+                row["measured"] = evaluator.evaluate(row["assignment"])
+        result["baselines"] = baselines
+    result["timings"] = {"total_s": time.perf_counter() - started}
+    report(1.0, "done")
+    return result
+
+
+def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Measure K points of an analysis's frontier in one job: one model load, K plans.
+
+    request = {"model", "dataset_path", "problem": problem dict, "points": K (default 8),
+    "min_bits" / "max_bits": optional average-bits range of the points, "refine_trials": Optuna
+    trials around the frontier with the measured loss as objective (0 = none; needs solver.search),
+    "options"}. Returns {"points": [{bytes, average_bits, predicted_damage, assignment, measured}],
+    "float", "rank_agreement": predicted damage vs measured loss across points, "refined": [...]}.
+    """
+    report = report or _noop
+    started = time.perf_counter()
+    _check_fields(
+        request, ("model", "dataset_path", "problem", "points", "min_bits", "max_bits", "refine_trials", "options")
+    )
+    options = _options(request)
+    from solver import frontier, problem_from_dict
+
+    if request.get("problem") is None:
+        raise ValueError("problem: required")
+    problem = problem_from_dict(request["problem"])
+    points = request.get("points", 8)
+    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= 200:
+        raise ValueError(f"points: must be an integer in 1..200, got {points!r}")
+    trials = request.get("refine_trials", 0) or 0
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 0 <= trials <= 10_000:
+        raise ValueError(f"refine_trials: must be an integer in 0..10000, got {trials!r}")
+    lo_bits, hi_bits = request.get("min_bits"), request.get("max_bits")
+    for field, value in (("min_bits", lo_bits), ("max_bits", hi_bits)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise ValueError(f"{field}: must be a positive number of bits per weight")
+
+    front = frontier(problem, "bytes", points=max(points * 4, points))
+    plans = list(front.points)
+    total = problem.total_weights
+    if lo_bits is not None:
+        plans = [p for p in plans if p.costs["bytes"] * 8 / total >= lo_bits - 1e-9]
+    if hi_bits is not None:
+        plans = [p for p in plans if p.costs["bytes"] * 8 / total <= hi_bits + 1e-9]
+    plans = _spread(plans, points)
+    if not plans:
+        raise ValueError("min_bits/max_bits: no frontier point lies in that range")
+
+    evaluator = _open(request, options, report)
+    rows = []
+    for i, plan in enumerate(plans):
+        report(0.1 + 0.8 * i / len(plans), f"measuring frontier point {i + 1}/{len(plans)}")
+        row = _plan_row(plan, problem)
+        row["measured"] = evaluator.evaluate(plan.assignment)
+        rows.append(row)
+
+    from workers.proxy_quality import rank_agreement
+
+    agreement = rank_agreement([r["predicted_damage"] for r in rows], [r["measured"]["loss"] for r in rows])
+    result: dict[str, Any] = {"points": rows, "float": evaluator.float_metrics, "rank_agreement": agreement}
+    if trials:
+        report(0.9, f"refining the frontier with {trials} measured trials")
+        result["refined"] = refine_frontier(problem, evaluator, rows, trials=trials)
+    result["timings"] = {"total_s": time.perf_counter() - started}
+    report(1.0, "done")
+    return result
+
+
+def _spread(plans: list, k: int) -> list:
+    """k plans evenly spaced (by index) over a sorted frontier, ends included."""
+    if len(plans) <= k:
+        return plans
+    if k == 1:
+        return [plans[-1]]
+    idx = sorted({round(i * (len(plans) - 1) / (k - 1)) for i in range(k)})
+    return [plans[i] for i in idx]
+
+
+def refine_frontier(problem, evaluator, rows: list[dict[str, Any]], *, trials: int, seed: int = 0) -> list[dict]:
+    """Optuna search around each measured frontier point with the measured loss as objective; keeps
+    only plans that beat the exact point they started from at no more bytes. Needs `solver.search`
+    (returns [] with a note when the solver does not have it)."""
+    import solver
+
+    search = getattr(solver, "search", None)
+    if search is None:
+        return [{"note": "solver.search is not available in this build; no refinement"}]
+    from solver import Budget
+
+    kept = []
+    per_point = max(1, trials // max(len(rows), 1))
+    for row in rows:
+        limit = row["bytes"]
+        result = search(
+            problem,
+            lambda assignment: float(evaluator.evaluate(assignment)["loss"]),
+            budgets=[Budget("bytes", limit)],
+            trials=per_point,
+            start=row["assignment"],
+            seed=seed,
+        )
+        best = getattr(result, "best", result)
+        assignment = dict(getattr(best, "assignment", best))
+        measured = evaluator.evaluate(assignment)
+        if measured["loss"] < row["measured"]["loss"] and not math.isnan(measured["loss"]):
+            bytes_ = sum(problem.unit(u).option(c).costs["bytes"] for u, c in assignment.items())
+            kept.append(
+                {
+                    "assignment": assignment,
+                    "bytes": bytes_,
+                    "average_bits": bytes_ * 8 / problem.total_weights,
+                    "measured": measured,
+                    "improves_on_bytes": limit,
+                    "loss_gain": row["measured"]["loss"] - measured["loss"],
+                }
+            )
+    return kept

@@ -1,0 +1,358 @@
+"""The config formats: plain JSON, GPTQModel `dynamic`, llm-compressor config groups, NNCF
+`bitwidth_per_scope`, HAWQ `bit_config`. Pure Python; `read` uses the target library's own schema
+where it is installed (compressed-tensors) and otherwise parses the structure the way the engine
+that reads it does (vLLM's resolution of GPTQ `dynamic` rules)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from workers.exports._base import Export, ExportError, Exporter, ExportPlan, weight_settings
+
+_JSON = "application/json"
+
+
+def _dump(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
+def _load(content: bytes, what: str) -> Any:
+    try:
+        return json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{what}: not valid JSON ({exc})") from exc
+
+
+def _exact(name: str) -> str:
+    return f"^{re.escape(name)}$"
+
+
+class PlainJson(Exporter):
+    name = "json"
+    description = "bitplan's own plan: {layer: candidate} (null = left float)"
+
+    def export(self, plan: ExportPlan) -> Export:
+        body = {"version": 1, "layers": {layer.name: layer.candidate for layer in plan.layers}}
+        return Export(_dump(body), _JSON, "plan.json")
+
+    def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
+        body = _load(content, "json")
+        if not isinstance(body, dict) or body.get("version") != 1 or not isinstance(body.get("layers"), dict):
+            raise ExportError("json: expected {\"version\": 1, \"layers\": {...}}")
+        return {name: weight_settings(cand) for name, cand in body["layers"].items()}
+
+
+# ---------------------------------------------------------------------------------------------- GPTQ
+_GPTQ_BITS = (2, 3, 4, 8)  # what GPTQModel and vLLM's GPTQ kernels take
+
+
+def _gptq_settings(layer) -> dict[str, Any]:
+    s = weight_settings(layer.candidate)
+    if layer.kind != "linear":
+        raise ExportError(f"gptqmodel: layer {layer.name!r} is a {layer.kind}; GPTQ quantizes Linear layers only")
+    if s["bits"] not in _GPTQ_BITS:
+        raise ExportError(
+            f"gptqmodel: layer {layer.name!r} has {s['bits']} bits; GPTQ takes {', '.join(map(str, _GPTQ_BITS))}"
+        )
+    if s["strategy"] == "tensor":
+        raise ExportError(f"gptqmodel: layer {layer.name!r} is per-tensor; GPTQ is per channel or per group")
+    return {"bits": s["bits"], "group_size": s["group_size"] or -1, "sym": s["symmetric"]}
+
+
+class GptqModelDynamic(Exporter):
+    name = "gptqmodel"
+    description = (
+        "GPTQModel quantize_config with `dynamic` per-module overrides (\"+:\" regex → bits/group_size/sym,"
+        " \"-:\" regex → not quantized), as vLLM and SGLang honour it"
+    )
+
+    def export(self, plan: ExportPlan) -> Export:
+        quantized = [layer for layer in plan.layers if layer.candidate is not None]
+        if not quantized:
+            raise ExportError("gptqmodel: the plan quantizes no layer")
+        settings = {layer.name: _gptq_settings(layer) for layer in quantized}
+        weights = Counter()
+        for layer in quantized:
+            key = tuple(sorted(settings[layer.name].items()))
+            weights[key] += math.prod(layer.weight_shape) if layer.weight_shape else 1
+        base = dict(max(weights, key=lambda k: (weights[k], k)))
+        dynamic: dict[str, dict[str, Any]] = {}
+        for layer in plan.layers:
+            if layer.candidate is None:
+                dynamic[f"-:{_exact(layer.name)}"] = {}
+            elif settings[layer.name] != base:
+                dynamic[f"+:{_exact(layer.name)}"] = dict(settings[layer.name])
+        body = {
+            "bits": base["bits"],
+            "group_size": base["group_size"],
+            "sym": base["sym"],
+            "desc_act": False,
+            "quant_method": "gptq",
+            "checkpoint_format": "gptq",
+            "dynamic": dynamic,
+        }
+        return Export(_dump(body), _JSON, "quantize_config.json")
+
+    def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
+        """vLLM's reading: for each module, the first `dynamic` rule whose regex re.match-es its name
+        decides ("-:" → not quantized, "+:" → overrides on the base config); no rule → base."""
+        body = _load(content, "gptqmodel")
+        for key in ("bits", "group_size", "sym", "dynamic"):
+            if key not in body:
+                raise ExportError(f"gptqmodel: missing {key!r}")
+        dynamic = body["dynamic"]
+        if not isinstance(dynamic, dict):
+            raise ExportError("gptqmodel: dynamic must be an object")
+        for pattern, overrides in dynamic.items():
+            if not isinstance(overrides, dict) or set(overrides) - {"bits", "group_size", "sym", "desc_act"}:
+                raise ExportError(f"gptqmodel: rule {pattern!r} overrides unknown keys")
+            try:
+                re.compile(pattern.removeprefix("-:").removeprefix("+:"))
+            except re.error as exc:
+                raise ExportError(f"gptqmodel: rule {pattern!r} is not a valid regex ({exc})") from exc
+        result: dict[str, dict[str, Any] | None] = {}
+        for name in layers:
+            overrides: dict[str, Any] | None = {}
+            for pattern, rule in dynamic.items():
+                if pattern.startswith("-:"):
+                    if re.match(pattern[2:], name):
+                        overrides = None
+                        break
+                elif re.match(pattern.removeprefix("+:"), name):
+                    overrides = rule
+                    break
+            if overrides is None:
+                result[name] = None
+                continue
+            bits = overrides.get("bits", body["bits"])
+            group = overrides.get("group_size", body["group_size"])
+            result[name] = {
+                "bits": bits,
+                "symmetric": overrides.get("sym", body["sym"]),
+                "strategy": "channel" if group == -1 else "group",
+                "group_size": None if group == -1 else group,
+            }
+        return result
+
+
+# ----------------------------------------------------------------------------------- llm-compressor
+class LlmCompressor(Exporter):
+    name = "llmcompressor"
+    description = (
+        "llm-compressor / compressed-tensors QuantizationConfig: one config group per format, targets"
+        " = module names, weights scheme num_bits/type/symmetric/strategy/group_size; `ignore` = float layers"
+    )
+
+    def export(self, plan: ExportPlan) -> Export:
+        groups: dict[str, dict[str, Any]] = {}
+        by_candidate: dict[str, list[str]] = {}
+        for layer in plan.layers:
+            if layer.candidate is not None:
+                by_candidate.setdefault(layer.candidate, []).append(layer.name)
+        if not by_candidate:
+            raise ExportError("llmcompressor: the plan quantizes no layer")
+        for i, (candidate, names) in enumerate(sorted(by_candidate.items())):
+            s = weight_settings(candidate)
+            groups[f"group_{i}"] = {
+                "targets": names,
+                "weights": {
+                    "num_bits": s["bits"],
+                    "type": "int",
+                    "symmetric": s["symmetric"],
+                    "strategy": s["strategy"],
+                    "group_size": s["group_size"],
+                    "dynamic": False,
+                },
+                "input_activations": None,
+                "output_activations": None,
+            }
+        body = {
+            "quant_method": "compressed-tensors",
+            "format": "mixed-precision" if len(by_candidate) > 1 else "pack-quantized",
+            "quantization_status": "initialized",
+            "config_groups": groups,
+            "ignore": [layer.name for layer in plan.layers if layer.candidate is None],
+        }
+        return Export(_dump(body), _JSON, "quantization_config.json")
+
+    @staticmethod
+    def validator_available() -> bool:
+        return importlib.util.find_spec("compressed_tensors") is not None
+
+    def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
+        """Validated by compressed-tensors' own pydantic QuantizationConfig when it is installed;
+        a target matches a module by exact name or, with a "re:" prefix, by re.match."""
+        body = _load(content, "llmcompressor")
+        if self.validator_available():
+            from compressed_tensors.quantization import QuantizationConfig
+            from pydantic import ValidationError
+
+            try:
+                body = QuantizationConfig.model_validate(body).model_dump(mode="json")
+            except ValidationError as exc:
+                raise ExportError(f"llmcompressor: compressed-tensors rejects the config ({exc})") from exc
+        groups = body.get("config_groups")
+        if not isinstance(groups, dict) or not groups:
+            raise ExportError("llmcompressor: config_groups must be a non-empty object")
+        ignore = body.get("ignore") or []
+        names = list(layers) or [t for g in groups.values() for t in g["targets"]] + list(ignore)
+
+        def matches(target: str, name: str) -> bool:
+            return bool(re.match(target[3:], name)) if target.startswith("re:") else target == name
+
+        result: dict[str, dict[str, Any] | None] = {}
+        for name in names:
+            if any(matches(t, name) for t in ignore):
+                result[name] = None
+                continue
+            found = [g for g in groups.values() if any(matches(t, name) for t in g["targets"])]
+            if len(found) > 1:
+                raise ExportError(f"llmcompressor: layer {name!r} is targeted by {len(found)} groups")
+            if not found:
+                result[name] = None
+                continue
+            w = found[0]["weights"]
+            result[name] = {
+                "bits": w["num_bits"],
+                "symmetric": w["symmetric"],
+                "strategy": w["strategy"],
+                "group_size": w.get("group_size"),
+            }
+        return result
+
+
+# --------------------------------------------------------------------------------------------- NNCF
+_NNCF_OPS = {
+    "linear": ("NNCFLinear", "linear"),
+    "conv1d": ("NNCFConv1d", "conv1d"),
+    "conv2d": ("NNCFConv2d", "conv2d"),
+    "embedding": ("NNCFEmbedding", "embedding"),
+}
+_SCOPE = re.compile(r"^(?:TargetType\.OPERATION_WITH_WEIGHTS )?[^/\[\]]+((?:/[^/\[\]]+\[[^\[\]]+\])+)/\w+_\d+\|WEIGHT$")
+
+
+class NncfBitwidthPerScope(Exporter):
+    name = "nncf"
+    description = (
+        "NNCF quantization config with a manual precision initializer: bitwidth_per_scope = [[bits, scope], ...]"
+    )
+
+    def _scope(self, plan: ExportPlan, layer) -> str:
+        nncf_type, op = _NNCF_OPS[layer.kind]
+        parts = layer.name.split(".")
+        path = []
+        for i, part in enumerate(parts[:-1]):
+            prefix = ".".join(parts[: i + 1])
+            path.append(f"{plan.module_types.get(prefix, 'Module')}[{part}]")
+        path.append(f"{nncf_type}[{parts[-1]}]")
+        return f"{plan.root_type}/{'/'.join(path)}/{op}_0|WEIGHT"
+
+    def export(self, plan: ExportPlan) -> Export:
+        pairs, warnings = [], []
+        schemes = set()
+        unknown_types = False
+        for layer in plan.layers:
+            if layer.candidate is None:
+                continue
+            s = weight_settings(layer.candidate)
+            schemes.add((s["symmetric"], s["strategy"], s["group_size"]))
+            pairs.append([s["bits"], self._scope(plan, layer)])
+            unknown_types |= any(
+                ".".join(layer.name.split(".")[: i + 1]) not in plan.module_types
+                for i in range(len(layer.name.split(".")) - 1)
+            )
+        if not pairs:
+            raise ExportError("nncf: the plan quantizes no layer")
+        if len(schemes) > 1:
+            raise ExportError(
+                "nncf: bitwidth_per_scope sets bits only; the plan mixes symmetry or granularity"
+                f" ({len(schemes)} schemes), which one NNCF weights config cannot express"
+            )
+        symmetric, strategy, group = schemes.pop()
+        if strategy == "group":
+            raise ExportError("nncf: group-wise weight formats have no equivalent in this config")
+        if unknown_types:
+            warnings.append("nncf: classes of intermediate modules unknown; scopes name them 'Module'")
+        skipped = [layer.name for layer in plan.layers if layer.candidate is None]
+        body = {
+            "compression": {
+                "algorithm": "quantization",
+                "weights": {"mode": "symmetric" if symmetric else "asymmetric", "per_channel": strategy == "channel"},
+                "initializer": {"precision": {"type": "manual", "bitwidth_per_scope": pairs}},
+                "ignored_scopes": [f"{{re}}.*\\[{re.escape(n.split('.')[-1])}\\].*" for n in skipped],
+            }
+        }
+        return Export(_dump(body), _JSON, "nncf_config.json", tuple(warnings))
+
+    def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
+        """The schema NNCF 2.x validates (array of [number, string] pairs) and the scope grammar
+        `Root/Type[name]/.../op_N|WEIGHT`; layer names are the bracketed parts joined by dots."""
+        body = _load(content, "nncf")
+        try:
+            comp = body["compression"]
+            pairs = comp["initializer"]["precision"]["bitwidth_per_scope"]
+            mode = comp["weights"]["mode"]
+            per_channel = comp["weights"]["per_channel"]
+        except (KeyError, TypeError) as exc:
+            raise ExportError(f"nncf: missing {exc}") from exc
+        if comp.get("algorithm") != "quantization" or comp["initializer"]["precision"].get("type") != "manual":
+            raise ExportError("nncf: expected algorithm quantization with a manual precision initializer")
+        result: dict[str, dict[str, Any] | None] = {name: None for name in layers}
+        for i, pair in enumerate(pairs):
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or isinstance(pair[0], bool)
+                or not isinstance(pair[0], int)
+                or not isinstance(pair[1], str)
+            ):
+                raise ExportError(f"nncf: bitwidth_per_scope[{i}] must be [bits, scope]")
+            m = _SCOPE.match(pair[1])
+            if m is None:
+                raise ExportError(f"nncf: bitwidth_per_scope[{i}] scope {pair[1]!r} is not a weight scope")
+            name = ".".join(re.findall(r"\[([^\[\]]+)\]", m.group(1)))
+            result[name] = {
+                "bits": pair[0],
+                "symmetric": mode == "symmetric",
+                "strategy": "channel" if per_channel else "tensor",
+                "group_size": None,
+            }
+        return result
+
+
+# --------------------------------------------------------------------------------------------- HAWQ
+class HawqBitConfig(Exporter):
+    name = "hawq"
+    description = "HAWQ bit_config: {layer: weight bits} (HAWQ quantizes weights symmetric per channel)"
+
+    def export(self, plan: ExportPlan) -> Export:
+        config, warnings = {}, []
+        for layer in plan.layers:
+            if layer.candidate is None:
+                continue
+            s = weight_settings(layer.candidate)
+            config[layer.name] = s["bits"]
+            if not s["symmetric"] or s["strategy"] != "channel":
+                warnings.append(
+                    f"hawq: layer {layer.name!r} is {layer.candidate}; HAWQ will store it symmetric per channel"
+                )
+        if not config:
+            raise ExportError("hawq: the plan quantizes no layer")
+        return Export(_dump(config), _JSON, "bit_config.json", tuple(warnings))
+
+    def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
+        body = _load(content, "hawq")
+        if not isinstance(body, Mapping) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 32 for v in body.values()
+        ):
+            raise ExportError("hawq: bit_config must map layer names to integer bits")
+        result: dict[str, dict[str, Any] | None] = {name: None for name in layers}
+        for name, bits in body.items():
+            result[name] = {"bits": bits, "symmetric": True, "strategy": "channel", "group_size": None}
+        return result
