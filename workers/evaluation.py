@@ -134,9 +134,9 @@ def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.detach().to(torch.float32)
 
 
-def _is_language_model(data: EvaluationData, out: torch.Tensor) -> bool:
-    """Token inputs whose outputs have one vocabulary row per input position."""
-    return data.tokens and out.dim() == data.inputs.dim() + 1 and out.shape[:-1] == data.inputs.shape[: out.dim() - 1]
+def _is_language_model(data: EvaluationData, x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Token inputs whose outputs have one vocabulary row per input position (x: the first batch)."""
+    return data.tokens and out.dim() == x.dim() + 1 and tuple(out.shape[:-1]) == tuple(x.shape)
 
 
 def apply_plan(model: nn.Module, assignment: Mapping[str, str], *, inplace: bool = False) -> nn.Module:
@@ -183,7 +183,7 @@ class Evaluator:
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
         with torch.no_grad():
             self.reference = [_output(self.model, x) for x, _ in data.batches()]
-        self.language_model = _is_language_model(data, self.reference[0])
+        self.language_model = _is_language_model(data, next(data.batches())[0], self.reference[0])
         self.loss_kind = (
             "cross_entropy" if data.targets is not None else "next_token" if self.language_model else output_loss
         )
