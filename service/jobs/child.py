@@ -127,11 +127,22 @@ def run_inspect() -> int:
     return 0
 
 
+def run_export() -> int:
+    """Export a plan in a format that needs the model (the fake-quantized checkpoint); the request is
+    JSON on stdin, one JSON line of outcome on stdout (service.exports.run_export_child)."""
+    from service.exports import run_export_child
+
+    print(json.dumps(run_export_child(json.loads(sys.stdin.read()))))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["analysis"] and len(argv) == 2:
         return run_analysis(argv[1])
     if argv == ["inspect"]:
         return run_inspect()
+    if argv == ["export"]:
+        return run_export()
     print("usage: python -m service.jobs.child analysis ID | inspect", file=sys.stderr)
     return 2
 
