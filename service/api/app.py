@@ -12,6 +12,7 @@ from service.api.limits import BodySizeLimitMiddleware, RateLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import analyses, datasets, exports, models, ops, plans, tokens
 from service.blobs import BlobStore
+from service import dashboard
 from service.config import Settings, get_settings
 from service.db import migrate
 from service.jobs import make_queue
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         app.include_router(module.router, dependencies=[Depends(security.require_method_scope)])
     app.include_router(tokens.router, dependencies=[Depends(security.require_scope("admin"))])
     app.include_router(ops.router)
+    # The dashboard's page and static files are public: its scripts send the user's token to the API.
+    app.include_router(dashboard.router)
     # Outermost last: metrics see everything; sizes are refused before the caller is looked up; the
     # rate limit and idempotency need the caller.
     app.add_middleware(IdempotencyMiddleware, settings=settings)
