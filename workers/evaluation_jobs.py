@@ -210,7 +210,7 @@ def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = No
 
     request = {"model", "dataset_path", "problem": problem dict, "points": K (default 8),
     "min_bits" / "max_bits": optional average-bits range of the points, "refine_trials": Optuna
-    trials around the frontier with the measured loss as objective (0 = none; needs solver.search),
+    trials around the frontier with the measured loss as objective (0 = none; needs optuna),
     "options"}. Returns {"points": [{bytes, average_bits, predicted_damage, assignment, measured}],
     "float", "rank_agreement": predicted damage vs measured loss across points, "refined": [...]}.
     """
@@ -261,7 +261,7 @@ def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = No
     result: dict[str, Any] = {"points": rows, "float": evaluator.float_metrics, "rank_agreement": agreement}
     if trials:
         report(0.9, f"refining the frontier with {trials} measured trials")
-        result["refined"] = refine_frontier(problem, evaluator, rows, trials=trials)
+        result["refined"] = refine_frontier(problem, evaluator, plans, rows, trials=trials)
     result["timings"] = {"total_s": time.perf_counter() - started}
     report(1.0, "done")
     return result
@@ -277,42 +277,36 @@ def _spread(plans: list, k: int) -> list:
     return [plans[i] for i in idx]
 
 
-def refine_frontier(problem, evaluator, rows: list[dict[str, Any]], *, trials: int, seed: int = 0) -> list[dict]:
-    """Optuna search around each measured frontier point with the measured loss as objective; keeps
-    only plans that beat the exact point they started from at no more bytes. Needs `solver.search`
-    (returns [] with a note when the solver does not have it)."""
-    import solver
+def refine_frontier(problem, evaluator, plans: list, rows: list[dict[str, Any]], *, trials: int, seed: int = 0) -> list[dict]:
+    """Optuna search (`solver.search`, NSGA-II on measured loss × bytes) seeded with the exact frontier
+    plans, within the dearest point's bytes; keeps the searched plans that no measured exact point
+    dominates (none has both fewer-or-equal bytes and lower-or-equal measured loss)."""
+    from solver import Budget, search
 
-    search = getattr(solver, "search", None)
-    if search is None:
-        return [{"note": "solver.search is not available in this build; no refinement"}]
-    from solver import Budget
-
+    limit = max(r["bytes"] for r in rows)
+    scored = search(
+        problem,
+        lambda plan: {"loss": float(evaluator.evaluate(plan.assignment)["loss"])},
+        objectives=(("loss", "minimize"), ("bytes", "minimize")),
+        budgets=[Budget("bytes", limit)],
+        n_trials=trials,
+        seed_plans=plans,
+        seed_frontier_points=0,
+        seed=seed,
+    )
+    exact = [(r["bytes"], r["measured"]["loss"]) for r in rows]
     kept = []
-    per_point = max(1, trials // max(len(rows), 1))
-    for row in rows:
-        limit = row["bytes"]
-        result = search(
-            problem,
-            lambda assignment: float(evaluator.evaluate(assignment)["loss"]),
-            budgets=[Budget("bytes", limit)],
-            trials=per_point,
-            start=row["assignment"],
-            seed=seed,
+    for item in scored:
+        b, loss = item.plan.costs["bytes"], item.metrics["loss"]
+        if math.isnan(loss) or any(eb <= b and el <= loss for eb, el in exact):
+            continue
+        kept.append(
+            {
+                "assignment": dict(item.plan.assignment),
+                "bytes": b,
+                "average_bits": b * 8 / problem.total_weights,
+                "predicted_damage": item.plan.damage,
+                "measured": evaluator.evaluate(item.plan.assignment),
+            }
         )
-        best = getattr(result, "best", result)
-        assignment = dict(getattr(best, "assignment", best))
-        measured = evaluator.evaluate(assignment)
-        if measured["loss"] < row["measured"]["loss"] and not math.isnan(measured["loss"]):
-            bytes_ = sum(problem.unit(u).option(c).costs["bytes"] for u, c in assignment.items())
-            kept.append(
-                {
-                    "assignment": assignment,
-                    "bytes": bytes_,
-                    "average_bits": bytes_ * 8 / problem.total_weights,
-                    "measured": measured,
-                    "improves_on_bytes": limit,
-                    "loss_gain": row["measured"]["loss"] - measured["loss"],
-                }
-            )
-    return kept
+    return sorted(kept, key=lambda r: r["bytes"])

@@ -130,6 +130,13 @@ def test_evaluation_and_frontier_jobs(analysed):
     assert all(p["measured"]["loss"] >= 0 for p in front["points"])
     byts = [p["bytes"] for p in front["points"]]
     assert byts == sorted(byts)
+    searched = evaluate_frontier_job(
+        {"model": source, "dataset_path": data, "problem": problem, "points": 3, "refine_trials": 12}
+    )
+    for r in searched["refined"]:  # kept only when no measured exact point dominates it
+        assert not any(
+            p["bytes"] <= r["bytes"] and p["measured"]["loss"] <= r["measured"]["loss"] for p in searched["points"]
+        )
     with pytest.raises(ValueError, match="points"):
         evaluate_frontier_job({"model": source, "dataset_path": data, "problem": problem, "points": 0})
     with pytest.raises(ValueError, match="assignment"):
