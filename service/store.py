@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.db.models import AnalysisRecord, DatasetRecord, ModelRecord, PlanRecord, utcnow
-from service.errors import NotFound
+from service.db.models import AnalysisRecord, DatasetRecord, ModelRecord, PlanRecord, new_id, utcnow
+from service.errors import Conflict, NotFound
 
 ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def get_model(session: Session, *, model_id: str) -> ModelRecord:
@@ -52,12 +53,18 @@ def list_plans(session: Session, *, analysis_id: str) -> list[PlanRecord]:
     return list(session.scalars(stmt))
 
 
-def claim_analysis(session: Session, *, analysis_id: str) -> bool:
-    """Move queued → running atomically; False when someone else took it or it is no longer queued."""
+def claim_analysis(session: Session, *, analysis_id: str) -> str | None:
+    """Move queued → running atomically for one attempt and return that attempt's owner token; None when
+    someone else took it, it is no longer queued, or its retry backoff has not passed yet."""
     now = utcnow()
+    owner = new_id()
     result = session.execute(
         update(AnalysisRecord)
-        .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "queued")
+        .where(
+            AnalysisRecord.id == analysis_id,
+            AnalysisRecord.status == "queued",
+            or_(AnalysisRecord.retry_at.is_(None), AnalysisRecord.retry_at <= now),
+        )
         .values(
             status="running",
             attempts=AnalysisRecord.attempts + 1,
@@ -65,9 +72,11 @@ def claim_analysis(session: Session, *, analysis_id: str) -> bool:
             heartbeat_at=now,
             message="starting",
             error=None,
+            owner=owner,
+            retry_at=None,
         )
     )
-    return result.rowcount == 1
+    return owner if result.rowcount == 1 else None
 
 
 def queued_analysis_ids(session: Session) -> list[str]:
@@ -75,24 +84,47 @@ def queued_analysis_ids(session: Session) -> list[str]:
     return list(session.scalars(stmt))
 
 
-def requeue_interrupted(session: Session, *, stale_after: timedelta | None = None) -> list[str]:
+def requeue_interrupted(
+    session: Session, *, stale_after: timedelta | None = None, max_attempts: int | None = None
+) -> list[str]:
     """Put running analyses back in the queue: all of them (in-process runner restart) or only
-    those whose heartbeat is older than `stale_after` (a worker that died)."""
-    stmt = select(AnalysisRecord).where(AnalysisRecord.status == "running")
+    those whose heartbeat is older than `stale_after` (a worker that died). Each row moves with its own
+    conditional update, so reapers in several processes never requeue a row another attempt just
+    claimed. A row whose cancel was requested becomes cancelled; one out of attempts becomes failed.
+    Returns the ids put back in the queue (the caller offers them to its queue)."""
+    conditions = [AnalysisRecord.status == "running"]
     if stale_after is not None:
-        stmt = stmt.where(AnalysisRecord.heartbeat_at < utcnow() - stale_after)
+        conditions.append(AnalysisRecord.heartbeat_at < utcnow() - stale_after)
+    rows = session.execute(
+        select(AnalysisRecord.id, AnalysisRecord.cancel_requested, AnalysisRecord.attempts).where(*conditions)
+    ).all()
     ids = []
-    for rec in session.scalars(stmt):
-        rec.status = "queued"
-        rec.message = "requeued after an interrupted run"
-        ids.append(rec.id)
+    for analysis_id, cancel, attempts in rows:
+        if cancel:
+            values = dict(status="cancelled", message="cancelled", finished_at=utcnow())
+        elif max_attempts is not None and attempts >= max_attempts:
+            values = dict(status="failed", message="failed", finished_at=utcnow(),
+                          error=f"the job's worker was lost on each of {attempts} attempts")
+        else:
+            values = dict(status="queued", message="requeued after an interrupted run")
+        result = session.execute(
+            update(AnalysisRecord).where(AnalysisRecord.id == analysis_id, *conditions).values(owner=None, **values)
+        )
+        if result.rowcount == 1 and values["status"] == "queued":
+            ids.append(analysis_id)
     return ids
 
 
-def report_progress(session: Session, *, analysis_id: str, fraction: float, message: str) -> None:
+def report_progress(
+    session: Session, *, analysis_id: str, fraction: float, message: str, owner: str | None = None
+) -> None:
+    """Progress doubles as a heartbeat; with `owner`, only the attempt that owns the row may write it."""
+    conditions = [AnalysisRecord.id == analysis_id, AnalysisRecord.status == "running"]
+    if owner is not None:
+        conditions.append(AnalysisRecord.owner == owner)
     session.execute(
         update(AnalysisRecord)
-        .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "running")
+        .where(*conditions)
         .values(progress=max(0.0, min(1.0, fraction)), message=message[:500], heartbeat_at=utcnow())
     )
 
@@ -125,3 +157,95 @@ def count_active_analyses(session: Session, *, token_id: str) -> int:
         AnalysisRecord.token_id == token_id, AnalysisRecord.status.in_(ACTIVE)
     )
     return int(session.scalar(stmt) or 0)
+
+
+# Job lifecycle of one attempt. Every write below is conditional on the attempt's owner token, so the
+# database, not the queue, decides which attempt's outcome counts.
+
+
+def heartbeat(session: Session, *, analysis_id: str, owner: str) -> bool:
+    """Mark the attempt alive; False when it no longer owns the row (requeued, cancelled, finished)."""
+    result = session.execute(
+        update(AnalysisRecord)
+        .where(AnalysisRecord.id == analysis_id, AnalysisRecord.owner == owner, AnalysisRecord.status == "running")
+        .values(heartbeat_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def finish_attempt(
+    session: Session,
+    *,
+    analysis_id: str,
+    owner: str,
+    status: str,
+    error: str | None = None,
+    table: dict[str, Any] | None = None,
+    problem: dict[str, Any] | None = None,
+) -> bool:
+    """Record the outcome of the owning attempt; False (nothing written) for any other attempt. Once a
+    cancel is requested only "cancelled" is accepted, so a cancel never loses a race to a late result."""
+    if status not in TERMINAL:
+        raise ValueError(f"status: must be one of {', '.join(TERMINAL)}, got {status!r}")
+    conditions = [AnalysisRecord.id == analysis_id, AnalysisRecord.owner == owner, AnalysisRecord.status == "running"]
+    if status != "cancelled":
+        conditions.append(AnalysisRecord.cancel_requested.is_(False))
+    values: dict[str, Any] = dict(status=status, error=error, finished_at=utcnow(), message=status)
+    if status == "succeeded":
+        values.update(table=table, problem=problem, progress=1.0, message="done")
+    result = session.execute(update(AnalysisRecord).where(*conditions).values(**values))
+    return result.rowcount == 1
+
+
+def schedule_retry(session: Session, *, analysis_id: str, owner: str, delay_s: float, message: str) -> bool:
+    """Give the row back to the queue after a transient failure, not to be claimed for `delay_s`."""
+    result = session.execute(
+        update(AnalysisRecord)
+        .where(
+            AnalysisRecord.id == analysis_id,
+            AnalysisRecord.owner == owner,
+            AnalysisRecord.status == "running",
+            AnalysisRecord.cancel_requested.is_(False),
+        )
+        .values(status="queued", owner=None, retry_at=utcnow() + timedelta(seconds=delay_s), message=message[:500])
+    )
+    return result.rowcount == 1
+
+
+def release_due_retries(session: Session) -> list[str]:
+    """Queued retries whose backoff has passed; each is returned by exactly one caller, to be enqueued."""
+    now = utcnow()
+    due = session.scalars(
+        select(AnalysisRecord.id).where(AnalysisRecord.status == "queued", AnalysisRecord.retry_at <= now)
+    ).all()
+    released = []
+    for analysis_id in due:
+        result = session.execute(
+            update(AnalysisRecord)
+            .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "queued", AnalysisRecord.retry_at <= now)
+            .values(retry_at=None)
+        )
+        if result.rowcount == 1:
+            released.append(analysis_id)
+    return released
+
+
+def request_cancel(session: Session, *, analysis_id: str) -> AnalysisRecord:
+    """Queued → cancelled at once; running → cancel requested (its runner ends it within seconds).
+    Cancelling a cancelled analysis is a no-op; a finished one is a Conflict."""
+    rec = get_analysis(session, analysis_id=analysis_id)
+    result = session.execute(
+        update(AnalysisRecord)
+        .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "queued")
+        .values(status="cancelled", message="cancelled", finished_at=utcnow(), retry_at=None, cancel_requested=True)
+    )
+    if result.rowcount == 0:
+        session.execute(
+            update(AnalysisRecord)
+            .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "running")
+            .values(cancel_requested=True, message="cancel requested")
+        )
+    session.refresh(rec)
+    if rec.status in ("succeeded", "failed"):
+        raise Conflict(f"analysis {analysis_id} already {rec.status}; nothing to cancel")
+    return rec

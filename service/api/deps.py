@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from functools import partial
 
 from fastapi import Request
 from sqlalchemy.orm import Session
@@ -28,3 +30,8 @@ def get_blobs(request: Request) -> BlobStore:
 
 def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
+
+
+def get_session_factory(request: Request) -> Callable[[], AbstractContextManager[Session]]:
+    """Short units of work for a long response (an event stream): a session per poll, never one held open."""
+    return partial(session_scope, request.app.state.settings.resolved_database_url)

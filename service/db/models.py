@@ -91,6 +91,11 @@ class AnalysisRecord(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    # The attempt that owns a running row; only its writes (progress, outcome) are accepted, so a
+    # worker presumed dead that comes back can never complete a job a second time.
+    owner: Mapped[str | None] = mapped_column(String(32))
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default="0")
+    retry_at: Mapped[datetime | None]  # a queued retry is not claimed before this (backoff)
     token_id: Mapped[str | None] = mapped_column(String(32), index=True)  # who submitted it (per-token limits)
 
 

@@ -2,7 +2,11 @@
 
 Rules for implementations: `enqueue` is called after the analysis row is committed with status
 "queued" and must return quickly; the database row, not the queue, is the source of truth, so a
-lost queue message is recovered by `start()` re-offering every queued row. Thread-safe.
+lost queue message is recovered by `start()` re-offering every queued row, and a duplicate offer is
+harmless (only one attempt can claim a row). Thread-safe. Back-ends carry a `name` and an
+`available()` check (false when an optional library is missing; importing the module never fails).
+Whatever runs the jobs runs them through service.jobs.runner, so lifecycle, heartbeat, cancel and
+retry behave the same on every back-end.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from abc import ABC, abstractmethod
 
 class JobQueue(ABC):
     name: str = "abstract"
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
 
     @abstractmethod
     def enqueue(self, analysis_id: str) -> None:

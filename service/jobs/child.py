@@ -1,7 +1,10 @@
-"""Entry point of a job process: `python -m service.jobs.child analysis ID` or `... inspect` (JSON on stdin).
+"""Entry point of a job process: `python -m service.jobs.child analysis ID OWNER` or `... inspect` (JSON on stdin).
 
 This is the only place where the service side calls into torch code. It talks to the database
-itself (progress, heartbeat, result) so the parent only has to wait and clean up after crashes.
+itself (progress, result), every write conditional on OWNER, the token of the attempt it runs, so a
+presumed-dead attempt can never overwrite a newer one. Bad input fails the analysis at once; a failure
+that may pass (database or file system hiccup, memory) exits with TRANSIENT_EXIT and leaves the
+decision to retry to the parent, which knows the attempt count and the backoff.
 """
 
 from __future__ import annotations
@@ -14,15 +17,31 @@ import traceback
 
 from service.config import get_settings
 from service.db.session import session_scope
+from service.errors import StorageError
 from service import store
+
+TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the attempt failed in a way a later attempt may not
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures of the machine, not of the input: worth another attempt. Bad input (ValueError, which
+    the workers' ModelLoadError and DatasetError are) and bugs fail at once."""
+    if isinstance(exc, (StorageError, MemoryError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return False
+    text = str(exc).lower()
+    memory = ("out of memory", "allocate memory", "failed to map segment")
+    return isinstance(exc, OSError) or any(m in text for m in memory)
 
 
 class _Reporter:
     """Progress callback for a job: throttled DB writes that double as the heartbeat."""
 
-    def __init__(self, url: str, analysis_id: str, min_interval: float = 0.5):
+    def __init__(self, url: str, analysis_id: str, owner: str | None, min_interval: float = 0.5):
         self.url = url
         self.analysis_id = analysis_id
+        self.owner = owner
         self.min_interval = min_interval
         self._last = 0.0
         self._latest = (0.0, "starting")
@@ -41,7 +60,9 @@ class _Reporter:
     def flush(self) -> None:
         fraction, message = self._latest
         with session_scope(self.url) as s:
-            store.report_progress(s, analysis_id=self.analysis_id, fraction=fraction, message=message)
+            store.report_progress(
+                s, analysis_id=self.analysis_id, fraction=fraction, message=message, owner=self.owner
+            )
 
 
 def _heartbeat(reporter: _Reporter, stop: threading.Event, every: float = 5.0) -> None:
@@ -68,7 +89,7 @@ def build_request(analysis, model, dataset, blob_path) -> dict:
     }
 
 
-def run_analysis(analysis_id: str) -> int:
+def run_analysis(analysis_id: str, owner: str | None = None) -> int:
     from service.blobs import BlobStore
 
     settings = get_settings()
@@ -79,8 +100,9 @@ def run_analysis(analysis_id: str) -> int:
         model = store.get_model(s, model_id=analysis.model_id)
         dataset = store.get_dataset(s, dataset_id=analysis.dataset_id) if analysis.dataset_id else None
         request = build_request(analysis, model, dataset, blobs.path_for)
+        owner = owner or analysis.owner
 
-    reporter = _Reporter(url, analysis_id)
+    reporter = _Reporter(url, analysis_id, owner)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(reporter, stop), daemon=True)
     beat.start()
@@ -92,16 +114,21 @@ def run_analysis(analysis_id: str) -> int:
         reporter(0.01, "loading model and data")
         table = run_analysis_job(request, reporter)
         problem = problem_to_dict(SensitivityTable.from_dict(table).to_problem())
-    except Exception as exc:  # every failure becomes the analysis's error text
+    except Exception as exc:  # every failure becomes the analysis's error text, or a retry
         stop.set()
         message = f"{exc.__class__.__name__}: {exc}"
         traceback.print_exc()
+        if is_transient(exc):
+            print(f"transient: {message}", file=sys.stderr)
+            return TRANSIENT_EXIT
         with session_scope(url) as s:
-            store.finish_analysis(s, analysis_id=analysis_id, status="failed", error=message)
+            store.finish_attempt(s, analysis_id=analysis_id, owner=owner, status="failed", error=message)
         return 0
     stop.set()
     with session_scope(url) as s:
-        store.finish_analysis(s, analysis_id=analysis_id, status="succeeded", table=table, problem=problem)
+        store.finish_attempt(
+            s, analysis_id=analysis_id, owner=owner, status="succeeded", table=table, problem=problem
+        )
     return 0
 
 
@@ -137,13 +164,13 @@ def run_export() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["analysis"] and len(argv) == 2:
-        return run_analysis(argv[1])
+    if argv[:1] == ["analysis"] and len(argv) in (2, 3):
+        return run_analysis(*argv[1:])
     if argv == ["inspect"]:
         return run_inspect()
     if argv == ["export"]:
         return run_export()
-    print("usage: python -m service.jobs.child analysis ID | inspect", file=sys.stderr)
+    print("usage: python -m service.jobs.child analysis ID [OWNER] | inspect", file=sys.stderr)
     return 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,12 +23,26 @@ class Limits:
     wall_s: float | None = None
 
 
-def _apply_limits(limits: Limits):
+def _die_with_parent() -> None:
+    """Linux: the child is killed when the thread that started it dies. A worker killed with -9 must not
+    leave its job running (and heartbeating) as an orphan; the reaper then sees it silent and requeues."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _apply_limits(limits: Limits, parent: int):
     def apply() -> None:
         mem = limits.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5))
         os.setsid()  # its own process group, so a cancel can kill everything it started
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent died before the death signal was armed
+            os._exit(1)
 
     return apply
 
@@ -48,7 +63,7 @@ def start_child(args: Sequence[str], *, limits: Limits, env: Mapping[str, str]) 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_env(env),
-        preexec_fn=_apply_limits(limits),
+        preexec_fn=_apply_limits(limits, os.getpid()),
         text=True,
     )
 

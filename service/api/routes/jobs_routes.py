@@ -1,0 +1,95 @@
+"""/v1/analyses/{id}/cancel and /v1/analyses/{id}/events: acting on and following a running job.
+
+Cancel only writes the request into the row; whichever process runs the job (an API runner thread or a
+`bitplan worker` anywhere) polls its row and ends the child's process group. The event stream polls the
+row too, so it works the same whichever back-end runs the job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from service import store
+from service.api.deps import get_session, get_session_factory, get_settings
+from service.api.routes.analyses import analysis_out
+from service.api.schemas import AnalysisOut
+from service.config import Settings
+
+router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+
+Sessions = Callable[[], AbstractContextManager[Session]]
+
+
+@router.post("/{analysis_id}/cancel", status_code=202, response_model=AnalysisOut)
+def cancel_analysis(analysis_id: str, session: Session = Depends(get_session)) -> AnalysisOut:
+    """Queued: cancelled at once. Running: cancel requested, cancelled within seconds. Finished: 409."""
+    return analysis_out(store.request_cancel(session, analysis_id=analysis_id))
+
+
+def _snapshot(sessions: Sessions, analysis_id: str) -> dict:
+    with sessions() as s:
+        rec = store.get_analysis(s, analysis_id=analysis_id)
+        return {
+            "id": rec.id, "status": rec.status, "progress": round(rec.progress, 4), "message": rec.message,
+            "attempts": rec.attempts, "error": rec.error,
+        }
+
+
+async def _events(
+    request: Request, sessions: Sessions, analysis_id: str, poll_s: float, keepalive_s: float
+) -> AsyncIterator[str]:
+    last: dict | None = None
+    last_sent = time.monotonic()
+    seq = 0
+    yield "retry: 2000\n\n"
+    while True:
+        snap = await run_in_threadpool(_snapshot, sessions, analysis_id)
+        if snap != last:
+            seq += 1
+            last, last_sent = snap, time.monotonic()
+            yield f"id: {seq}\nevent: analysis\ndata: {json.dumps(snap)}\n\n"
+            if snap["status"] in store.TERMINAL:
+                # An explicit end, so EventSource clients close instead of reconnecting forever.
+                yield f"event: end\ndata: {json.dumps({'status': snap['status']})}\n\n"
+                return
+        elif time.monotonic() - last_sent >= keepalive_s:
+            last_sent = time.monotonic()
+            yield ": keep-alive\n\n"
+        if await request.is_disconnected():
+            return
+        await _sleep(poll_s)
+
+
+async def _sleep(seconds: float) -> None:
+    import anyio
+
+    await anyio.sleep(seconds)
+
+
+@router.get(
+    "/{analysis_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "one event per change; ends when done"}},
+)
+def analysis_events(
+    analysis_id: str,
+    request: Request,
+    sessions: Sessions = Depends(get_session_factory),
+    settings: Settings = Depends(get_settings),
+) -> StreamingResponse:
+    """Server-Sent Events: `analysis` events (status, progress, message) on every change, `: keep-alive`
+    comments while nothing changes, and an `end` event after a terminal state."""
+    _snapshot(sessions, analysis_id)  # 404 before the stream starts
+    return StreamingResponse(
+        _events(request, sessions, analysis_id, settings.job_poll_s, settings.sse_keepalive_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

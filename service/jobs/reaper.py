@@ -1,0 +1,67 @@
+"""The reaper: one cheap periodic query in every worker and in the API process.
+
+Why everywhere: a worker killed with -9 cannot say so, and the machine it ran on may be gone. Any live
+process sharing the database notices its job's heartbeat went silent, puts the row back in the queue
+(each row by one conditional update, so concurrent reapers never both win) and offers it again. The
+same loop offers retries whose backoff has passed, so retries need no scheduler in the queue itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from service import store
+from service.db.session import session_scope
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        offer: Callable[[str], None],
+        stale_after_s: float,
+        interval_s: float,
+        max_attempts: int | None = None,
+    ):
+        self.database_url = database_url
+        self.offer = offer
+        self.stale_after = timedelta(seconds=stale_after_s)
+        self.interval_s = interval_s
+        self.max_attempts = max_attempts
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> list[str]:
+        """One sweep; returns the ids offered again."""
+        with session_scope(self.database_url) as s:
+            stale = store.requeue_interrupted(s, stale_after=self.stale_after, max_attempts=self.max_attempts)
+            due = store.release_due_retries(s)
+        if stale:
+            log.warning("requeued %d analyses whose worker went silent: %s", len(stale), ", ".join(stale))
+        for analysis_id in [*stale, *due]:
+            self.offer(analysis_id)
+        return [*stale, *due]
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="bitplan-reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:  # a failed sweep is retried at the next tick
+                log.exception("reaper sweep failed")
