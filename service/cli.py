@@ -35,6 +35,14 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from service.config import get_settings
+    from service.jobs.rq_worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_worker(get_settings(), burst=args.burst, concurrency=args.concurrency)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -111,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="upgrade the database schema")
     p.add_argument("--revision", default="head")
     p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("worker", help="run RQ workers (BITPLAN_REDIS_URL) sharing the database and blob store")
+    p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    p.add_argument("--concurrency", type=int, default=1, help="worker processes, one job each (default 1)")
+    p.set_defaults(func=_worker)
 
     p = sub.add_parser("demo", help="train a digits classifier, analyse it and plan it at 4 bits, end to end")
     p.add_argument("--url", default=None, help="use a running server instead of starting one")

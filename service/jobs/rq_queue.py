@@ -1,0 +1,82 @@
+"""The Redis back-end: RQ carries analysis ids (JSON serializer, nothing else) to `bitplan worker`s.
+
+Why RQ's SimpleWorker: the job function only claims the row and watches a spawned child
+(service.jobs.runner); torch lives in that child alone. Nothing is forked from a process holding torch,
+database pools or reaper threads, and a `kill -9` of a worker takes its child with it (death signal),
+so the reapers see the job's heartbeat stop and offer it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from service import store
+from service.config import Settings
+from service.db.session import session_scope
+from service.jobs.base import JobQueue
+from service.jobs.reaper import Reaper
+
+log = logging.getLogger(__name__)
+
+JOB_FUNCTION = "service.jobs.rq_tasks.run_analysis"
+
+
+class RQQueue(JobQueue):
+    name = "rq"
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            import redis  # noqa: F401
+            import rq  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def __init__(self, settings: Settings):
+        if not settings.redis_url:
+            raise ValueError("redis_url: the rq queue needs BITPLAN_REDIS_URL")
+        self.settings = settings
+        self.url = settings.resolved_database_url
+        # A job never outlives its CPU budget by much; RQ's own timeout is only the last resort.
+        self.job_timeout = settings.job_cpu_limit_s * 2 + 600
+        self.reaper = Reaper(
+            self.url, offer=self.enqueue, stale_after_s=settings.job_stale_after_s,
+            interval_s=settings.job_reaper_s, max_attempts=settings.job_max_attempts,
+        )
+        self._queue = None
+        self._lock = threading.Lock()
+
+    def rq_queue(self):
+        """The RQ queue object, made on first use (redis-py connections are pooled and thread-safe)."""
+        with self._lock:
+            if self._queue is None:
+                from redis import Redis
+                from rq import Queue
+                from rq.serializers import JSONSerializer
+
+                conn = Redis.from_url(self.settings.redis_url)
+                self._queue = Queue(self.settings.rq_queue_name, connection=conn, serializer=JSONSerializer)
+            return self._queue
+
+    def enqueue(self, analysis_id: str) -> None:
+        """A failed enqueue is logged, not raised: the committed row is the truth, and the next `start`
+        or a reaper offers it again. A duplicate offer is harmless: only one claim can succeed."""
+        try:
+            self.rq_queue().enqueue(
+                JOB_FUNCTION, analysis_id, job_timeout=self.job_timeout, result_ttl=3600, failure_ttl=7 * 86400,
+                description=f"analysis {analysis_id}",
+            )
+        except Exception:
+            log.exception("could not enqueue analysis %s on Redis; it stays queued in the database", analysis_id)
+
+    def start(self) -> None:
+        with session_scope(self.url) as s:
+            leftover = store.queued_analysis_ids(s)
+        for analysis_id in leftover:  # messages lost with a Redis that restarted empty
+            self.enqueue(analysis_id)
+        self.reaper.start()
+
+    def stop(self) -> None:
+        self.reaper.stop()
