@@ -70,7 +70,7 @@ class BatchedHvp:
 
     def __call__(self, vectors: Sequence[torch.Tensor | None], wrt: Sequence[int]) -> list[torch.Tensor]:
         batch = next(v.shape[0] for v in vectors if v is not None)
-        total = [torch.zeros((batch, *self.params[i].shape), dtype=self.params[i].dtype) for i in wrt]
+        total = [torch.zeros((batch, *self.params[i].shape), dtype=self.params[i].dtype, device=self.params[i].device) for i in wrt]
         for grads in self._gradients():
             for acc, hv in zip(total, self._products(grads, vectors, wrt, batch), strict=True):
                 acc.add_(hv)
@@ -95,7 +95,7 @@ class BatchedHvp:
     ) -> list[torch.Tensor]:
         live = [i for i, g in enumerate(grads) if g is not None and vectors[i] is not None]
         inputs = [self.params[i] for i in wrt]
-        zeros = [torch.zeros((batch, *p.shape), dtype=p.dtype) for p in inputs]
+        zeros = [torch.zeros((batch, *p.shape), dtype=p.dtype, device=p.device) for p in inputs]
         if not live:  # the loss is (at most) linear in these weights: H·v = 0
             return zeros
         outputs = [grads[i] for i in live]
@@ -122,8 +122,10 @@ class BatchedHvp:
         return zeros
 
 
-def rademacher(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, shape, generator=gen).to(dtype).mul_(2).sub_(1)
+def rademacher(shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """±1 entries drawn on the CPU (so a seed gives the same probes on every device), moved to
+    `like`'s device and dtype."""
+    return torch.randint(0, 2, shape, generator=gen).to(device=like.device, dtype=like.dtype).mul_(2).sub_(1)
 
 
 def mean_ci(row: Sequence[float]) -> tuple[float, float]:

@@ -20,8 +20,15 @@ from workers.errors import AnalysisError
 OUTPUT_LOSSES = ("kl", "mse")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights live (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's output tensor; AnalysisError naming the batch shape when the forward fails."""
+    """The model's output tensor; AnalysisError naming the batch shape when the forward fails.
+    Calibration data is held on the CPU; each batch moves to the model's device here."""
+    x = x.to(model_device(model))
     try:
         out = model(x)
     except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
@@ -69,7 +76,7 @@ class CalibrationLoss:
             out = forward(self.model, x)
             logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
             if not self.label_free:
-                target = y.reshape(-1)
+                target = y.reshape(-1).to(logits.device)
                 if target.shape[0] != logits.shape[0]:
                     raise AnalysisError(
                         f"targets: {target.shape[0]} per batch but the model gives {logits.shape[0]} output rows"

@@ -66,7 +66,7 @@ class Eigen(Metric):
         if not params:
             raise AnalysisError("model: no quantizable layer found")
         gen = torch.Generator().manual_seed(int(ctx.seed))
-        vectors = [rademacher(tuple(p.shape), p.dtype, gen) for p in params]
+        vectors = [rademacher(tuple(p.shape), p.detach(), gen) for p in params]
         vectors = [v / v.norm() if v.numel() else v for v in vectors]
         eigen = [math.nan] * len(params)
         iterations = [0] * len(params)
@@ -119,7 +119,7 @@ def _block_diagonal(vectors: list[torch.Tensor], chunk: list[int]) -> list[torch
     column j restricted to that layer is H_ll v_l."""
     blocks: list[torch.Tensor | None] = [None] * len(vectors)
     for j, i in enumerate(chunk):
-        block = torch.zeros((len(chunk), *vectors[i].shape), dtype=vectors[i].dtype)
+        block = torch.zeros((len(chunk), *vectors[i].shape), dtype=vectors[i].dtype, device=vectors[i].device)
         block[j] = vectors[i]
         blocks[i] = block
     return blocks

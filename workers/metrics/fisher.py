@@ -81,7 +81,7 @@ class Fisher(Metric):
         if not params:
             raise AnalysisError("model: no quantizable layer found")
         gen = torch.Generator().manual_seed(int(ctx.seed))
-        diag = [torch.zeros(p.shape, dtype=torch.float64) for p in params]
+        diag = [torch.zeros(p.shape, dtype=torch.float64, device=p.device) for p in params]
         per_sample: list[list[torch.Tensor]] = [[] for _ in params]  # Σ_i g_si² per sample, for the CI
         drawn = False
         with grad_only_for(ctx.model, params):
@@ -97,8 +97,9 @@ class Fisher(Metric):
                 for start in range(0, x.shape[0], step):
                     xs = x[start : start + step]
                     ts = targets[start * columns : (start + xs.shape[0]) * columns]
+                    xs = xs.to(diag[0].device)
                     xs_rep = xs.repeat_interleave(columns, dim=0) if columns > 1 else xs
-                    for i, g in enumerate(grads(xs_rep, ts, kind)):
+                    for i, g in enumerate(grads(xs_rep, ts.to(xs.device), kind)):
                         sq = g.to(torch.float64).pow(2).reshape(xs.shape[0], columns, *g.shape[1:]).sum(dim=1)
                         diag[i].add_(sq.sum(dim=0))
                         per_sample[i].append(sq.flatten(1).sum(dim=1))
@@ -108,7 +109,7 @@ class Fisher(Metric):
         stats = []
         for i in range(len(params)):
             diag[i].div_(loss.rows)
-            norms = torch.cat(per_sample[i])
+            norms = torch.cat(per_sample[i]).cpu()
             n = norms.numel()
             mean = float(diag[i].sum())
             half = None
@@ -121,7 +122,7 @@ class Fisher(Metric):
                     mean=mean,
                     ci_halfwidth=half,
                     samples=n if drawn else None,
-                    extra={"diag": diag[i].to(torch.float32)},
+                    extra={"diag": diag[i].to(device="cpu", dtype=torch.float32)},
                 )
             )
         ctx.report(1.0, f"fisher: {total} samples")
@@ -131,7 +132,8 @@ class Fisher(Metric):
         self, stat: LayerStatistic, candidate: Quantizer, weight: torch.Tensor, quantized: torch.Tensor
     ) -> float:
         delta = perturbation(weight, quantized)
-        return 0.5 * float((stat.extra["diag"].to(torch.float64).reshape(delta.shape) * delta.pow(2)).sum())
+        diag = stat.extra["diag"].to(device=delta.device, dtype=torch.float64).reshape(delta.shape)
+        return 0.5 * float((diag * delta.pow(2)).sum())
 
     def _targets(
         self, loss: CalibrationLoss, batch: int, x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator
@@ -143,7 +145,7 @@ class Fisher(Metric):
         ref = loss.reference(batch)  # (rows, outputs): log-probabilities ("kl") or outputs ("mse")
         rows, outputs = ref.shape
         if rows == x.shape[0] and outputs <= self.exact_outputs:
-            eye = torch.eye(outputs, dtype=ref.dtype)
+            eye = torch.eye(outputs, dtype=ref.dtype, device=ref.device)
             if self.output_loss == "kl":
                 p = ref.exp()  # u_sc = √p_sc (e_c − p_s): rows (s, c) flattened sample-major
                 u = (eye.unsqueeze(0) - p.unsqueeze(1)) * p.sqrt().unsqueeze(2)
@@ -151,9 +153,9 @@ class Fisher(Metric):
                 u = eye.expand(rows, outputs, outputs)
             return _LINEAR, u.reshape(rows * outputs, 1, outputs), outputs
         if self.output_loss == "kl":
-            drawn = torch.multinomial(ref.exp(), 1, generator=gen).squeeze(1)
+            drawn = torch.multinomial(ref.exp().cpu(), 1, generator=gen).squeeze(1)
             return _CE, drawn.reshape(x.shape[0], -1), 1
-        drawn = ref + torch.randn(ref.shape, generator=gen, dtype=ref.dtype)
+        drawn = ref + torch.randn(ref.shape, generator=gen, dtype=ref.dtype).to(ref.device)
         return _HALF_SQ, drawn.reshape(x.shape[0], -1, outputs), 1
 
 

@@ -120,7 +120,7 @@ class Hutchinson(Metric):
             count = min(self.probe_batch, self.max_probes - k)
             # Every layer draws its probe, live or not, so a layer's probes do not depend on when
             # the others converged: the same seed gives the same vectors whatever `shrink` is.
-            probes = [rademacher((count, *p.shape), p.dtype, gen) for p in params]
+            probes = [rademacher((count, *p.shape), p, gen) for p in params]
             probed = set(live)
             products = hvp([v if i in probed else None for i, v in enumerate(probes)], live)
             for i, hv in zip(live, products, strict=True):
