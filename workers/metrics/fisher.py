@@ -100,9 +100,9 @@ class Fisher(Metric):
                     xs = xs.to(diag[0].device)
                     xs_rep = xs.repeat_interleave(columns, dim=0) if columns > 1 else xs
                     for i, g in enumerate(grads(xs_rep, ts.to(xs.device), kind)):
-                        sq = g.to(torch.float64).pow(2).reshape(xs.shape[0], columns, *g.shape[1:]).sum(dim=1)
-                        diag[i].add_(sq.sum(dim=0))
-                        per_sample[i].append(sq.flatten(1).sum(dim=1))
+                        sq = g.pow(2).reshape(xs.shape[0], columns, *g.shape[1:]).sum(dim=1)
+                        diag[i].add_(sq.sum(dim=0, dtype=torch.float64))
+                        per_sample[i].append(sq.flatten(1).sum(dim=1, dtype=torch.float64))
                     done += xs.shape[0]
                     elapsed = time.perf_counter() - started
                     ctx.report(done / total, f"fisher: {done} of {total} samples, ETA {elapsed / done * (total - done):.0f} s")
