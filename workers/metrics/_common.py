@@ -70,7 +70,7 @@ class BatchedHvp:
 
     def __call__(self, vectors: Sequence[torch.Tensor | None], wrt: Sequence[int]) -> list[torch.Tensor]:
         batch = next(v.shape[0] for v in vectors if v is not None)
-        total = [torch.zeros((batch, *self.params[i].shape), dtype=self.params[i].dtype, device=self.params[i].device) for i in wrt]
+        total = [_zeros(batch, self.params[i]) for i in wrt]
         for grads in self._gradients():
             for acc, hv in zip(total, self._products(grads, vectors, wrt, batch), strict=True):
                 acc.add_(hv)
@@ -91,11 +91,15 @@ class BatchedHvp:
             yield grads
 
     def _products(
-        self, grads: Sequence[torch.Tensor | None], vectors: Sequence[torch.Tensor | None], wrt: Sequence[int], batch: int
+        self,
+        grads: Sequence[torch.Tensor | None],
+        vectors: Sequence[torch.Tensor | None],
+        wrt: Sequence[int],
+        batch: int,
     ) -> list[torch.Tensor]:
         live = [i for i, g in enumerate(grads) if g is not None and vectors[i] is not None]
         inputs = [self.params[i] for i in wrt]
-        zeros = [torch.zeros((batch, *p.shape), dtype=p.dtype, device=p.device) for p in inputs]
+        zeros = [_zeros(batch, p) for p in inputs]
         if not live:  # the loss is (at most) linear in these weights: H·v = 0
             return zeros
         outputs = [grads[i] for i in live]
@@ -114,12 +118,20 @@ class BatchedHvp:
                 self.batched = False  # some op has no batching rule: loop from now on
         for j in range(batch):
             result = torch.autograd.grad(
-                outputs, inputs, grad_outputs=[vectors[i][j] for i in live], retain_graph=True, allow_unused=True
+                outputs,
+                inputs,
+                grad_outputs=[vectors[i][j] for i in live],
+                retain_graph=True,
+                allow_unused=True,
             )
             for z, r in zip(zeros, result, strict=True):
                 if r is not None:
                     z[j] = r
         return zeros
+
+
+def _zeros(batch: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((batch, *like.shape), dtype=like.dtype, device=like.device)
 
 
 def rademacher(shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -9,9 +9,10 @@ about one batched Hessian-vector product. A layer stops when |λ_k − λ_{k−1
 Power iteration finds the eigenvalue of largest magnitude; in label-free mode the Hessian is
 positive semi-definite, so that is λ_max. It starts from a seeded Rademacher vector.
 
-Damage: Ω_l(b) = max(λ_max, 0) · ‖Q_b(W_l) − W_l‖². Since ΔWᵀH_llΔW ≤ λ_max‖ΔW‖², this is an upper
-bound of the second-order term on the same scale as hutchinson's Tr(H)/n · ‖ΔW‖² (which replaces
-λ_max by the average eigenvalue); HAWQ-v1 ranks layers by λ_max alone and gets bits by hand.
+Damage: Ω_l(b) = max(λ_max, 0) · ‖Q_b(W_l) − W_l‖². Since ΔWᵀH_llΔW ≤ λ_max‖ΔW‖², this is an
+upper bound of the second-order term on the same scale as hutchinson's Tr(H)/n · ‖ΔW‖² (which
+replaces λ_max by the average eigenvalue); HAWQ-v1 ranks layers by λ_max alone and sets bits by
+hand. A negative dominant eigenvalue predicts no second-order harm (clamped to 0, reported raw).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class Eigen(Metric):
         done = [False] * len(params)
         started = time.perf_counter()
         with grad_only_for(ctx.model, params):
-            hvp = BatchedHvp(CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss), params, self.name)
+            loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
+            hvp = BatchedHvp(loss, params, self.name)
             for step in range(1, self.max_iterations + 1):
                 live = [i for i in range(len(params)) if not done[i]]
                 if not live:
@@ -100,7 +102,8 @@ class Eigen(Metric):
                 eta = elapsed / step * (self.max_iterations - step) if finished < len(params) else 0.0
                 ctx.report(
                     max(step / self.max_iterations, finished / len(params)),
-                    f"eigen: iteration {step}, {finished} of {len(params)} layers converged, ETA ≤ {eta:.0f} s",
+                    f"eigen: iteration {step}, {finished} of {len(params)} layers converged,"
+                    f" ETA ≤ {eta:.0f} s",
                 )
         ctx.report(1.0, f"eigen: {sum(done)} of {len(params)} layers converged")
         return [

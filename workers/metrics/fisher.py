@@ -105,7 +105,8 @@ class Fisher(Metric):
                         per_sample[i].append(sq.flatten(1).sum(dim=1, dtype=torch.float64))
                     done += xs.shape[0]
                     elapsed = time.perf_counter() - started
-                    ctx.report(done / total, f"fisher: {done} of {total} samples, ETA {elapsed / done * (total - done):.0f} s")
+                    eta = elapsed / done * (total - done)
+                    ctx.report(done / total, f"fisher: {done} of {total} samples, ETA {eta:.0f} s")
         stats = []
         for i in range(len(params)):
             diag[i].div_(loss.rows)
@@ -116,7 +117,7 @@ class Fisher(Metric):
             if drawn:  # Tr(F_ll) = (n/R) · mean_s ‖g_s‖² over independent draws: a sample mean's CI
                 half = Z95 * float(norms.std()) / math.sqrt(n) * n / loss.rows if n > 1 else math.inf
             if not (math.isfinite(mean) and (half is None or math.isfinite(half))):
-                raise AnalysisError("fisher: the Fisher estimate is not finite (NaN/inf in the loss or gradients)")
+                raise AnalysisError("fisher: the estimate is not finite (NaN/inf in the loss or gradients)")
             stats.append(
                 LayerStatistic(
                     mean=mean,
@@ -170,7 +171,9 @@ class _PerSampleGrads:
         self.vectorised = True
 
     @staticmethod
-    def _loss(out: torch.Tensor, target: torch.Tensor, kind: str, *, check_values: bool = True) -> torch.Tensor:
+    def _loss(
+        out: torch.Tensor, target: torch.Tensor, kind: str, *, check_values: bool = True
+    ) -> torch.Tensor:
         """One sample's summed loss. Under vmap the class-index check cannot run (it reads values);
         an out-of-range target then fails inside vmap, the loop takes over and raises the message."""
         logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
@@ -180,9 +183,13 @@ class _PerSampleGrads:
             return 0.5 * (logits - target.reshape(logits.shape)).pow(2).sum()
         target = target.reshape(-1)
         if target.shape[0] != logits.shape[0]:
-            raise AnalysisError(f"targets: {target.shape[0]} per sample but the model gives {logits.shape[0]} output rows")
+            raise AnalysisError(
+                f"targets: {target.shape[0]} per sample but the model gives {logits.shape[0]} output rows"
+            )
         if check_values and int(target.max()) >= logits.shape[1]:
-            raise AnalysisError(f"targets: class index {int(target.max())} but the model has {logits.shape[1]} classes")
+            raise AnalysisError(
+                f"targets: class index {int(target.max())} but the model has {logits.shape[1]} classes"
+            )
         return F.cross_entropy(logits, target, reduction="sum")
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor, kind: str) -> list[torch.Tensor]:

@@ -30,7 +30,15 @@ import torch
 
 from workers.errors import AnalysisError, DatasetError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._common import BatchedHvp, grad_only_for, mean_ci, pct, perturbation, rademacher, relative
+from workers.metrics._common import (
+    BatchedHvp,
+    grad_only_for,
+    mean_ci,
+    pct,
+    perturbation,
+    rademacher,
+    relative,
+)
 from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss
 
 if TYPE_CHECKING:
@@ -90,7 +98,7 @@ class Hutchinson(Metric):
         for row in samples:
             mean, half = mean_ci(row)
             if not (math.isfinite(mean) and math.isfinite(half)):
-                raise AnalysisError("hutchinson: the trace estimate is not finite (NaN/inf in the loss or Hessian)")
+                raise AnalysisError("hutchinson: the trace estimate is not finite (NaN/inf in the loss)")
             stats.append(
                 LayerStatistic(
                     mean=mean,
@@ -107,7 +115,9 @@ class Hutchinson(Metric):
         n = weight.numel()
         return max(stat.mean, 0.0) / n * float(perturbation(weight, quantized).pow(2).sum()) if n else 0.0
 
-    def _probe(self, loss: CalibrationLoss, params: list[nn.Parameter], ctx: MetricContext) -> list[list[float]]:
+    def _probe(
+        self, loss: CalibrationLoss, params: list[nn.Parameter], ctx: MetricContext
+    ) -> list[list[float]]:
         gen = torch.Generator().manual_seed(int(ctx.seed))
         samples: list[list[float]] = [[] for _ in params]
         hvp = BatchedHvp(loss, params, self.name)

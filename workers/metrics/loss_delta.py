@@ -78,7 +78,10 @@ class LossDelta(Metric):
                     weight.copy_(original)
                 stats.append(
                     LayerStatistic(
-                        mean=max(deltas.values(), default=0.0), ci_halfwidth=None, samples=None, extra={"delta": deltas}
+                        mean=max(deltas.values(), default=0.0),
+                        ci_halfwidth=None,
+                        samples=None,
+                        extra={"delta": deltas},
                     )
                 )
         return stats

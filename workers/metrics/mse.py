@@ -49,7 +49,9 @@ class Mse(Metric):
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"options.normalize: must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+            raise ValueError(
+                f"options.normalize: must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
+            )
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
         if not ctx.layers:
@@ -60,7 +62,9 @@ class Mse(Metric):
         scale = math.fsum(energies) / count if count else 0.0
         ctx.report(1.0, f"mse: {len(ctx.layers)} layers, no data needed")
         return [
-            LayerStatistic(mean=e / w.numel() if w.numel() else 0.0, extra={"model_mean_square": scale, "energy": e})
+            LayerStatistic(
+                mean=e / w.numel() if w.numel() else 0.0, extra={"model_mean_square": scale, "energy": e}
+            )
             for e, (_, w) in zip(energies, ctx.layers, strict=True)
         ]
 
