@@ -30,6 +30,10 @@ export function analysisPage(root, id) {
 }
 
 async function start(root, st) {
+  // Asked for before the analysis says it succeeded: one round trip less on the common path; a
+  // running analysis answers 409 and the answers are dropped.
+  const early = Promise.all([api.table(st.id), api.frontier(st.id, "bytes", FRONT_POINTS), api.plans(st.id)]);
+  early.catch(() => {});
   try {
     st.analysis = await api.analysis(st.id);
   } catch (err) {
@@ -45,9 +49,8 @@ async function start(root, st) {
     return waitForResult(root, st);
   }
   // Everything the first paint needs, in parallel; the optional endpoints never hold it up.
-  const [table, frontier, plans, [model, dataset]] = await Promise.all([
-    api.table(st.id), api.frontier(st.id, "bytes", FRONT_POINTS), api.plans(st.id), meta,
-  ]).catch((err) => { showError(root, err); return [null, null, null, [null, null]]; });
+  const [[table, frontier, plans], [model, dataset]] = await Promise.all([early, meta])
+    .catch((err) => { showError(root, err); return [[null, null, null], [null, null]]; });
   if (!table || st.stopped) return;
   Object.assign(st, { table, plans, model, dataset });
   st.frontiers.bytes = frontier;
@@ -85,9 +88,9 @@ function header(st) {
   const a = st.analysis, m = st.model, d = st.dataset;
   const model = m ? `<strong>${esc(m.name)}</strong> (${m.layers.length} layers, ${formatCount(m.parameters)} weights)`
     : esc(shortId(a.model_id));
-  const data = a.dataset_id ? (d ? `<strong>${esc(d.name)}</strong> (${d.samples} samples)` : esc(shortId(a.dataset_id)))
+  const data = a.dataset_id ? `data ${d ? `<strong>${esc(d.name)}</strong> (${d.samples} samples)` : esc(shortId(a.dataset_id))}`
     : "no calibration data";
-  return `<p class="lede">Model ${model} · data ${data} · metric <strong>${esc(a.metric)}</strong> ·
+  return `<p class="lede">Model ${model} · ${data} · metric <strong>${esc(a.metric)}</strong> ·
     candidates ${a.candidates.map(esc).join(", ")}</p>`;
 }
 
@@ -406,7 +409,7 @@ function renderDetail(root, st) {
 
 function layerTable(layers, sels) {
   const stat = statLabel(layers.statistic);
-  const head = `<tr><th scope="col">#</th><th scope="col">Layer</th><th scope="col">Kind</th><th scope="col" class="num">Weights</th>
+  const head = `<tr><th scope="col" class="num opt">#</th><th scope="col">Layer</th><th scope="col" class="opt">Kind</th><th scope="col" class="num opt">Weights</th>
     <th scope="col" class="sens-col">Sensitivity ${esc(stat)} <span class="note">±95% CI</span></th>
     ${sels.map((_, k) => `<th scope="col">Format ${k ? "B" : "A"}</th><th scope="col" class="num">Damage ${k ? "B" : "A"}</th>`).join("")}</tr>`;
   const body = layers.rows.map((r, i) => {
@@ -415,8 +418,8 @@ function layerTable(layers, sels) {
     const value = r.sens === null ? "–" : `${formatSci(r.sens)}${r.ci !== null ? ` ± ${formatSci(r.ci)}` : ""}`;
     const cells = r.cells.map((c) => c ? `<td><span class="fmt">${esc(c.candidate)}</span>${c.bits !== null ? ` <span class="note">${c.bits.toFixed(2)} b</span>` : ""}</td>
       <td class="num">${esc(formatSci(c.damage))}</td>` : `<td>–</td><td>–</td>`).join("");
-    return `<tr data-layer="${esc(r.layer)}" class="${r.differs ? "differs" : ""}"><td class="num">${i + 1}</td><th scope="row">${esc(r.layer)}</th>
-      <td>${esc(r.kind)}</td><td class="num">${esc(formatCount(r.weights))}</td>
+    return `<tr data-layer="${esc(r.layer)}" class="${r.differs ? "differs" : ""}"><td class="num opt">${i + 1}</td><th scope="row">${esc(r.layer)}</th>
+      <td class="opt">${esc(r.kind)}</td><td class="num opt">${esc(formatCount(r.weights))}</td>
       <td class="sens">${bar}<span class="val">${esc(value)}${r.converged ? "" : ` <abbr title="the estimate hit its probe cap before its target precision">*</abbr>`}</span></td>${cells}</tr>`;
   }).join("");
   const changed = sels.length === 2 ? layers.rows.filter((r) => r.differs).length : null;
@@ -469,7 +472,10 @@ async function detectOptional(root, st) {
     const schema = param && param.schema ? param.schema : {};
     const refName = schema.$ref && schema.$ref.split("/").pop();
     const enumSchema = refName ? openapi.components.schemas[refName] : (schema.anyOf || [schema]).find((s) => s.enum) || schema;
-    formats = (enumSchema && enumSchema.enum) || (schema.default ? [schema.default] : ["json"]);
+    // An enum when the server declares one; otherwise the names its description lists ("json, nncf or hawq").
+    const described = ((param && param.description) || schema.description || "").split(/,|\bor\b/)
+      .map((w) => w.trim()).filter((w) => /^[a-z0-9_.-]+$/i.test(w));
+    formats = (enumSchema && enumSchema.enum) || (described.length ? described : [schema.default || "json"]);
   }
   st.evaluations = Array.isArray(list) && list.length ? list : null;
   st.exportFormats = formats;
