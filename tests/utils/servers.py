@@ -94,3 +94,48 @@ def start_postgres() -> PostgresServer:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@dataclass
+class RedisServer:
+    """A throwaway redis-server on loopback: no persistence, its own directory."""
+
+    proc: subprocess.Popen
+    root: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_redis() -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server not found (Debian package 'redis-server')")
+    root = Path(tempfile.mkdtemp(prefix="bitplan-redis-"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(root), "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    server = RedisServer(proc=proc, root=root, port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise OSError(f"redis-server did not start on port {port}")
+            time.sleep(0.1)
