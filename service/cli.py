@@ -43,6 +43,13 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker(get_settings(), burst=args.burst, concurrency=args.concurrency)
 
 
+def _solve(args: argparse.Namespace) -> int:
+    from service.solve_cli import run_solve
+
+    return run_solve(args.problem, budgets=args.budget, frontier_points=args.frontier, cost=args.cost,
+                     backend=args.backend, as_json=args.json)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
@@ -124,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     p.add_argument("--concurrency", type=int, default=1, help="worker processes, one job each (default 1)")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("solve", help="solve a problem file (docs/problem-format.md) locally: a plan or a frontier")
+    p.add_argument("problem", help="problem JSON file, or - for standard input")
+    p.add_argument("--budget", action="append", default=[], metavar="COST=LIMIT",
+                   help="e.g. bytes=1e6, avg_bits=4, latency_ms=3.5 (repeatable: all must hold)")
+    p.add_argument("--frontier", type=int, default=None, metavar="N", help="exact frontier over N budgets")
+    p.add_argument("--cost", default="bytes", help="the frontier's cost axis (default bytes)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_solve)
 
     p = sub.add_parser("demo", help="train a digits classifier, analyse it and plan it at 4 bits, end to end")
     p.add_argument("--url", default=None, help="use a running server instead of starting one")

@@ -102,19 +102,23 @@ class TableOut(BaseModel):
 
 
 class BudgetIn(BaseModel):
-    """Upper limits; give `bytes` or `average_bits` (bits per weight incl. scale overhead), plus any other costs."""
+    """Upper limits: `bytes` or `average_bits` (bits per weight, scale overhead included), plus any
+    other cost the analysis has (e.g. `bops`, `latency_ms`) as `name: limit`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": "number"}})
 
     bytes: float | None = Field(None, gt=0)
     average_bits: float | None = Field(None, gt=0, le=64)
 
     @model_validator(mode="after")
-    def _one_size(self) -> "BudgetIn":
-        if self.bytes is None and self.average_bits is None:
-            raise ValueError("give bytes or average_bits")
+    def _check(self) -> "BudgetIn":
+        for name, value in (self.model_extra or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name}: a budget limit must be a number > 0")
         if self.bytes is not None and self.average_bits is not None:
             raise ValueError("give bytes or average_bits, not both")
+        if self.bytes is None and self.average_bits is None and not self.model_extra:
+            raise ValueError("give at least one limit, e.g. average_bits or bytes")
         return self
 
 
@@ -124,6 +128,32 @@ class PlanIn(BaseModel):
     budget: BudgetIn
     backend: str = Field("auto", max_length=20)
     time_limit_s: float | None = Field(None, gt=0, le=600)
+
+
+class FrontierRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cost: str = Field("bytes", min_length=1, max_length=50)
+    points: int = Field(50, ge=2, le=1000)
+
+
+class SolveIn(BaseModel):
+    """A problem in the documented JSON format (docs/problem-format.md) with a budget, a frontier
+    request, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    problem: dict[str, Any]
+    budget: BudgetIn | None = None
+    frontier: FrontierRequest | None = None
+    backend: str = Field("auto", max_length=20)
+    time_limit_s: float | None = Field(None, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _something(self) -> "SolveIn":
+        if self.budget is None and self.frontier is None:
+            raise ValueError("give a budget, a frontier request, or both")
+        return self
 
 
 class LayerChoice(BaseModel):

@@ -71,7 +71,8 @@ def get_analysis(analysis_id: str, session: Session = Depends(get_session)) -> A
     return analysis_out(store.get_analysis(session, analysis_id=analysis_id))
 
 
-def _succeeded(session: Session, analysis_id: str) -> AnalysisRecord:
+def succeeded_analysis(session: Session, analysis_id: str) -> AnalysisRecord:
+    """The analysis, or 409 when its table is not there yet (queued, running, failed)."""
     rec = store.get_analysis(session, analysis_id=analysis_id)
     if rec.status != "succeeded":
         raise Conflict(f"analysis {analysis_id} is {rec.status}, not succeeded" + (f": {rec.error}" if rec.error else ""))
@@ -80,7 +81,7 @@ def _succeeded(session: Session, analysis_id: str) -> AnalysisRecord:
 
 @router.get("/{analysis_id}/table", response_model=TableOut)
 def get_table(analysis_id: str, session: Session = Depends(get_session)) -> TableOut:
-    rec = _succeeded(session, analysis_id)
+    rec = succeeded_analysis(session, analysis_id)
     return TableOut(analysis_id=rec.id, metric=rec.metric, **catalog.table_view(rec.table))
 
 
@@ -88,7 +89,7 @@ def get_table(analysis_id: str, session: Session = Depends(get_session)) -> Tabl
 async def create_plan(
     analysis_id: str, body: PlanIn, response: Response, session: Session = Depends(get_session)
 ) -> PlanOut:
-    rec = _succeeded(session, analysis_id)
+    rec = succeeded_analysis(session, analysis_id)
     problem = planning.problem_for(rec.id, rec.problem)
     budget = body.budget.model_dump(exclude_none=True)
     budgets = planning.budgets_from(problem, budget)
@@ -108,6 +109,6 @@ async def create_plan(
 
 @router.get("/{analysis_id}/plans", response_model=list[PlanOut])
 def list_plans(analysis_id: str, session: Session = Depends(get_session)) -> list[PlanOut]:
-    rec = _succeeded(session, analysis_id)
+    rec = succeeded_analysis(session, analysis_id)
     problem = planning.problem_for(rec.id, rec.problem)
     return [plan_out(p, problem) for p in store.list_plans(session, analysis_id=analysis_id)]
