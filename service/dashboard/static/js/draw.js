@@ -53,7 +53,9 @@ export function renderChart(host, chart, { selected = {}, active = null } = {}) 
     `role="img" aria-label="${esc(`${chart.yLabel} against ${chart.xLabel}`)}">`);
   // grid and ticks
   parts.push(`<g class="grid">`);
-  for (const t of chart.xTicks) {
+  // Labels need about 64px each: on a phone every other tick goes.
+  const every = Math.max(1, Math.ceil((chart.xTicks.length * 64) / w));
+  for (const t of chart.xTicks.filter((_, i) => i % every === 0)) {
     const x = r1(sx(t.value));
     parts.push(`<line x1="${x}" x2="${x}" y1="${M.top}" y2="${M.top + h}"/>`);
     parts.push(`<text class="tick" x="${x}" y="${M.top + h + 16}" text-anchor="middle">${esc(t.label)}</text>`);
