@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.utils.workers_factories import exact_traces, trained_mlp
+from tests.utils.workers_factories import CNN, exact_traces, trained_mlp
+from workers.architectures import build_model
 from workers.data import Calibration
 from workers.metrics import MetricContext, get_metric
 from workers.metrics import fisher as fisher_module
@@ -54,17 +55,39 @@ def test_drawn_pseudo_labels_are_unbiased_within_their_ci():
         assert abs(s.mean - e.mean) <= 1.5 * s.ci_halfwidth, (s.mean, e.mean, s.ci_halfwidth)
 
 
-def test_loop_fallback_gives_the_same_numbers(monkeypatch):
+def test_closed_form_vmap_and_loop_agree(monkeypatch):
+    """Three ways to the same per-sample squares: the Linear closed form, vmap, a plain loop."""
     model, x, y = trained_mlp(steps=20)
-    fast = measure(model, Calibration(x, None))
+    for labels in (y, None):
+        closed = measure(model, Calibration(x, labels, batch_size=40))
+        with monkeypatch.context() as patch:
+            patch.setattr(fisher_module, "_plain_linears", lambda *args: {})
+            vmapped = measure(model, Calibration(x, labels, batch_size=40), sample_chunk=16)
+            patch.setattr(fisher_module._PerSampleGrads, "_vmapped", refuse)
+            looped = measure(model, Calibration(x, labels, batch_size=40))
+        for a, b, c in zip(closed, vmapped, looped, strict=True):
+            torch.testing.assert_close(a.extra["diag"], b.extra["diag"], rtol=1e-5, atol=1e-10)
+            torch.testing.assert_close(b.extra["diag"], c.extra["diag"], rtol=1e-5, atol=1e-10)
+    drawn = [measure(model, Calibration(x, None), exact_outputs=0) for _ in range(2)]
+    monkeypatch.setattr(fisher_module, "_plain_linears", lambda *args: {})
+    drawn.append(measure(model, Calibration(x, None), exact_outputs=0))
+    assert drawn[0][0].ci_halfwidth == pytest.approx(drawn[2][0].ci_halfwidth, rel=1e-5)
 
-    def refuse(*args, **kwargs):
-        raise RuntimeError("no batching rule")
 
-    monkeypatch.setattr(fisher_module._PerSampleGrads, "_vmapped", refuse)
-    slow = measure(model, Calibration(x, None))
-    for a, b in zip(fast, slow, strict=True):
-        torch.testing.assert_close(a.extra["diag"], b.extra["diag"], rtol=1e-5, atol=1e-10)
+def refuse(*args, **kwargs):
+    raise RuntimeError("no batching rule")
+
+
+def test_cnn_mixes_closed_form_and_vmap_exactly():
+    torch.manual_seed(0)
+    model = build_model("cnn", CNN)
+    x = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    params = [p for _, p in find_layers(model)]
+    assert list(fisher_module._plain_linears(model, params, x[:2])) == [2]  # the head only
+    stats = measure(model, Calibration(x, None, batch_size=10))
+    exact = exact_traces(model, x, None, ["conv1.weight", "conv2.weight", "head.weight"])
+    for stat, block in zip(stats, exact.values(), strict=True):
+        torch.testing.assert_close(stat.extra["diag"].double().flatten(), torch.diagonal(block), rtol=1e-4, atol=1e-8)
 
 
 def test_damage_is_half_fisher_weighted_perturbation():

@@ -3,10 +3,13 @@
 F_ii = (1/R) Σ_s (∂ℓ_s/∂w_i)², the mean of squared *per-sample* gradients (ℓ_s: sample s's summed
 loss, R: output rows, i.e. samples, or samples × positions for sequence outputs) so that F is on
 the scale of the Hessian of the mean loss the other metrics use. Per-sample rather than per-batch
-gradients because B·ḡ_B² carries a bias (B−1)·ḡ² from the mean gradient; per-sample gradients come
-from one vectorised backward per chunk (torch.func vmap over grad), `sample_chunk` gradients at a
-time to bound memory (chunk × layer weights floats); models vmap cannot trace fall back to a
-per-sample loop (same numbers, slower).
+gradients because B·ḡ_B² carries a bias (B−1)·ḡ² from the mean gradient. How they are computed:
+- a plain nn.Linear on (samples, features) inputs: in closed form from one ordinary backward per
+  batch, since g_s = δ_s a_sᵀ gives Σ_s g_s² = (δ²)ᵀ(a²) (δ: output gradient, a: input);
+- every other layer (convolutions, embeddings, sequence inputs, tied weights): one vectorised
+  backward per chunk (torch.func vmap over grad), `sample_chunk` gradients at a time to bound
+  memory (chunk × layer weights floats); models vmap cannot trace fall back to a per-sample
+  loop (same numbers, slower).
 
 Which gradients:
 - with targets, the empirical Fisher on the real labels (what SqueezeLLM uses). Known limitation
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from workers.errors import AnalysisError, DatasetError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
@@ -44,8 +48,6 @@ from workers.metrics._common import Z95, grad_only_for, perturbation
 from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss, forward
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from workers.quantizers import Quantizer
 
 # Per-sample loss kinds: cross-entropy on class indices, ½‖f − t‖² on real targets, ⟨f, u⟩.
@@ -86,27 +88,35 @@ class Fisher(Metric):
         drawn = False
         with grad_only_for(ctx.model, params):
             loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
-            grads = _PerSampleGrads(ctx.model, params)
+            first, _ = next(ctx.calibration.batches())
+            fast = _plain_linears(ctx.model, params, first[:2])
+            slow = [i for i in range(len(params)) if i not in fast]
+            grads = _PerSampleGrads(ctx.model, [params[i] for i in slow])
             total = ctx.calibration.samples
             done = 0
             started = time.perf_counter()
             for b, (x, y) in enumerate(ctx.calibration.batches()):
                 kind, targets, columns = self._targets(loss, b, x, y, gen)
                 drawn = drawn or (loss.label_free and kind != _LINEAR)
+                x = x.to(diag[0].device)
+                targets = targets.to(x.device)
+                if fast:
+                    closed = _linear_fisher(ctx.model, fast, x, targets, kind, columns)
+                    for i, (add, norms) in closed.items():
+                        diag[i].add_(add)
+                        per_sample[i].append(norms)
                 step = max(1, self.sample_chunk // columns)
-                for start in range(0, x.shape[0], step):
+                for start in range(0, x.shape[0], step) if slow else ():
                     xs = x[start : start + step]
                     ts = targets[start * columns : (start + xs.shape[0]) * columns]
-                    xs = xs.to(diag[0].device)
                     xs_rep = xs.repeat_interleave(columns, dim=0) if columns > 1 else xs
-                    for i, g in enumerate(grads(xs_rep, ts.to(xs.device), kind)):
+                    for i, g in zip(slow, grads(xs_rep, ts, kind), strict=True):
                         sq = g.pow(2).reshape(xs.shape[0], columns, *g.shape[1:]).sum(dim=1)
                         diag[i].add_(sq.sum(dim=0, dtype=torch.float64))
                         per_sample[i].append(sq.flatten(1).sum(dim=1, dtype=torch.float64))
-                    done += xs.shape[0]
-                    elapsed = time.perf_counter() - started
-                    eta = elapsed / done * (total - done)
-                    ctx.report(done / total, f"fisher: {done} of {total} samples, ETA {eta:.0f} s")
+                    _progress(ctx, done + start + xs.shape[0], total, started)
+                done += x.shape[0]
+                _progress(ctx, done, total, started)
         stats = []
         for i in range(len(params)):
             diag[i].div_(loss.rows)
@@ -160,6 +170,86 @@ class Fisher(Metric):
         return _HALF_SQ, drawn.reshape(x.shape[0], -1, outputs), 1
 
 
+def _progress(ctx: MetricContext, done: int, total: int, started: float) -> None:
+    eta = (time.perf_counter() - started) / done * (total - done)
+    ctx.report(done / total, f"fisher: {done} of {total} samples, ETA {eta:.0f} s")
+
+
+def _plain_linears(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor) -> dict[int, nn.Linear]:
+    """Layers whose per-sample gradients have a closed form: an nn.Linear that owns its weight
+    alone (no tying) and is called once per forward on a (samples, features) input. Its
+    per-sample gradient is δ_s a_sᵀ, so Σ_s g_s² = (δ²)ᵀ(a²) and ‖g_s‖² = ‖δ_s‖²‖a_s‖²: one
+    ordinary backward instead of a vectorised per-sample one. Found by one forward on `x`."""
+    owners: dict[int, list[nn.Module]] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter):
+            owners.setdefault(id(weight), []).append(module)
+    candidates = {}
+    for i, p in enumerate(params):
+        found = owners.get(id(p), [])
+        if len(found) == 1 and type(found[0]) is nn.Linear:
+            candidates[i] = found[0]
+    calls: dict[int, list[bool]] = {i: [] for i in candidates}
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, inp, out, i=i: calls[i].append(inp[0].dim() == 2 and len(inp[0]) == len(x))
+        )
+        for i, m in candidates.items()
+    ]
+    try:
+        with torch.no_grad():
+            forward(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {i: m for i, m in candidates.items() if calls[i] == [True]}
+
+
+def _linear_fisher(
+    model: nn.Module,
+    linears: dict[int, nn.Linear],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    kind: str,
+    columns: int,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """For each closed-form layer: (Σ_s g_s², ‖g_s‖² per sample) over the batch `x`, summed over
+    the `columns` targets per sample. Relies on each sample's loss depending on that sample
+    only (true in eval mode for feed-forward models; the vmap path assumes the same)."""
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, (inp[0].detach(), out)))
+        for i, m in linears.items()
+    ]
+    try:
+        out = forward(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    order = list(captured)
+    outputs = [captured[i][1] for i in order]
+    squares = {i: captured[i][0].pow(2) for i in order}
+    result = {
+        i: (
+            torch.zeros(m.weight.shape, dtype=torch.float64, device=x.device),
+            torch.zeros(x.shape[0], dtype=torch.float64, device=x.device),
+        )
+        for i, m in linears.items()
+    }
+    per_column = targets.reshape(x.shape[0], columns, -1)
+    for c in range(columns):
+        value = _PerSampleGrads._loss(out, per_column[:, c], kind)
+        deltas = torch.autograd.grad(value, outputs, retain_graph=c < columns - 1, allow_unused=True)
+        for i, delta in zip(order, deltas, strict=True):
+            if delta is None:
+                continue
+            d2 = delta.detach().pow(2)
+            result[i][0].add_((d2.T @ squares[i]).to(torch.float64))
+            result[i][1].add_((d2.sum(dim=1) * squares[i].sum(dim=1)).to(torch.float64))
+    return result
+
+
 class _PerSampleGrads:
     """Per-sample gradients of the layer weights, one vectorised backward per chunk."""
 
@@ -193,6 +283,8 @@ class _PerSampleGrads:
         return F.cross_entropy(logits, target, reduction="sum")
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        if not self.params:
+            return []
         if self.vectorised:
             try:
                 return self._vmapped(x, targets, kind)
@@ -218,4 +310,5 @@ class _PerSampleGrads:
                 out = out[0]
             return self._loss(out, t, kind, check_values=False)
 
-        return list(vmap(grad(one), in_dims=(None, 0, 0))(weights, x, targets))
+        # Layers outside self.params keep their live Parameters, so detach the result.
+        return [g.detach() for g in vmap(grad(one), in_dims=(None, 0, 0))(weights, x, targets)]
