@@ -11,6 +11,8 @@ import numpy as np
 from solver._model import Model, compile_problem, limits_of
 from solver._solve import check_reachable, solve_model
 from solver.backends import get_backend
+from solver.backends import _lattice
+from solver.backends._ilp import fits
 from solver.backends._mckp import Knapsack
 from solver.errors import InfeasibleBudget
 from solver.plan import Plan
@@ -47,8 +49,11 @@ def frontier(
     """Exact plans for `points` budgets evenly spaced from the cheapest plan's `cost` to the cost of
     the least-damage plan; duplicates and dominated plans dropped.
 
-    With no extra budgets the knapsack method answers every budget from one hull, warm-started
-    from its neighbour's plan; otherwise the chosen ILP back-end solves each point, warm-started too.
+    With no extra budgets and costs on a lattice of manageable range ("auto" or "dp"), one dynamic
+    programme over the cost lattice gives every budget's optimum at once (solver/backends/_lattice.py);
+    otherwise (or with backend="mckp") the knapsack method answers each budget from one shared hull,
+    warm-started from its neighbour's plan. With extra budgets the chosen ILP back-end solves each
+    point, warm-started too.
     """
     if points < 1:
         raise ValueError(f"points must be ≥ 1, got {points}")
@@ -56,8 +61,12 @@ def frontier(
     model.cost(cost)
     extra = limits_of(model, [b for b in budgets if b.cost != cost])
     cap = min((b.limit for b in budgets if b.cost == cost), default=np.inf)
-    if not extra and backend in ("auto", "mckp"):
-        plans = _knapsack_frontier(model, cost, points, cap)
+    if not extra and backend in ("auto", "dp", "mckp"):
+        plans = None
+        if backend != "mckp":
+            plans = _lattice_frontier(model, cost, points, cap)
+        if plans is None:
+            plans = _knapsack_frontier(model, cost, points, cap)
     else:
         plans = _ilp_frontier(model, cost, points, cap, extra, backend)
     return Frontier(cost=cost, points=_non_dominated(plans, (cost,)))
@@ -68,6 +77,40 @@ def _grid(lo: float, hi: float, cap: float, points: int) -> np.ndarray:
     if points == 1 or hi <= lo:
         return np.array([hi if points == 1 else lo])
     return np.linspace(lo, hi, points)
+
+
+def _lattice_frontier(model: Model, cost: str, points: int, cap: float) -> list[Plan] | None:
+    """Every grid point from one DP pass over the cost lattice; None when the DP does not apply
+    (costs off a lattice, too many levels) so the caller falls back to the per-budget search."""
+    started = time.perf_counter()
+    c = model.cost(cost)
+    keep = _lattice.undominated(c, model.damage, model.valid)
+    lat = _lattice.find_lattice(c, keep)
+    if lat is None or not _lattice.affordable(lat.levels, lat.top):
+        return None
+    lo = model.minimum(cost)
+    if cap < lo:
+        check_reachable(model, {cost: cap})
+    ks = Knapsack(c, model.damage, model.valid)
+    rows = np.arange(model.n_groups)
+    hull = ks.root_hull
+    hi = float(ks.cost[rows, hull.vertices[rows, hull.n_steps]].sum())
+    budgets = _grid(lo, hi, cap, points)
+    table = _lattice.run(lat.levels, model.damage, lat.top)
+    tops = np.array([min(lat.level_of(float(b)), lat.top) for b in budgets])
+    levels = table.best_levels(tops)
+    if (levels < 0).any():
+        return None
+    choices = table.backtrack(levels)
+    seconds = (time.perf_counter() - started) / len(budgets)
+    plans = []
+    for budget, choice in zip(budgets, choices):
+        t = time.perf_counter()
+        total = float(c[rows, choice].sum())
+        if not fits(total, float(budget)):  # float rounding at a level's edge: ask the search
+            choice = ks.solve(float(budget)).choice
+        plans.append(model.plan(choice, backend="dp", started=t - seconds))
+    return plans
 
 
 def _knapsack_frontier(model: Model, cost: str, points: int, cap: float) -> list[Plan]:

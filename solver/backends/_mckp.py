@@ -26,10 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from solver._model import Model
+from solver.backends import _lattice
 from solver.backends._ilp import FEAS_REL
 from solver.backends.base import Backend, Outcome
 
 OBJ_REL = 1e-10
+CORE_DP = True  # False restores the pure branch and bound (kept for the benchmark's comparison)
 
 
 class _Hull:
@@ -151,7 +153,8 @@ class _Node:
 class Knapsack:
     """Exact solver for one objective and one cost over a Model, reusable across budgets."""
 
-    def __init__(self, cost: np.ndarray, obj: np.ndarray, valid: np.ndarray):
+    def __init__(self, cost: np.ndarray, obj: np.ndarray, valid: np.ndarray, *, core_dp: bool | None = None):
+        self.core_dp = CORE_DP if core_dp is None else core_dp
         self.cost = np.where(valid, cost, np.inf)
         self.obj = np.where(valid, obj, np.inf)
         self.valid = valid
@@ -210,7 +213,8 @@ class Knapsack:
                 out[frows] = fopts
             return out
 
-        stack = [_Node(all_rows, self.valid, self.effective_budget(budget), 0.0, None, -np.inf)]
+        bud_root = self.effective_budget(budget)
+        stack = [_Node(all_rows, self.valid, bud_root, 0.0, None, -np.inf)]
         root = True
         nodes = 0
         while stack:
@@ -292,6 +296,19 @@ class Knapsack:
                 if (keep != valid).any():
                     valid = keep
                     continue
+                if nodes == 1 and self.core_dp and (deadline is None or time.perf_counter() < deadline):
+                    # Root core left after fixing: solve it exactly by DP over its cost lattice
+                    # when it has one (see _lattice.py); no branching needed then.
+                    status, opts = _lattice.solve_budget(c, d, valid, bud, ctol + budget - bud_root)
+                    if status == "optimal":
+                        val = offset + float(d[local, opts].sum())
+                        if val < best_val:
+                            best_val, best = val, materialise(here, rows, opts)
+                        stack.clear()
+                        break
+                    if status == "infeasible":
+                        stack.clear()
+                        break  # nothing in the core beats the incumbent within the budget
                 f = int(hull.row[k])
                 opts_f = np.flatnonzero(keep[f])
                 child_lb = lb + rc[f, opts_f] - m[f]
