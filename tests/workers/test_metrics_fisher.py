@@ -83,7 +83,7 @@ def test_cnn_mixes_closed_form_and_vmap_exactly():
     model = build_model("cnn", CNN)
     x = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     params = [p for _, p in find_layers(model)]
-    assert list(fisher_module._plain_linears(model, params, x[:2])) == [2]  # the head only
+    assert list(fisher_module._plain_linears(model, params, x[:3])) == [2]  # the head only
     stats = measure(model, Calibration(x, None, batch_size=10))
     exact = exact_traces(model, x, None, ["conv1.weight", "conv2.weight", "head.weight"])
     for stat, block in zip(stats, exact.values(), strict=True):
@@ -105,3 +105,31 @@ def test_bad_target_is_explained():
 
     with pytest.raises(AnalysisError, match="^targets: class index 9"):
         measure(model, Calibration(x, torch.full_like(y, 9)))
+
+
+class _Pooled(torch.nn.Module):
+    """A Linear on (samples, positions, features): no closed form, so vmap must take it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 5)
+        self.head = torch.nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.proj(x)).mean(dim=1))
+
+
+def test_sequence_linear_uses_per_sample_gradients():
+    torch.manual_seed(0)
+    model = _Pooled().eval()
+    x = torch.randn(12, 6, 3, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(12) % 4
+    params = [p for _, p in find_layers(model)]
+    assert list(fisher_module._plain_linears(model, params, x[:3])) == [1]
+    stats = measure(model, Calibration(x, y, batch_size=5))
+    for stat, p in zip(stats, params, strict=True):
+        ref = torch.zeros_like(p, dtype=torch.float64)
+        for s in range(12):
+            (g,) = torch.autograd.grad(F.cross_entropy(model(x[s : s + 1]), y[s : s + 1]), [p])
+            ref += g.double() ** 2
+        torch.testing.assert_close(stat.extra["diag"].double(), ref / 12, rtol=1e-4, atol=1e-9)

@@ -89,7 +89,7 @@ class Fisher(Metric):
         with grad_only_for(ctx.model, params):
             loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
             first, _ = next(ctx.calibration.batches())
-            fast = _plain_linears(ctx.model, params, first[:2])
+            fast = _plain_linears(ctx.model, params, first[:3])
             slow = [i for i in range(len(params)) if i not in fast]
             grads = _PerSampleGrads(ctx.model, [params[i] for i in slow])
             total = ctx.calibration.samples
@@ -179,7 +179,7 @@ def _plain_linears(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor
     """Layers whose per-sample gradients have a closed form: an nn.Linear that owns its weight
     alone (no tying) and is called once per forward on a (samples, features) input. Its
     per-sample gradient is δ_s a_sᵀ, so Σ_s g_s² = (δ²)ᵀ(a²) and ‖g_s‖² = ‖δ_s‖²‖a_s‖²: one
-    ordinary backward instead of a vectorised per-sample one. Found by one forward on `x`."""
+    ordinary backward instead of a vectorised per-sample one. Found by forwards on rows of `x`."""
     owners: dict[int, list[nn.Module]] = {}
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -190,20 +190,25 @@ def _plain_linears(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor
         found = owners.get(id(p), [])
         if len(found) == 1 and type(found[0]) is nn.Linear:
             candidates[i] = found[0]
-    calls: dict[int, list[bool]] = {i: [] for i in candidates}
-    hooks = [
-        m.register_forward_hook(
-            lambda mod, inp, out, i=i: calls[i].append(inp[0].dim() == 2 and len(inp[0]) == len(x))
-        )
-        for i, m in candidates.items()
-    ]
-    try:
-        with torch.no_grad():
-            forward(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {i: m for i, m in candidates.items() if calls[i] == [True]}
+    fast = dict(candidates)
+    # Two batch sizes, so a dimension that only happens to equal the sample count once is not
+    # taken for the sample dimension.
+    for size in sorted({min(len(x), 2), min(len(x), 3)}):
+        calls: dict[int, list[bool]] = {i: [] for i in fast}
+        hooks = [
+            m.register_forward_hook(
+                lambda mod, inp, out, i=i, size=size: calls[i].append(inp[0].dim() == 2 and len(inp[0]) == size)
+            )
+            for i, m in fast.items()
+        ]
+        try:
+            with torch.no_grad():
+                forward(model, x[:size])
+        finally:
+            for h in hooks:
+                h.remove()
+        fast = {i: m for i, m in fast.items() if calls[i] == [True]}
+    return fast
 
 
 def _linear_fisher(
