@@ -8,11 +8,17 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.db.models import AnalysisRecord, DatasetRecord, ModelRecord, PlanRecord, new_id, utcnow
+from service.db.models import (
+    AnalysisRecord, DatasetRecord, EvaluationRecord, FrontierRecord, JobColumns, ModelRecord, PlanRecord, new_id,
+    utcnow,
+)
 from service.errors import Conflict, NotFound
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
+# Every job kind and its record (same lifecycle columns, service.db.models.JobColumns): the lifecycle
+# functions below take a kind and work on its table, so queues, runner, reaper and child share them.
+JOB_KINDS: dict[str, type[JobColumns]] = {"analysis": AnalysisRecord, "evaluation": EvaluationRecord}
 
 
 def get_model(session: Session, *, model_id: str) -> ModelRecord:
@@ -53,21 +59,33 @@ def list_plans(session: Session, *, analysis_id: str) -> list[PlanRecord]:
     return list(session.scalars(stmt))
 
 
-def claim_analysis(session: Session, *, analysis_id: str) -> str | None:
+def job_record(kind: str) -> type[JobColumns]:
+    """The record class of a job kind ("analysis", "evaluation"); ValueError naming the valid kinds."""
+    try:
+        return JOB_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"kind: unknown job kind {kind!r}; valid kinds: {', '.join(JOB_KINDS)}") from None
+
+
+def get_job(session: Session, *, kind: str, job_id: str) -> Any:
+    rec = session.get(job_record(kind), job_id)
+    if rec is None:
+        raise NotFound(kind, job_id)
+    return rec
+
+
+def claim_job(session: Session, *, kind: str, job_id: str) -> str | None:
     """Move queued → running atomically for one attempt and return that attempt's owner token; None when
     someone else took it, it is no longer queued, or its retry backoff has not passed yet."""
+    rec = job_record(kind)
     now = utcnow()
     owner = new_id()
     result = session.execute(
-        update(AnalysisRecord)
-        .where(
-            AnalysisRecord.id == analysis_id,
-            AnalysisRecord.status == "queued",
-            or_(AnalysisRecord.retry_at.is_(None), AnalysisRecord.retry_at <= now),
-        )
+        update(rec)
+        .where(rec.id == job_id, rec.status == "queued", or_(rec.retry_at.is_(None), rec.retry_at <= now))
         .values(
             status="running",
-            attempts=AnalysisRecord.attempts + 1,
+            attempts=rec.attempts + 1,
             started_at=now,
             heartbeat_at=now,
             message="starting",
@@ -79,27 +97,26 @@ def claim_analysis(session: Session, *, analysis_id: str) -> str | None:
     return owner if result.rowcount == 1 else None
 
 
-def queued_analysis_ids(session: Session) -> list[str]:
-    stmt = select(AnalysisRecord.id).where(AnalysisRecord.status == "queued").order_by(AnalysisRecord.created_at)
-    return list(session.scalars(stmt))
+def queued_job_ids(session: Session, *, kind: str) -> list[str]:
+    rec = job_record(kind)
+    return list(session.scalars(select(rec.id).where(rec.status == "queued").order_by(rec.created_at)))
 
 
 def requeue_interrupted(
-    session: Session, *, stale_after: timedelta | None = None, max_attempts: int | None = None
+    session: Session, *, kind: str, stale_after: timedelta | None = None, max_attempts: int | None = None
 ) -> list[str]:
-    """Put running analyses back in the queue: all of them (in-process runner restart) or only
+    """Put running jobs of `kind` back in the queue: all of them (in-process runner restart) or only
     those whose heartbeat is older than `stale_after` (a worker that died). Each row moves with its own
     conditional update, so reapers in several processes never requeue a row another attempt just
     claimed. A row whose cancel was requested becomes cancelled; one out of attempts becomes failed.
     Returns the ids put back in the queue (the caller offers them to its queue)."""
-    conditions = [AnalysisRecord.status == "running"]
+    rec = job_record(kind)
+    conditions = [rec.status == "running"]
     if stale_after is not None:
-        conditions.append(AnalysisRecord.heartbeat_at < utcnow() - stale_after)
-    rows = session.execute(
-        select(AnalysisRecord.id, AnalysisRecord.cancel_requested, AnalysisRecord.attempts).where(*conditions)
-    ).all()
+        conditions.append(rec.heartbeat_at < utcnow() - stale_after)
+    rows = session.execute(select(rec.id, rec.cancel_requested, rec.attempts).where(*conditions)).all()
     ids = []
-    for analysis_id, cancel, attempts in rows:
+    for job_id, cancel, attempts in rows:
         if cancel:
             values = dict(status="cancelled", message="cancelled", finished_at=utcnow())
         elif max_attempts is not None and attempts >= max_attempts:
@@ -107,23 +124,22 @@ def requeue_interrupted(
                           error=f"the job's worker was lost on each of {attempts} attempts")
         else:
             values = dict(status="queued", message="requeued after an interrupted run")
-        result = session.execute(
-            update(AnalysisRecord).where(AnalysisRecord.id == analysis_id, *conditions).values(owner=None, **values)
-        )
+        result = session.execute(update(rec).where(rec.id == job_id, *conditions).values(owner=None, **values))
         if result.rowcount == 1 and values["status"] == "queued":
-            ids.append(analysis_id)
+            ids.append(job_id)
     return ids
 
 
 def report_progress(
-    session: Session, *, analysis_id: str, fraction: float, message: str, owner: str | None = None
+    session: Session, *, kind: str, job_id: str, fraction: float, message: str, owner: str | None = None
 ) -> None:
     """Progress doubles as a heartbeat; with `owner`, only the attempt that owns the row may write it."""
-    conditions = [AnalysisRecord.id == analysis_id, AnalysisRecord.status == "running"]
+    rec = job_record(kind)
+    conditions = [rec.id == job_id, rec.status == "running"]
     if owner is not None:
-        conditions.append(AnalysisRecord.owner == owner)
+        conditions.append(rec.owner == owner)
     session.execute(
-        update(AnalysisRecord)
+        update(rec)
         .where(*conditions)
         .values(progress=max(0.0, min(1.0, fraction)), message=message[:500], heartbeat_at=utcnow())
     )
@@ -151,24 +167,24 @@ def finish_analysis(
         rec.message = status
 
 
-def count_active_analyses(session: Session, *, token_id: str) -> int:
-    """Queued and running analyses submitted with one token (the per-token concurrency limit)."""
-    stmt = select(func.count()).select_from(AnalysisRecord).where(
-        AnalysisRecord.token_id == token_id, AnalysisRecord.status.in_(ACTIVE)
-    )
-    return int(session.scalar(stmt) or 0)
+def count_active_jobs(session: Session, *, token_id: str) -> int:
+    """Queued and running jobs of every kind submitted with one token (the per-token concurrency limit)."""
+    total = 0
+    for rec in JOB_KINDS.values():
+        stmt = select(func.count()).select_from(rec).where(rec.token_id == token_id, rec.status.in_(ACTIVE))
+        total += int(session.scalar(stmt) or 0)
+    return total
 
 
 # Job lifecycle of one attempt. Every write below is conditional on the attempt's owner token, so the
 # database, not the queue, decides which attempt's outcome counts.
 
 
-def heartbeat(session: Session, *, analysis_id: str, owner: str) -> bool:
+def heartbeat(session: Session, *, kind: str, job_id: str, owner: str) -> bool:
     """Mark the attempt alive; False when it no longer owns the row (requeued, cancelled, finished)."""
+    rec = job_record(kind)
     result = session.execute(
-        update(AnalysisRecord)
-        .where(AnalysisRecord.id == analysis_id, AnalysisRecord.owner == owner, AnalysisRecord.status == "running")
-        .values(heartbeat_at=utcnow())
+        update(rec).where(rec.id == job_id, rec.owner == owner, rec.status == "running").values(heartbeat_at=utcnow())
     )
     return result.rowcount == 1
 
@@ -176,76 +192,95 @@ def heartbeat(session: Session, *, analysis_id: str, owner: str) -> bool:
 def finish_attempt(
     session: Session,
     *,
-    analysis_id: str,
+    kind: str,
+    job_id: str,
     owner: str,
     status: str,
     error: str | None = None,
-    table: dict[str, Any] | None = None,
-    problem: dict[str, Any] | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> bool:
     """Record the outcome of the owning attempt; False (nothing written) for any other attempt. Once a
-    cancel is requested only "cancelled" is accepted, so a cancel never loses a race to a late result."""
+    cancel is requested only "cancelled" is accepted, so a cancel never loses a race to a late result.
+    `outputs`: the kind's own result columns to set on success (an analysis's table and problem, an
+    evaluation's result)."""
     if status not in TERMINAL:
         raise ValueError(f"status: must be one of {', '.join(TERMINAL)}, got {status!r}")
-    conditions = [AnalysisRecord.id == analysis_id, AnalysisRecord.owner == owner, AnalysisRecord.status == "running"]
+    rec = job_record(kind)
+    conditions = [rec.id == job_id, rec.owner == owner, rec.status == "running"]
     if status != "cancelled":
-        conditions.append(AnalysisRecord.cancel_requested.is_(False))
+        conditions.append(rec.cancel_requested.is_(False))
     values: dict[str, Any] = dict(status=status, error=error, finished_at=utcnow(), message=status)
     if status == "succeeded":
-        values.update(table=table, problem=problem, progress=1.0, message="done")
-    result = session.execute(update(AnalysisRecord).where(*conditions).values(**values))
+        values.update(outputs or {}, progress=1.0, message="done")
+    result = session.execute(update(rec).where(*conditions).values(**values))
     return result.rowcount == 1
 
 
-def schedule_retry(session: Session, *, analysis_id: str, owner: str, delay_s: float, message: str) -> bool:
+def schedule_retry(session: Session, *, kind: str, job_id: str, owner: str, delay_s: float, message: str) -> bool:
     """Give the row back to the queue after a transient failure, not to be claimed for `delay_s`."""
+    rec = job_record(kind)
     result = session.execute(
-        update(AnalysisRecord)
-        .where(
-            AnalysisRecord.id == analysis_id,
-            AnalysisRecord.owner == owner,
-            AnalysisRecord.status == "running",
-            AnalysisRecord.cancel_requested.is_(False),
-        )
+        update(rec)
+        .where(rec.id == job_id, rec.owner == owner, rec.status == "running", rec.cancel_requested.is_(False))
         .values(status="queued", owner=None, retry_at=utcnow() + timedelta(seconds=delay_s), message=message[:500])
     )
     return result.rowcount == 1
 
 
-def release_due_retries(session: Session) -> list[str]:
+def release_due_retries(session: Session, *, kind: str) -> list[str]:
     """Queued retries whose backoff has passed; each is returned by exactly one caller, to be enqueued."""
+    rec = job_record(kind)
     now = utcnow()
-    due = session.scalars(
-        select(AnalysisRecord.id).where(AnalysisRecord.status == "queued", AnalysisRecord.retry_at <= now)
-    ).all()
+    due = session.scalars(select(rec.id).where(rec.status == "queued", rec.retry_at <= now)).all()
     released = []
-    for analysis_id in due:
+    for job_id in due:
         result = session.execute(
-            update(AnalysisRecord)
-            .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "queued", AnalysisRecord.retry_at <= now)
-            .values(retry_at=None)
+            update(rec).where(rec.id == job_id, rec.status == "queued", rec.retry_at <= now).values(retry_at=None)
         )
         if result.rowcount == 1:
-            released.append(analysis_id)
+            released.append(job_id)
     return released
 
 
-def request_cancel(session: Session, *, analysis_id: str) -> AnalysisRecord:
+def request_cancel(session: Session, *, kind: str, job_id: str) -> Any:
     """Queued → cancelled at once; running → cancel requested (its runner ends it within seconds).
-    Cancelling a cancelled analysis is a no-op; a finished one is a Conflict."""
-    rec = get_analysis(session, analysis_id=analysis_id)
+    Cancelling a cancelled job is a no-op; a finished one is a Conflict."""
+    rec_cls = job_record(kind)
+    rec = get_job(session, kind=kind, job_id=job_id)
     result = session.execute(
-        update(AnalysisRecord)
-        .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "queued")
+        update(rec_cls)
+        .where(rec_cls.id == job_id, rec_cls.status == "queued")
         .values(status="cancelled", message="cancelled", finished_at=utcnow(), retry_at=None, cancel_requested=True)
     )
     if result.rowcount == 0:
         session.execute(
-            update(AnalysisRecord)
-            .where(AnalysisRecord.id == analysis_id, AnalysisRecord.status == "running")
+            update(rec_cls)
+            .where(rec_cls.id == job_id, rec_cls.status == "running")
             .values(cancel_requested=True, message="cancel requested")
         )
     session.refresh(rec)
     if rec.status in ("succeeded", "failed"):
-        raise Conflict(f"analysis {analysis_id} already {rec.status}; nothing to cancel")
+        raise Conflict(f"{kind} {job_id} already {rec.status}; nothing to cancel")
     return rec
+
+
+def find_frontier(session: Session, *, analysis_id: str, cost: str, points: int) -> FrontierRecord | None:
+    """The stored frontier of an analysis over `points` budgets of `cost`, if it was computed."""
+    stmt = select(FrontierRecord).where(
+        FrontierRecord.analysis_id == analysis_id, FrontierRecord.cost == cost, FrontierRecord.points_requested == points
+    )
+    return session.scalars(stmt).first()
+
+
+# Evaluations: measured plans and frontier points (the job kind "evaluation").
+
+
+def get_evaluation(session: Session, *, evaluation_id: str) -> EvaluationRecord:
+    return get_job(session, kind="evaluation", job_id=evaluation_id)
+
+
+def list_evaluations(session: Session, *, analysis_id: str, target: str | None = None) -> list[EvaluationRecord]:
+    stmt = select(EvaluationRecord).where(EvaluationRecord.analysis_id == analysis_id)
+    if target is not None:
+        stmt = stmt.where(EvaluationRecord.target == target)
+    return list(session.scalars(stmt.order_by(EvaluationRecord.created_at)))

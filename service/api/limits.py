@@ -107,12 +107,12 @@ class RateLimitMiddleware:
 
 
 def check_active_jobs(session: Session, *, principal: Principal, limit: int) -> None:
-    """Raise TooManyRequests when this token already has `limit` analyses queued or running."""
+    """Raise TooManyRequests when this token already has `limit` jobs (analyses, evaluations) queued or running."""
     if principal.token_id is None:
         return
-    active = store.count_active_analyses(session, token_id=principal.token_id)
+    active = store.count_active_jobs(session, token_id=principal.token_id)
     if active >= limit:
         raise TooManyRequests(
-            "token", f"{active} analyses of this token are queued or running (limit {limit}); "
+            "token", f"{active} jobs of this token are queued or running (limit {limit}); "
                      "wait for one to finish", retry_after=ACTIVE_JOBS_RETRY_AFTER_S,
         )

@@ -70,23 +70,22 @@ class DatasetRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class AnalysisRecord(Base):
-    __tablename__ = "analyses"
+class JobColumns:
+    """The lifecycle every job kind shares (service.store's job functions and service.jobs read and
+    write only these): queued → running (owner token, heartbeat) → succeeded / failed / cancelled,
+    with attempts, retry backoff and a cancel request.
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
-    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), index=True)
-    candidates: Mapped[list[Any]]
-    metric: Mapped[str] = mapped_column(String(50))
-    options: Mapped[dict[str, Any]]
-    seed: Mapped[int] = mapped_column(Integer)
+    Why a mixin and not one generic jobs table: each kind keeps its inputs and results as real
+    columns with real foreign keys (an analysis's table, an evaluation's plan), existing rows and
+    queries stay as they are, and the store's lifecycle functions take the record class from one
+    registry (`store.JOB_KINDS`), so no lifecycle code is written twice.
+    """
+
     status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    table: Mapped[dict[str, Any] | None]
-    problem: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -97,6 +96,20 @@ class AnalysisRecord(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default="0")
     retry_at: Mapped[datetime | None]  # a queued retry is not claimed before this (backoff)
     token_id: Mapped[str | None] = mapped_column(String(32), index=True)  # who submitted it (per-token limits)
+
+
+class AnalysisRecord(JobColumns, Base):
+    __tablename__ = "analyses"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), index=True)
+    candidates: Mapped[list[Any]]
+    metric: Mapped[str] = mapped_column(String(50))
+    options: Mapped[dict[str, Any]]
+    seed: Mapped[int] = mapped_column(Integer)
+    table: Mapped[dict[str, Any] | None]
+    problem: Mapped[dict[str, Any] | None]
 
 
 class PlanRecord(Base):
@@ -130,6 +143,28 @@ class FrontierRecord(Base):
     data: Mapped[dict[str, Any]]
     solve_seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvaluationRecord(JobColumns, Base):
+    """Measured truth, a job like an analysis: one plan measured with its baselines (`target` "plan"),
+    or K points of a stored frontier measured in one job (`target` "frontier").
+
+    `request` holds what the job needs beyond the ids (options, baselines, and for a frontier the
+    chosen points with their assignments, fixed when the evaluation was accepted). `rank_agreement`
+    (frontier only) is predicted plan damage vs measured loss across the points, kept in its own
+    column so proxy quality reads it without loading results.
+    """
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    target: Mapped[str] = mapped_column(String(20))
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id"), index=True)
+    plan_id: Mapped[str | None] = mapped_column(ForeignKey("plans.id"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    request: Mapped[dict[str, Any]]
+    result: Mapped[dict[str, Any] | None]
+    rank_agreement: Mapped[dict[str, Any] | None]
 
 
 class ApiTokenRecord(Base):

@@ -1,6 +1,9 @@
-"""The queue seam: where an accepted analysis goes to be run.
+"""The queue seam: where an accepted job (an analysis, an evaluation) goes to be run.
 
-Rules for implementations: `enqueue` is called after the analysis row is committed with status
+A job is a kind (a key of service.store.JOB_KINDS) and the id of its row; every kind has the same
+lifecycle columns, so a back-end never needs to know what a kind computes.
+
+Rules for implementations: `enqueue` is called after the job's row is committed with status
 "queued" and must return quickly; the database row, not the queue, is the source of truth, so a
 lost queue message is recovered by `start()` re-offering every queued row, and a duplicate offer is
 harmless (only one attempt can claim a row). Thread-safe. Back-ends carry a `name` and an
@@ -22,8 +25,8 @@ class JobQueue(ABC):
         return True
 
     @abstractmethod
-    def enqueue(self, analysis_id: str) -> None:
-        """Offer a committed, queued analysis to be run."""
+    def enqueue(self, kind: str, job_id: str) -> None:
+        """Offer a committed, queued job of `kind` to be run."""
 
     @abstractmethod
     def start(self) -> None:

@@ -1,8 +1,9 @@
-"""Entry point of a job process: `python -m service.jobs.child analysis ID OWNER` or `... inspect` (JSON on stdin).
+"""Entry point of a job process: `python -m service.jobs.child KIND ID OWNER` (KIND: analysis, evaluation)
+or `... inspect` / `... export` (JSON on stdin).
 
 This is the only place where the service side calls into torch code. It talks to the database
 itself (progress, result), every write conditional on OWNER, the token of the attempt it runs, so a
-presumed-dead attempt can never overwrite a newer one. Bad input fails the analysis at once; a failure
+presumed-dead attempt can never overwrite a newer one. Bad input fails the job at once; a failure
 that may pass (database or file system hiccup, memory) exits with TRANSIENT_EXIT and leaves the
 decision to retry to the parent, which knows the attempt count and the backoff.
 """
@@ -38,9 +39,10 @@ def is_transient(exc: BaseException) -> bool:
 class _Reporter:
     """Progress callback for a job: throttled DB writes that double as the heartbeat."""
 
-    def __init__(self, url: str, analysis_id: str, owner: str | None, min_interval: float = 0.5):
+    def __init__(self, url: str, kind: str, job_id: str, owner: str | None, min_interval: float = 0.5):
         self.url = url
-        self.analysis_id = analysis_id
+        self.kind = kind
+        self.job_id = job_id
         self.owner = owner
         self.min_interval = min_interval
         self._last = 0.0
@@ -61,7 +63,7 @@ class _Reporter:
         fraction, message = self._latest
         with session_scope(self.url) as s:
             store.report_progress(
-                s, analysis_id=self.analysis_id, fraction=fraction, message=message, owner=self.owner
+                s, kind=self.kind, job_id=self.job_id, fraction=fraction, message=message, owner=self.owner
             )
 
 
@@ -73,15 +75,20 @@ def _heartbeat(reporter: _Reporter, stop: threading.Event, every: float = 5.0) -
             pass
 
 
-def build_request(analysis, model, dataset, blob_path) -> dict:
+def model_source(model, blobs) -> dict:
+    """The JSON model source a workers job loads: format, where the bytes are, the architecture spec."""
     return {
-        "model": {
-            "format": model.format,
-            "path": str(blob_path(model.sha256)),
-            "architecture": model.architecture,
-            "hyperparams": model.hyperparams,
-        },
-        "dataset_path": str(blob_path(dataset.sha256)) if dataset is not None else None,
+        "format": model.format,
+        "path": str(blobs.path_for(model.sha256)),
+        "architecture": model.architecture,
+        "hyperparams": model.hyperparams,
+    }
+
+
+def build_request(analysis, model, dataset, blobs) -> dict:
+    return {
+        "model": model_source(model, blobs),
+        "dataset_path": str(blobs.path_for(dataset.sha256)) if dataset is not None else None,
         "candidates": list(analysis.candidates),
         "metric": analysis.metric,
         "seed": analysis.seed,
@@ -89,32 +96,92 @@ def build_request(analysis, model, dataset, blob_path) -> dict:
     }
 
 
-def run_analysis(analysis_id: str, owner: str | None = None) -> int:
+def build_evaluation_request(evaluation, analysis, model, dataset, plan, blobs) -> dict:
+    """The worker request of an evaluation (workers.evaluation_jobs): the plan's assignment with its
+    baselines, or the frontier points fixed when the evaluation was accepted."""
+    asked = evaluation.request or {}
+    request = {
+        "model": model_source(model, blobs),
+        "dataset_path": str(blobs.path_for(dataset.sha256)),
+        "problem": analysis.problem,
+        "options": dict(asked.get("options") or {}),
+    }
+    if evaluation.target == "plan":
+        # The plain HAWQ-v3 baseline needs raw Hutchinson traces: the analysis's own table when it is one.
+        hutchinson = (analysis.table or {}).get("statistic") == "hessian_trace"
+        request.update(
+            assignment=dict(plan.assignment),
+            hawq_table=analysis.table if hutchinson and asked.get("baselines", True) else None,
+            baselines=None if asked.get("baselines", True) else [],
+        )
+    else:
+        request.update(
+            plans=[p["assignment"] for p in asked["points"]], refine_trials=asked.get("refine_trials") or 0
+        )
+    return request
+
+
+def _prepare_analysis(s, job_id: str, blobs) -> tuple[dict, object]:
+    analysis = store.get_analysis(s, analysis_id=job_id)
+    model = store.get_model(s, model_id=analysis.model_id)
+    dataset = store.get_dataset(s, dataset_id=analysis.dataset_id) if analysis.dataset_id else None
+
+    def work(request: dict, report) -> dict:
+        from solver import problem_to_dict
+        from workers.jobs import run_analysis_job
+        from workers.table import SensitivityTable
+
+        table = run_analysis_job(request, report)
+        return {"table": table, "problem": problem_to_dict(SensitivityTable.from_dict(table).to_problem())}
+
+    return build_request(analysis, model, dataset, blobs), work
+
+
+def _prepare_evaluation(s, job_id: str, blobs) -> tuple[dict, object]:
+    evaluation = store.get_evaluation(s, evaluation_id=job_id)
+    analysis = store.get_analysis(s, analysis_id=evaluation.analysis_id)
+    model = store.get_model(s, model_id=analysis.model_id)
+    dataset = store.get_dataset(s, dataset_id=evaluation.dataset_id)
+    plan = store.get_plan(s, plan_id=evaluation.plan_id) if evaluation.plan_id else None
+    indices = [p["index"] for p in (evaluation.request or {}).get("points", [])]
+
+    def work(request: dict, report) -> dict:
+        from workers.evaluation_jobs import evaluate_frontier_job, run_evaluation_job
+
+        if "plans" not in request:
+            return {"result": run_evaluation_job(request, report)}
+        result = evaluate_frontier_job(request, report)
+        for row, index in zip(result["points"], indices, strict=True):
+            row["frontier_index"] = index  # which point of the stored frontier it measured
+        return {"result": result, "rank_agreement": result["rank_agreement"]}
+
+    request = build_evaluation_request(evaluation, analysis, model, dataset, plan, blobs)
+    return request, work
+
+
+# What each job kind reads from the database before its work, and the work itself (torch, in here only).
+PREPARE = {"analysis": _prepare_analysis, "evaluation": _prepare_evaluation}
+
+
+def run_job(kind: str, job_id: str, owner: str | None = None) -> int:
     from service.blobs import BlobStore
 
     settings = get_settings()
     url = settings.resolved_database_url
     blobs = BlobStore(settings.data_dir / "blobs")
     with session_scope(url) as s:
-        analysis = store.get_analysis(s, analysis_id=analysis_id)
-        model = store.get_model(s, model_id=analysis.model_id)
-        dataset = store.get_dataset(s, dataset_id=analysis.dataset_id) if analysis.dataset_id else None
-        request = build_request(analysis, model, dataset, blobs.path_for)
-        owner = owner or analysis.owner
+        request, work = PREPARE[kind](s, job_id, blobs)
+        owner = owner or store.get_job(s, kind=kind, job_id=job_id).owner
 
-    reporter = _Reporter(url, analysis_id, owner)
+    job = dict(kind=kind, job_id=job_id, owner=owner)
+    reporter = _Reporter(url, kind, job_id, owner)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(reporter, stop), daemon=True)
     beat.start()
     try:
-        from solver import problem_to_dict
-        from workers.jobs import run_analysis_job
-        from workers.table import SensitivityTable
-
         reporter(0.01, "loading model and data")
-        table = run_analysis_job(request, reporter)
-        problem = problem_to_dict(SensitivityTable.from_dict(table).to_problem())
-    except Exception as exc:  # every failure becomes the analysis's error text, or a retry
+        outputs = work(request, reporter)
+    except Exception as exc:  # every failure becomes the job's error text, or a retry
         stop.set()
         message = f"{exc.__class__.__name__}: {exc}"
         traceback.print_exc()
@@ -122,13 +189,11 @@ def run_analysis(analysis_id: str, owner: str | None = None) -> int:
             print(f"transient: {message}", file=sys.stderr)
             return TRANSIENT_EXIT
         with session_scope(url) as s:
-            store.finish_attempt(s, analysis_id=analysis_id, owner=owner, status="failed", error=message)
+            store.finish_attempt(s, **job, status="failed", error=message)
         return 0
     stop.set()
     with session_scope(url) as s:
-        store.finish_attempt(
-            s, analysis_id=analysis_id, owner=owner, status="succeeded", table=table, problem=problem
-        )
+        store.finish_attempt(s, **job, status="succeeded", outputs=outputs)
     return 0
 
 
@@ -164,13 +229,14 @@ def run_export() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["analysis"] and len(argv) in (2, 3):
-        return run_analysis(*argv[1:])
+    if argv[:1] and argv[0] in PREPARE and len(argv) in (2, 3):
+        return run_job(*argv)
     if argv == ["inspect"]:
         return run_inspect()
     if argv == ["export"]:
         return run_export()
-    print("usage: python -m service.jobs.child analysis ID [OWNER] | inspect", file=sys.stderr)
+    kinds = "|".join(PREPARE)
+    print(f"usage: python -m service.jobs.child {{{kinds}}} ID [OWNER] | inspect | export", file=sys.stderr)
     return 2
 
 

@@ -33,21 +33,22 @@ class InlineQueue(JobQueue):
             self.url, offer=self.enqueue, stale_after_s=settings.job_stale_after_s,
             interval_s=settings.job_reaper_s, max_attempts=settings.job_max_attempts,
         )
-        self._pending: queue.Queue[str | None] = queue.Queue()
+        self._pending: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
-    def enqueue(self, analysis_id: str) -> None:
-        self._pending.put(analysis_id)
+    def enqueue(self, kind: str, job_id: str) -> None:
+        self._pending.put((kind, job_id))
 
     def start(self) -> None:
-        with session_scope(self.url) as s:
-            requeued = store.requeue_interrupted(s)
-            leftover = store.queued_analysis_ids(s)
-        if requeued:
-            log.info("requeued %d interrupted analyses", len(requeued))
-        for analysis_id in leftover:
-            self._pending.put(analysis_id)
+        for kind in store.JOB_KINDS:
+            with session_scope(self.url) as s:
+                requeued = store.requeue_interrupted(s, kind=kind)
+                leftover = store.queued_job_ids(s, kind=kind)
+            if requeued:
+                log.info("requeued %d interrupted %s jobs", len(requeued), kind)
+            for job_id in leftover:
+                self._pending.put((kind, job_id))
         for i in range(self.settings.job_concurrency):
             t = threading.Thread(target=self._loop, name=f"bitplan-runner-{i}", daemon=True)
             t.start()
@@ -66,10 +67,10 @@ class InlineQueue(JobQueue):
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            analysis_id = self._pending.get()
-            if analysis_id is None:
+            job = self._pending.get()
+            if job is None:
                 return
             try:
-                self.runner.run(analysis_id)
+                self.runner.run(*job)
             except Exception:
-                log.exception("runner failed on analysis %s", analysis_id)
+                log.exception("runner failed on %s %s", *job)

@@ -24,7 +24,7 @@ class Reaper:
         self,
         database_url: str,
         *,
-        offer: Callable[[str], None],
+        offer: Callable[[str, str], None],
         stale_after_s: float,
         interval_s: float,
         max_attempts: int | None = None,
@@ -37,16 +37,21 @@ class Reaper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_once(self) -> list[str]:
-        """One sweep; returns the ids offered again."""
-        with session_scope(self.database_url) as s:
-            stale = store.requeue_interrupted(s, stale_after=self.stale_after, max_attempts=self.max_attempts)
-            due = store.release_due_retries(s)
-        if stale:
-            log.warning("requeued %d analyses whose worker went silent: %s", len(stale), ", ".join(stale))
-        for analysis_id in [*stale, *due]:
-            self.offer(analysis_id)
-        return [*stale, *due]
+    def run_once(self) -> list[tuple[str, str]]:
+        """One sweep over every job kind; returns the (kind, id) pairs offered again."""
+        offered = []
+        for kind in store.JOB_KINDS:
+            with session_scope(self.database_url) as s:
+                stale = store.requeue_interrupted(
+                    s, kind=kind, stale_after=self.stale_after, max_attempts=self.max_attempts
+                )
+                due = store.release_due_retries(s, kind=kind)
+            if stale:
+                log.warning("requeued %d %s jobs whose worker went silent: %s", len(stale), kind, ", ".join(stale))
+            for job_id in [*stale, *due]:
+                self.offer(kind, job_id)
+                offered.append((kind, job_id))
+        return offered
 
     def start(self) -> None:
         self._stop.clear()

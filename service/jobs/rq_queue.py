@@ -1,4 +1,4 @@
-"""The Redis back-end: RQ carries analysis ids (JSON serializer, nothing else) to `bitplan worker`s.
+"""The Redis back-end: RQ carries job kinds and ids (JSON serializer, nothing else) to `bitplan worker`s.
 
 Why RQ's SimpleWorker: the job function only claims the row and watches a spawned child
 (service.jobs.runner); torch lives in that child alone. Nothing is forked from a process holding torch,
@@ -19,7 +19,7 @@ from service.jobs.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
-JOB_FUNCTION = "service.jobs.rq_tasks.run_analysis"
+JOB_FUNCTION = "service.jobs.rq_tasks.run_job"
 
 
 class RQQueue(JobQueue):
@@ -60,22 +60,23 @@ class RQQueue(JobQueue):
                 self._queue = Queue(self.settings.rq_queue_name, connection=conn, serializer=JSONSerializer)
             return self._queue
 
-    def enqueue(self, analysis_id: str) -> None:
+    def enqueue(self, kind: str, job_id: str) -> None:
         """A failed enqueue is logged, not raised: the committed row is the truth, and the next `start`
         or a reaper offers it again. A duplicate offer is harmless: only one claim can succeed."""
         try:
             self.rq_queue().enqueue(
-                JOB_FUNCTION, analysis_id, job_timeout=self.job_timeout, result_ttl=3600, failure_ttl=7 * 86400,
-                description=f"analysis {analysis_id}",
+                JOB_FUNCTION, kind, job_id, job_timeout=self.job_timeout, result_ttl=3600, failure_ttl=7 * 86400,
+                description=f"{kind} {job_id}",
             )
         except Exception:
-            log.exception("could not enqueue analysis %s on Redis; it stays queued in the database", analysis_id)
+            log.exception("could not enqueue %s %s on Redis; it stays queued in the database", kind, job_id)
 
     def start(self) -> None:
-        with session_scope(self.url) as s:
-            leftover = store.queued_analysis_ids(s)
-        for analysis_id in leftover:  # messages lost with a Redis that restarted empty
-            self.enqueue(analysis_id)
+        for kind in store.JOB_KINDS:
+            with session_scope(self.url) as s:
+                leftover = store.queued_job_ids(s, kind=kind)
+            for job_id in leftover:  # messages lost with a Redis that restarted empty
+                self.enqueue(kind, job_id)
         self.reaper.start()
 
     def stop(self) -> None:

@@ -1,4 +1,5 @@
-"""The function RQ workers import and run. Its only argument is an analysis id: nothing but ids cross Redis."""
+"""The functions RQ workers import and run. Their arguments are a job kind and an id: nothing but ids
+cross Redis."""
 
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ def install(runner: JobRunner) -> None:
     _runner = runner
 
 
-def run_analysis(analysis_id: str) -> str:
+def run_job(kind: str, job_id: str) -> str:
     global _runner
     if _runner is None:  # a plain `rq worker` without `bitplan worker`'s set-up
         from service.config import get_settings
 
         _runner = JobRunner(RunnerConfig.from_settings(get_settings()))
-    return _runner.run(analysis_id)
+    return _runner.run(kind, job_id)
+
+
+def run_analysis(analysis_id: str) -> str:
+    """Messages enqueued by an API from before job kinds existed, still on Redis during an upgrade."""
+    return run_job("analysis", analysis_id)

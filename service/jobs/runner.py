@@ -83,30 +83,32 @@ class JobRunner:
             for proc in list(self._children):
                 kill_tree(proc)
 
-    def run(self, analysis_id: str) -> str:
-        """Run one attempt; returns what became of it (a status, "retry", "skipped", "lost", "stopped")."""
+    def run(self, kind: str, job_id: str) -> str:
+        """Run one attempt of the job `kind`/`job_id`; returns what became of it (a status, "retry",
+        "skipped", "lost", "stopped")."""
         c = self.config
         with session_scope(c.database_url) as s:
-            owner = store.claim_analysis(s, analysis_id=analysis_id)
+            owner = store.claim_job(s, kind=kind, job_id=job_id)
         if owner is None:
             return "skipped"  # cancelled, taken by another worker, already done, or backoff not over
         env = {"BITPLAN_DATABASE_URL": c.database_url, "BITPLAN_DATA_DIR": str(c.data_dir)}
-        proc = start_child(["analysis", analysis_id, owner], limits=c.limits, env=env)
+        proc = start_child([kind, job_id, owner], limits=c.limits, env=env)
         with self._lock:
             self._children.add(proc)
         try:
-            outcome = self._watch(analysis_id, owner, proc)
+            outcome = self._watch(kind, job_id, owner, proc)
         finally:
             if proc.poll() is None:
                 kill_tree(proc)
                 proc.wait()
             with self._lock:
                 self._children.discard(proc)
-        log.info("analysis %s (pid %d): %s", analysis_id, proc.pid, outcome)
+        log.info("%s %s (pid %d): %s", kind, job_id, proc.pid, outcome)
         return outcome
 
-    def _watch(self, analysis_id: str, owner: str, proc: subprocess.Popen) -> str:
+    def _watch(self, kind: str, job_id: str, owner: str, proc: subprocess.Popen) -> str:
         c = self.config
+        job = dict(kind=kind, job_id=job_id)
         next_beat = time.monotonic() + c.heartbeat_s
         while True:
             try:
@@ -118,7 +120,7 @@ class JobRunner:
                 return "stopped"
             try:
                 with session_scope(c.database_url) as s:
-                    rec = store.get_analysis(s, analysis_id=analysis_id)
+                    rec = store.get_job(s, **job)
                     if rec.owner != owner:
                         kill_tree(proc)  # a reaper gave the job to a newer attempt: this one must not finish
                         return "lost"
@@ -131,32 +133,33 @@ class JobRunner:
                     if rec.cancel_requested:
                         kill_tree(proc)
                         proc.communicate()
-                        store.finish_attempt(s, analysis_id=analysis_id, owner=owner, status="cancelled")
+                        store.finish_attempt(s, **job, owner=owner, status="cancelled")
                         return "cancelled"
                     if time.monotonic() >= next_beat:
-                        store.heartbeat(s, analysis_id=analysis_id, owner=owner)
+                        store.heartbeat(s, **job, owner=owner)
                         next_beat = time.monotonic() + c.heartbeat_s
             except StorageError:
-                log.warning("analysis %s: database unavailable while watching; still waiting", analysis_id)
-        return self._after_exit(analysis_id, owner, proc.returncode, err)
+                log.warning("%s %s: database unavailable while watching; still waiting", kind, job_id)
+        return self._after_exit(kind, job_id, owner, proc.returncode, err)
 
-    def _after_exit(self, analysis_id: str, owner: str, returncode: int, stderr: str) -> str:
+    def _after_exit(self, kind: str, job_id: str, owner: str, returncode: int, stderr: str) -> str:
         c = self.config
+        job = dict(kind=kind, job_id=job_id)
         with session_scope(c.database_url) as s:
-            rec = store.get_analysis(s, analysis_id=analysis_id)
+            rec = store.get_job(s, **job)
             if rec.owner != owner:
                 return "lost"
             if rec.status != "running":
                 return rec.status  # the child recorded its outcome
             if rec.cancel_requested:
-                store.finish_attempt(s, analysis_id=analysis_id, owner=owner, status="cancelled")
+                store.finish_attempt(s, **job, owner=owner, status="cancelled")
                 return "cancelled"
             reason = describe_exit(returncode, stderr)
             if rec.attempts < c.max_attempts:
                 delay = c.backoff(rec.attempts)
                 message = f"attempt {rec.attempts} failed ({reason}); retrying in {delay:g} s"
-                store.schedule_retry(s, analysis_id=analysis_id, owner=owner, delay_s=delay, message=message)
+                store.schedule_retry(s, **job, owner=owner, delay_s=delay, message=message)
                 return "retry"
             error = f"{reason} (attempt {rec.attempts} of {c.max_attempts})"
-            store.finish_attempt(s, analysis_id=analysis_id, owner=owner, status="failed", error=error)
+            store.finish_attempt(s, **job, owner=owner, status="failed", error=error)
             return "failed"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solver._model import Model
-from solver.backends import _lattice
+from solver.backends import _lattice, _pareto
 from solver.backends._ilp import FEAS_REL
 from solver.backends.base import Backend, Outcome
 
@@ -299,7 +299,11 @@ class Knapsack:
                 if nodes == 1 and self.core_dp and (deadline is None or time.perf_counter() < deadline):
                     # Root core left after fixing: solve it exactly by DP over its cost lattice
                     # when it has one (see _lattice.py); no branching needed then.
-                    status, opts = _lattice.solve_budget(c, d, valid, bud, ctol + budget - bud_root)
+                    slack = ctol + budget - bud_root
+                    status, opts = _lattice.solve_budget(c, d, valid, bud, slack)
+                    if status == "unavailable":  # off any lattice: Pareto-state DP with bounds
+                        status, opts = _pareto.solve_core(c, d, valid, hull, bud, slack, best_val - offset, self.otol)
+                        status = {"none": "infeasible"}.get(status, status)
                     if status == "optimal":
                         val = offset + float(d[local, opts].sum())
                         if val < best_val:

@@ -20,7 +20,7 @@ def test_unfinished_job_runs_after_restart(tmp_path, digits):
         dataset = upload_dataset(c, digits.calibration_path).json()
         analysis = c.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"]}).json()
     with session_scope(settings.resolved_database_url) as s:  # it had started when the server died
-        assert store.claim_analysis(s, analysis_id=analysis["id"])
+        assert store.claim_job(s, kind="analysis", job_id=analysis["id"])
     with TestClient(create_app(settings)) as c:
         deadline = time.monotonic() + 120
         while (state := c.get(f"/v1/analyses/{analysis['id']}").json())["status"] not in ("succeeded", "failed"):

@@ -54,7 +54,7 @@ def create_analysis(
     )
     session.add(rec)
     session.commit()  # the runner reads the row from its own session
-    queue.enqueue(rec.id)
+    queue.enqueue("analysis", rec.id)
     response.headers["Location"] = f"/v1/analyses/{rec.id}"
     return analysis_out(rec)
 

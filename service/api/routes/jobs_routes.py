@@ -31,7 +31,7 @@ Sessions = Callable[[], AbstractContextManager[Session]]
 @router.post("/{analysis_id}/cancel", status_code=202, response_model=AnalysisOut)
 def cancel_analysis(analysis_id: str, session: Session = Depends(get_session)) -> AnalysisOut:
     """Queued: cancelled at once. Running: cancel requested, cancelled within seconds. Finished: 409."""
-    return analysis_out(store.request_cancel(session, analysis_id=analysis_id))
+    return analysis_out(store.request_cancel(session, kind="analysis", job_id=analysis_id))
 
 
 def _snapshot(sessions: Sessions, analysis_id: str) -> dict:
