@@ -211,13 +211,17 @@ def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = No
     request = {"model", "dataset_path", "problem": problem dict, "points": K (default 8),
     "min_bits" / "max_bits": optional average-bits range of the points, "refine_trials": Optuna
     trials around the frontier with the measured loss as objective (0 = none; needs optuna),
-    "options"}. Returns {"points": [{bytes, average_bits, predicted_damage, assignment, measured}],
-    "float", "rank_agreement": predicted damage vs measured loss across points, "refined": [...]}.
+    "plans": optional list of assignments (layer → candidate) to measure instead, in that order,
+    e.g. the points of a frontier the service stored (then "points", "min_bits", "max_bits" are
+    not allowed), "options"}.
+    Returns {"points": [{bytes, average_bits, predicted_damage, assignment, measured}], "float",
+    "rank_agreement": predicted damage vs measured loss across points, "refined": [...]}.
     """
     report = report or _noop
     started = time.perf_counter()
     _check_fields(
-        request, ("model", "dataset_path", "problem", "points", "min_bits", "max_bits", "refine_trials", "options")
+        request,
+        ("model", "dataset_path", "problem", "points", "min_bits", "max_bits", "refine_trials", "plans", "options"),
     )
     options = _options(request)
     from solver import frontier, problem_from_dict
@@ -236,16 +240,25 @@ def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = No
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
             raise ValueError(f"{field}: must be a positive number of bits per weight")
 
-    front = frontier(problem, "bytes", points=max(points * 4, points))
-    plans = list(front.points)
-    total = problem.total_weights
-    if lo_bits is not None:
-        plans = [p for p in plans if p.costs["bytes"] * 8 / total >= lo_bits - 1e-9]
-    if hi_bits is not None:
-        plans = [p for p in plans if p.costs["bytes"] * 8 / total <= hi_bits + 1e-9]
-    plans = _spread(plans, points)
-    if not plans:
-        raise ValueError("min_bits/max_bits: no frontier point lies in that range")
+    if request.get("plans") is not None:
+        for field in ("points", "min_bits", "max_bits"):
+            if field in request:
+                raise ValueError(f"{field}: not allowed with plans (the plans are the points)")
+        given = request["plans"]
+        if not isinstance(given, list) or not given:
+            raise ValueError("plans: must be a non-empty list of assignments")
+        plans = [_given_plan(problem, _assignment(a, f"plans[{i}]"), f"plans[{i}]") for i, a in enumerate(given)]
+    else:
+        front = frontier(problem, "bytes", points=max(points * 4, points))
+        plans = list(front.points)
+        total = problem.total_weights
+        if lo_bits is not None:
+            plans = [p for p in plans if p.costs["bytes"] * 8 / total >= lo_bits - 1e-9]
+        if hi_bits is not None:
+            plans = [p for p in plans if p.costs["bytes"] * 8 / total <= hi_bits + 1e-9]
+        plans = _spread(plans, points)
+        if not plans:
+            raise ValueError("min_bits/max_bits: no frontier point lies in that range")
 
     evaluator = _open(request, options, report)
     rows = []
@@ -265,6 +278,28 @@ def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = No
     result["timings"] = {"total_s": time.perf_counter() - started}
     report(1.0, "done")
     return result
+
+
+def _given_plan(problem, assignment: dict[str, str], field: str):
+    """A Plan of the problem for a given assignment (its damage and costs summed from the options)."""
+    from solver import Plan
+
+    missing = [u.name for u in problem.units if u.name not in assignment]
+    if missing:
+        raise ValueError(f"{field}: no candidate for layer {missing[0]!r}")
+    damage, costs = 0.0, {}
+    for unit in problem.units:
+        try:
+            option = unit.option(assignment[unit.name])
+        except KeyError as exc:
+            raise ValueError(f"{field}: {exc.args[0]}") from None
+        damage += option.damage
+        for name, value in option.costs.items():
+            costs[name] = costs.get(name, 0.0) + value
+    return Plan(
+        assignment=dict(assignment), damage=damage, costs=costs, status="given", gap=0.0, bound=damage,
+        backend="given", solve_seconds=0.0,
+    )
 
 
 def _spread(plans: list, k: int) -> list:

@@ -10,7 +10,9 @@ from service.api import errors, security
 from service.api.idempotency import IdempotencyMiddleware, document_header
 from service.api.limits import BodySizeLimitMiddleware, RateLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.routes import analyses, datasets, exports, frontiers, jobs_routes, models, ops, plans, solve, tokens
+from service.api.routes import (
+    analyses, datasets, evaluations, exports, frontiers, jobs_routes, models, ops, plans, solve, tokens,
+)
 from service.blobs import BlobStore
 from service import dashboard
 from service.config import Settings, get_settings
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.state.auth_required = auth_on
     app.state.metrics = Metrics(settings.resolved_database_url)
     errors.install(app)
-    for module in (models, datasets, analyses, frontiers, jobs_routes, plans, exports, solve):
+    for module in (models, datasets, analyses, frontiers, jobs_routes, plans, exports, solve, evaluations):
         app.include_router(module.router, dependencies=[Depends(security.require_method_scope)])
     app.include_router(tokens.router, dependencies=[Depends(security.require_scope("admin"))])
     app.include_router(ops.router)

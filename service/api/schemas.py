@@ -200,3 +200,69 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     secret: str = Field(description="Shown once: only its hash is stored.")
+
+
+class EvaluationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(256, ge=1, le=65536)
+    max_samples: int | None = Field(None, ge=1, description="Measure on the first N samples only.")
+    output_loss: Literal["kl", "mse"] = Field("kl", description="The loss when the data has no targets.")
+
+
+class EvaluationIn(BaseModel):
+    """Measure a plan on evaluation data (a dataset: `inputs`, and `targets` for loss and accuracy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(..., min_length=1, max_length=32)
+    baselines: bool = Field(True, description="Also measure uniform, greedy and plain HAWQ-v3 at the plan's bytes.")
+    options: EvaluationOptions = Field(default_factory=EvaluationOptions)
+
+
+class FrontierEvaluationIn(BaseModel):
+    """Measure `k` evenly spaced points (ends included) of the analysis's stored frontier over
+    `points` budgets of `cost` (the one GET /v1/analyses/{id}/frontier serves), in one job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(..., min_length=1, max_length=32)
+    cost: str = Field("bytes", min_length=1, max_length=50)
+    points: int = Field(50, ge=2, le=1000)
+    k: int = Field(5, ge=1, le=100)
+    refine_trials: int = Field(0, ge=0, le=1000, description="Optuna trials with the measured loss (needs optuna).")
+    options: EvaluationOptions = Field(default_factory=EvaluationOptions)
+
+
+class MeasuredPoint(BaseModel):
+    """One measured plan, ready to overlay on a frontier chart."""
+
+    source: str  # "frontier", "plan", "uniform", "greedy", "hawq_v3", "refined"
+    frontier_index: int | None  # index into the stored frontier's points (frontier evaluations)
+    costs: dict[str, float]
+    average_bits: float | None
+    predicted_damage: float | None
+    measured: dict[str, Any]  # loss, loss_kind, accuracy, perplexity, top1_agreement, kl, cosine
+
+
+class EvaluationOut(BaseModel):
+    id: str
+    target: Literal["plan", "frontier"]
+    analysis_id: str
+    plan_id: str | None
+    dataset_id: str
+    request: dict[str, Any]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    float_metrics: dict[str, Any] | None = Field(None, alias="float")
+    points: list[MeasuredPoint]
+    rank_agreement: dict[str, Any] | None
+    result: dict[str, Any] | None = Field(None, description="The whole result (GET /v1/evaluations/{id} only).")
+    links: dict[str, str]
+
+    model_config = ConfigDict(populate_by_name=True)

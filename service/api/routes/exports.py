@@ -1,4 +1,8 @@
-"""/v1/plans/{id}/export and /v1/analyses/{id}/proxy-quality: measured-truth reads of stored results."""
+"""/v1/plans/{id}/export and /v1/analyses/{id}/proxy-quality: measured-truth reads of stored results.
+
+Proxy quality has two levels: per layer (each metric's table vs a measured loss_delta analysis of the
+same model and data) and per plan (`frontier_evaluations`: predicted damage vs measured loss across
+the measured points of each frontier evaluation, stored when the evaluation finished)."""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import exports, store
+from service import evaluations, exports, store
 from service.api.deps import get_session
 from service.db.models import AnalysisRecord
+from service.errors import InvalidInput
 
 router = APIRouter(tags=["exports"])
 
@@ -52,4 +57,13 @@ def proxy_quality(analysis_id: str, session: Session = Depends(get_session)) -> 
             AnalysisRecord.status == "succeeded",
         )
     ).all()
-    return {"analysis_id": analysis.id, **exports.proxy_quality_for(analysis, siblings)}
+    # Plan level: predicted damage vs measured loss across the points of each frontier evaluation.
+    measured = store.list_evaluations(session, analysis_id=analysis.id, target="frontier")
+    frontier = evaluations.frontier_agreements(measured)
+    try:
+        per_layer = exports.proxy_quality_for(analysis, siblings)
+    except InvalidInput as exc:  # no measured loss_delta table: the plan-level agreement may still be there
+        if not frontier:
+            raise
+        per_layer = {"metrics": {}, "measured_metric": None, "metrics_unavailable": exc.message}
+    return {"analysis_id": analysis.id, **per_layer, "frontier_evaluations": frontier}

@@ -1,0 +1,130 @@
+"""Evaluations: measure a plan (and its baselines) or points of a stored frontier on evaluation data.
+
+An evaluation is a job like an analysis (service.store.JOB_KINDS): the route commits a queued row and
+offers (kind "evaluation", id) to the queue; a child process measures, and the row carries status,
+progress, attempts, cancel and the result. Bad evaluation data (wrong input shape for the model) is
+found by the job and fails it with the worker's message.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy.orm import Session
+
+from service import evaluations, store
+from service.api.deps import get_queue, get_session, get_settings
+from service.api.limits import check_active_jobs
+from service.api.routes.analyses import succeeded_analysis
+from service.api.routes.frontiers import get_frontier
+from service.api.schemas import EvaluationIn, EvaluationOut, FrontierEvaluationIn, Progress
+from service.api.security import Principal, get_principal
+from service.config import Settings
+from service.db.models import EvaluationRecord
+from service.errors import InvalidInput
+from service.jobs import JobQueue
+
+router = APIRouter(tags=["evaluations"])
+
+
+def evaluation_out(rec: EvaluationRecord, *, plan_costs: dict | None = None, full: bool = False) -> EvaluationOut:
+    result = rec.result if rec.status == "succeeded" else None
+    return EvaluationOut(
+        id=rec.id, target=rec.target, analysis_id=rec.analysis_id, plan_id=rec.plan_id, dataset_id=rec.dataset_id,
+        request=evaluations.public_request(rec.request),
+        status=rec.status, progress=Progress(fraction=rec.progress, message=rec.message), error=rec.error,
+        attempts=rec.attempts, created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
+        float_metrics=(result or {}).get("float"),
+        points=evaluations.measured_points(target=rec.target, request=rec.request, result=result, plan_costs=plan_costs),
+        rank_agreement=rec.rank_agreement, result=result if full else None,
+        links={"self": f"/v1/evaluations/{rec.id}", "analysis": f"/v1/analyses/{rec.analysis_id}",
+               **({"plan": f"/v1/plans/{rec.plan_id}"} if rec.plan_id else {})},
+    )
+
+
+def _submit(session: Session, queue: JobQueue, response: Response, rec: EvaluationRecord) -> EvaluationOut:
+    session.add(rec)
+    session.commit()  # the runner reads the row from its own session
+    queue.enqueue("evaluation", rec.id)
+    response.headers["Location"] = f"/v1/evaluations/{rec.id}"
+    return evaluation_out(rec)
+
+
+@router.post("/v1/plans/{plan_id}/evaluations", status_code=202, response_model=EvaluationOut)
+def evaluate_plan(
+    plan_id: str,
+    body: EvaluationIn,
+    response: Response,
+    session: Session = Depends(get_session),
+    queue: JobQueue = Depends(get_queue),
+    settings: Settings = Depends(get_settings),
+    principal: Principal = Depends(get_principal),
+) -> EvaluationOut:
+    """Measure the plan, and the baselines at its bytes: uniform, greedy and the plain HAWQ-v3 formula
+    (when the analysis is a Hutchinson one)."""
+    check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
+    plan = store.get_plan(session, plan_id=plan_id)
+    analysis = succeeded_analysis(session, plan.analysis_id)
+    store.get_dataset(session, dataset_id=body.dataset_id)
+    rec = EvaluationRecord(
+        target="plan", analysis_id=analysis.id, plan_id=plan.id, dataset_id=body.dataset_id,
+        request={"baselines": body.baselines, "options": body.options.model_dump(exclude_none=True)},
+        status="queued", progress=0.0, message="queued", attempts=0, token_id=principal.token_id,
+    )
+    return _submit(session, queue, response, rec)
+
+
+@router.post("/v1/analyses/{analysis_id}/frontier/evaluations", status_code=202, response_model=EvaluationOut)
+async def evaluate_frontier(
+    analysis_id: str,
+    body: FrontierEvaluationIn,
+    response: Response,
+    session: Session = Depends(get_session),
+    queue: JobQueue = Depends(get_queue),
+    settings: Settings = Depends(get_settings),
+    principal: Principal = Depends(get_principal),
+) -> EvaluationOut:
+    """Measure `k` evenly spaced points of the stored frontier (computed and stored now if needed) and
+    the rank agreement of their predicted damage with the measured loss."""
+    check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
+    analysis = succeeded_analysis(session, analysis_id)
+    store.get_dataset(session, dataset_id=body.dataset_id)
+    stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
+    if stored is None:  # the frontier endpoint computes and stores it (cost checked, races handled there)
+        await get_frontier(analysis.id, cost=body.cost, points=body.points, session=session)
+        stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
+    chosen = evaluations.choose_frontier_points(stored.data, body.k)
+    if not chosen:
+        raise InvalidInput("points", "the stored frontier has no points to measure")
+    rec = EvaluationRecord(
+        target="frontier", analysis_id=analysis.id, dataset_id=body.dataset_id,
+        request={
+            "cost": body.cost, "points_requested": body.points, "k": body.k, "refine_trials": body.refine_trials,
+            "options": body.options.model_dump(exclude_none=True), "points": chosen,
+        },
+        status="queued", progress=0.0, message="queued", attempts=0, token_id=principal.token_id,
+    )
+    return _submit(session, queue, response, rec)
+
+
+@router.get("/v1/evaluations/{evaluation_id}", response_model=EvaluationOut)
+def get_evaluation(evaluation_id: str, session: Session = Depends(get_session)) -> EvaluationOut:
+    rec = store.get_evaluation(session, evaluation_id=evaluation_id)
+    costs = store.get_plan(session, plan_id=rec.plan_id).costs if rec.plan_id else None
+    return evaluation_out(rec, plan_costs=costs, full=True)
+
+
+@router.post("/v1/evaluations/{evaluation_id}/cancel", status_code=202, response_model=EvaluationOut)
+def cancel_evaluation(evaluation_id: str, session: Session = Depends(get_session)) -> EvaluationOut:
+    """Queued: cancelled at once. Running: cancel requested, cancelled within seconds. Finished: 409."""
+    return evaluation_out(store.request_cancel(session, kind="evaluation", job_id=evaluation_id))
+
+
+@router.get("/v1/analyses/{analysis_id}/evaluations", response_model=list[EvaluationOut])
+def list_evaluations(analysis_id: str, session: Session = Depends(get_session)) -> list[EvaluationOut]:
+    """Every evaluation of the analysis with its measured points (no full results: follow links.self)."""
+    store.get_analysis(session, analysis_id=analysis_id)
+    out = []
+    for rec in store.list_evaluations(session, analysis_id=analysis_id):
+        costs = store.get_plan(session, plan_id=rec.plan_id).costs if rec.plan_id else None
+        out.append(evaluation_out(rec, plan_costs=costs))
+    return out
