@@ -1,6 +1,10 @@
 """Solver benchmark: exact plans and 100-point frontiers against a plain PuLP + CBC model per point.
 
-Run: python bench/solver.py [--cbc-sample 10] [--skip-highs]
+Also the degenerate 500×5 table (many equal costs) whose frontier the previous branch and bound
+took minutes over, with byte costs (lattice DP) and float latencies (Pareto core DP), against the
+previous method kept selectable (`solver.backends._mckp.CORE_DP = False`).
+
+Run: python bench/solver.py [--cbc-sample 10] [--skip-highs] [--deg-points 200] [--old-deg-points 3]
 Prints one table. Single process, single thread; a few minutes at most.
 """
 
@@ -43,6 +47,25 @@ def synthetic(n_units: int, bits: tuple[int, ...], seed: int = 0, group: int = 1
     return Problem(tuple(units))
 
 
+def degenerate(n_units: int, seed: int = 1, bits: tuple[int, ...] = (2, 3, 4, 6, 8)) -> Problem:
+    """The frontier issue's shape: layers of only 256, 1024 or 4096 weights (integer byte costs
+    shared by many layers), lognormal sensitivities, damage ∝ 4^-bits; plus a latency cost that is
+    one random float per (size, bits), equally shared but on no lattice."""
+    rng = np.random.default_rng(seed)
+    sizes = (256, 1024, 4096)
+    latency = {w: {b: float(rng.uniform(0.5, 1.5) * w * b * 1e-6) for b in bits} for w in sizes}
+    units = []
+    for i in range(n_units):
+        w = int(rng.choice(sizes))
+        sens = rng.lognormal(0.0, 1.5)
+        opts = tuple(
+            Option(f"int{b}", float(sens * 4.0 ** (-b)), {"bytes": w * b / 8 + 2 * w / 64, "latency_ms": latency[w][b]})
+            for b in bits
+        )
+        units.append(Unit(f"layer{i}", w, opts))
+    return Problem(tuple(units))
+
+
 def pulp_cbc(problem: Problem, limit: float) -> tuple[float, float]:
     """The plain baseline: build a PuLP model for one budget and solve it with CBC (gap 0)."""
     import pulp
@@ -70,6 +93,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100)
     parser.add_argument("--cbc-sample", type=int, default=10, help="frontier points solved by PuLP+CBC")
     parser.add_argument("--skip-highs", action="store_true", help="skip the HiGHS reference on 10,000 units")
+    parser.add_argument("--deg-points", type=int, default=200, help="frontier points on the degenerate 500×5 table")
+    parser.add_argument("--old-deg-points", type=int, default=3, help="points the previous B&B solves there (0: skip)")
     args = parser.parse_args()
     rows: list[tuple[str, str]] = []
 
@@ -114,6 +139,57 @@ def main() -> None:
         "  check at sampled budgets: (bitplan − CBC) / CBC damage",
         f"max {worst:+.2e}  (≤ 1e-6 required; bitplan strictly better at {better} of {len(sample)})",
     )
+
+    # Before/after on the same run: the pure branch and bound (knapsack.CORE_DP off, per-budget
+    # frontier) is the previous method, kept selectable for exactly this comparison.
+    from solver.backends import _mckp
+
+    def old_way(fn):
+        _mckp.CORE_DP = False
+        try:
+            t = time.perf_counter()
+            out = fn()
+            return time.perf_counter() - t, out
+        finally:
+            _mckp.CORE_DP = True
+
+    old_front, old_points = old_way(lambda: frontier(p, "bytes", args.points, backend="mckp"))
+    same = max(abs(a.damage - b.damage) / abs(b.damage) for a, b in zip(front.points, old_points.points))
+    row(f"560×6, {args.points}-point frontier: previous B&B per budget", f"{old_front * 1e3:8.1f} ms  ({old_front / ours_front:.1f}× slower; max rel. damage difference {same:.1e})")
+
+    # The degenerate table of the issue: 500 layers of only three sizes (many equal byte costs).
+    deg = degenerate(500)
+    t = time.perf_counter()
+    deg_front = frontier(deg, "bytes", args.deg_points)
+    deg_secs = time.perf_counter() - t
+    row(
+        f"500×5 degenerate, {args.deg_points}-point exact frontier: bitplan",
+        f"{deg_secs * 1e3:8.1f} ms  ({len(deg_front.points)} points via {deg_front.points[0].backend}, all optimal: {all(q.status == 'optimal' for q in deg_front.points)})",
+    )
+    if args.old_deg_points:
+        old_deg, _ = old_way(lambda: frontier(deg, "bytes", args.old_deg_points, backend="mckp"))
+        per = old_deg / args.old_deg_points
+        row(
+            f"500×5 degenerate: previous B&B, {args.old_deg_points} points",
+            f"{old_deg * 1e3:8.1f} ms  (≈ {per * args.deg_points:.0f} s for {args.deg_points}: {per * args.deg_points / deg_secs:.0f}×)",
+        )
+    mid = Budget("bytes", 0.5 * (deg_front.points[0].costs["bytes"] + deg_front.points[-1].costs["bytes"]))
+    t = time.perf_counter()
+    deg_one = solve(deg, [mid])
+    row("500×5 degenerate, one plan (mid budget): bitplan", f"{(time.perf_counter() - t) * 1e3:8.1f} ms  status {deg_one.status}")
+    t = time.perf_counter()
+    lat_front = frontier(deg, "latency_ms", args.deg_points)
+    lat_secs = time.perf_counter() - t
+    row(
+        f"500×5 degenerate float latencies, {args.deg_points}-point frontier",
+        f"{lat_secs * 1e3:8.1f} ms  (no lattice: per-budget B&B root + Pareto core DP)",
+    )
+    if args.old_deg_points:
+        t = time.perf_counter()
+        frontier(deg, "latency_ms", 20)
+        new20 = time.perf_counter() - t
+        old_lat, _ = old_way(lambda: frontier(deg, "latency_ms", 20, backend="mckp"))
+        row("500×5 degenerate float latencies, 20 points: now / previous B&B", f"{new20 * 1e3:8.1f} ms / {old_lat * 1e3:.1f} ms  ({old_lat / new20:.0f}×)")
 
     big = synthetic(10_000, (2, 3, 4, 5, 6, 7, 8, 16), seed=1)
     b = average_bits_budget(big, 4.3)

@@ -21,9 +21,10 @@ def _builtin() -> dict[str, Backend]:
     if not _REGISTRY:
         from solver.backends._cbc import CbcBackend
         from solver.backends._highs import HighsBackend
+        from solver.backends._lattice import DpBackend
         from solver.backends._mckp import MckpBackend
 
-        for backend in (MckpBackend(), HighsBackend(), CbcBackend()):
+        for backend in (MckpBackend(), DpBackend(), HighsBackend(), CbcBackend()):
             _REGISTRY.setdefault(backend.name, backend)
     return _REGISTRY
 

@@ -31,11 +31,14 @@ caller falls back), never a wrong one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from solver._model import Model
 from solver.backends._ilp import FEAS_REL
+from solver.backends.base import Backend, Outcome
 
 MAX_TABLE_BYTES = 256 * 2**20
 MAX_WORK = 6e8  # element operations per pass; about a second of numpy on one core
@@ -224,3 +227,41 @@ def solve_budget(
     if total > budget + slack:
         return "unavailable", None
     return "optimal", choice
+
+
+class DpBackend(Backend):
+    """The lattice DP as a back-end for zero or one budget: the whole table up to the budget's
+    level, then one backtrack. Off a lattice, or past the memory/work caps, it answers with the
+    knapsack B&B instead (same exactness), so it accepts every one-budget problem."""
+
+    name = "dp"
+    max_budgets = 1
+
+    def available(self) -> bool:
+        return True
+
+    def solve(
+        self,
+        model: Model,
+        objective: np.ndarray,
+        limits: Mapping[str, float],
+        *,
+        time_limit: float | None = None,
+        start: np.ndarray | None = None,
+    ) -> Outcome:
+        from solver.backends._mckp import Knapsack
+
+        if len(limits) > 1:
+            raise ValueError("the dp back-end takes at most one budget")
+        if limits:
+            (name, limit), = limits.items()
+            cost = model.cost(name)
+        else:
+            cost, limit = np.zeros(model.valid.shape), 0.0
+        status, choice = solve_budget(cost, objective, model.valid, limit)
+        if status == "optimal":
+            value = float(objective[np.arange(choice.size), choice].sum())
+            return Outcome(choice, "optimal", value)
+        if status == "infeasible":
+            return Outcome(None, "infeasible", float("inf"))
+        return Knapsack(cost, objective, model.valid).solve(limit, time_limit=time_limit, start=start)

@@ -34,7 +34,7 @@ from tests.utils.solver_factories import (
 )
 
 # CBC starts a process per solve, so it gets fewer examples.
-EXAMPLES = {"mckp": 150, "highs": 50, "cbc": 15}
+EXAMPLES = {"mckp": 150, "dp": 150, "highs": 50, "cbc": 15}
 
 
 def _available(name: str) -> None:
@@ -169,7 +169,7 @@ def test_budgets_jointly_infeasible_name_none(name):
 
 
 def test_unknown_backend_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: auto, cbc, highs, mckp"):
+    with pytest.raises(ValueError, match="valid names: auto, cbc, dp, highs, mckp"):
         get_backend("gurobi")
 
 
