@@ -50,6 +50,12 @@ class HighsBackend(Backend):
         return Outcome(None, "infeasible", float("inf"))
 
 
+# HiGHS 1.16 can report a warm-start plan as optimal when a better one exists (a 4-unit table in
+# tests/solver/test_frontier.py: start damage 2, optimum 0, status kOptimal). Off until understood;
+# correctness over the small speed-up.
+_USE_START = False
+
+
 def _run(lay: Layout, time_limit: float | None, start: np.ndarray | None) -> Outcome:
     import highspy
 
@@ -99,7 +105,7 @@ def _run(lay: Layout, time_limit: float | None, start: np.ndarray | None) -> Out
     if time_limit is not None:
         h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
     h.passModel(lp)
-    if start is not None:
+    if start is not None and _USE_START:
         sol = highspy.HighsSolution()
         sol.col_value = lay.columns_of(np.asarray(start)).tolist()
         h.setSolution(sol)
