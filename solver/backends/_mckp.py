@@ -31,6 +31,7 @@ from solver.backends._ilp import FEAS_REL
 from solver.backends.base import Backend, Outcome
 
 OBJ_REL = 1e-10
+COST_REL = 1e-12  # costs closer than this (relative to the largest) are equal for the hull's base
 CORE_DP = True  # False restores the pure branch and bound (kept for the benchmark's comparison)
 
 
@@ -42,7 +43,14 @@ class _Hull:
         rows = np.arange(n)
         c = np.where(valid, cost, np.inf)
         d = np.where(valid, obj, np.inf)
-        cur = np.lexsort((d, c), axis=-1)[:, 0]
+        # The base is the least-damage option among those as cheap as the cheapest up to rounding:
+        # costs of merged (tied) units are sums, so "equal" costs can differ in the last bit, and a
+        # budget check with slack would then see a better plan at the base's own cost.
+        finite = np.abs(c[np.isfinite(c)])
+        tol = COST_REL * (float(finite.max()) if finite.size else 0.0)
+        cheapest = c.min(axis=1, keepdims=True)
+        near = valid & (c <= cheapest + tol)
+        cur = np.where(near, d, np.inf).argmin(axis=1)
         vertices = np.empty((n, width), dtype=np.intp)
         vertices[:, 0] = cur
         prev_eff = np.full(n, np.inf)

@@ -107,3 +107,22 @@ def test_frontier_rejects_bad_arguments():
         frontier(problem, "bops", 5)
     with pytest.raises(InfeasibleBudget):
         frontier(problem, "bytes", 5, budgets=[Budget("latency_ms", 0.0)])
+
+
+def test_hull_base_takes_the_best_of_equal_costs_up_to_rounding():
+    """Tied units' costs are sums: 0.2 + 0.5 and 0.3 + 0.4 differ in the last bit. The hull's first
+    vertex must still be the least damage at that cost (found by a random search)."""
+    from solver import Option, Problem, Unit
+
+    units = (
+        Unit("u0", 1, (Option("c0", 0.0, {"bytes": 0.2}), Option("c3", 0.1, {"bytes": 0.30000000000000004}))),
+        Unit("u1", 1, (Option("c2", -0.1, {"bytes": 0.30000000000000004}),)),
+        Unit("u2", 1, (Option("c1", -0.5, {"bytes": 0.30000000000000004}), Option("c3", -0.4, {"bytes": 0.4}),
+                       Option("c0", 0.1, {"bytes": 0.5}), Option("c2", -0.1, {"bytes": 0.6000000000000001}))),
+    )
+    problem = Problem(units, ties=(("u0", "u2"),))
+    hull = lower_convex_hull(problem, "bytes")
+    for plan in hull:
+        budget = [Budget("bytes", plan.costs["bytes"])]
+        assert abs(plan.damage - brute_force(problem, budget)) <= damage_tol(problem)
+    assert hull[0].damage == pytest.approx(-0.4)
