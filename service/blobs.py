@@ -78,3 +78,13 @@ class BlobStore:
     @staticmethod
     def discard(staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)
+
+    def unpacked(self, sha256: str, archive: Path | None = None) -> Path:
+        """A zipped model directory unpacked beside the store (once per content), for loaders that need a folder."""
+        from service.uploads import unpack_hf
+
+        return unpack_hf(archive or self.path_for(sha256), self.root.parent / "unpacked" / sha256)
+
+    def model_path(self, sha256: str, fmt: str) -> Path:
+        """Where a job finds a stored model: the blob itself, or its unpacked folder for HF directories."""
+        return self.unpacked(sha256) if fmt == "hf" else self.path_for(sha256)

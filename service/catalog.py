@@ -9,9 +9,6 @@ from typing import Any
 
 from service.errors import InvalidInput
 
-# Metrics that need no calibration data; every other metric is data-driven.
-DATA_FREE_METRICS = frozenset({"mse"})
-
 
 def check_candidates(names: list[str] | None) -> list[str]:
     from workers.quantizers import DEFAULT_CANDIDATES, parse_candidates
@@ -25,16 +22,17 @@ def check_candidates(names: list[str] | None) -> list[str]:
 
 
 def check_metric(name: str, *, has_dataset: bool) -> None:
-    from workers.metrics import metric_names
+    from workers.metrics import metric_names, metric_needs_data
 
     if name not in metric_names():
         raise InvalidInput("metric", f"unknown metric {name!r}; valid: {', '.join(metric_names())}")
-    if not has_dataset and name not in DATA_FREE_METRICS:
+    if not has_dataset and metric_needs_data(name):
         raise InvalidInput("dataset_id", f"the {name} metric needs calibration data: upload a dataset and pass its id")
 
 
 _LAYER_STATS = ("mean", "ci_halfwidth", "samples", "converged")
-_PROVENANCE = ("statistic", "loss", "calibration_samples", "seed", "timings", "candidates", "version")
+_PROVENANCE = ("statistic", "loss", "calibration_samples", "seed", "timings", "candidates", "version", "groups",
+               "ties")
 
 
 def table_view(table: dict[str, Any]) -> dict[str, Any]:
@@ -51,4 +49,5 @@ def table_view(table: dict[str, Any]) -> dict[str, Any]:
         layers.append({"layer": row["name"], "kind": row["kind"], "weights": row["weights"],
                        "statistics": stats, "candidates": cells})
     provenance = {k: table[k] for k in _PROVENANCE if k in table}
+    provenance.update(table.get("provenance") or {})
     return {"layers": layers, "provenance": provenance}

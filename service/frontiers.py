@@ -36,13 +36,27 @@ def _point(problem: Problem, plan: Plan, index: dict[str, int], **extra: Any) ->
     return out
 
 
+def _thin(plans: list[Plan], cost: str, *, limit: int) -> list[Plan]:
+    """At most `limit` hull vertices, evenly spread in cost, ends kept: the hull of a 500-layer model
+    has thousands of vertices, more than a chart can show and most of a response's bytes."""
+    if len(plans) <= limit:
+        return plans
+    lo, hi = plans[0].costs[cost], plans[-1].costs[cost]
+    picked, next_at, step = [], lo, (hi - lo) / (limit - 1)
+    for plan in plans:
+        if plan.costs[cost] >= next_at or plan is plans[-1]:
+            picked.append(plan)
+            next_at = plan.costs[cost] + step
+    return picked
+
+
 def compute_frontier(problem: Problem, *, cost: str, points: int, backend: str = "auto") -> dict[str, Any]:
     """Exact frontier over `points` budgets of `cost`, its convex hull and reference baselines."""
     started = time.perf_counter()
     cands = _candidates(problem)
     index = {c: i for i, c in enumerate(cands)}
     front = frontier(problem, cost=cost, points=points, backend=backend)
-    hull = lower_convex_hull(problem, cost)
+    hull = _thin(lower_convex_hull(problem, cost), cost, limit=2 * points)
     baselines = [
         _point(problem, plan, index, name=f"uniform {cand}")
         for cand, plan in sorted(uniform_plans(problem).items(), key=lambda kv: -kv[1].costs.get(cost, 0.0))

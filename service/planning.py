@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from service.errors import InvalidInput
@@ -19,13 +20,14 @@ _cache: OrderedDict[str, Problem] = OrderedDict()
 _lock = threading.Lock()
 
 
-def problem_for(analysis_id: str, problem_dict: dict[str, Any]) -> Problem:
-    """The parsed problem of an analysis; analyses never change once succeeded, so caching by id is safe."""
+def problem_for(analysis_id: str, problem_dict: Callable[[], dict[str, Any]]) -> Problem:
+    """The parsed problem of an analysis; analyses never change once succeeded, so caching by id is
+    safe. `problem_dict` is called only on a cache miss (it loads a large deferred column)."""
     with _lock:
         if analysis_id in _cache:
             _cache.move_to_end(analysis_id)
             return _cache[analysis_id]
-    problem = problem_from_dict(problem_dict)
+    problem = problem_from_dict(problem_dict())
     with _lock:
         _cache[analysis_id] = problem
         while len(_cache) > _CACHE_SIZE:

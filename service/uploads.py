@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import stat
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -34,13 +37,21 @@ class TensorInfo:
 
 
 def sniff_format(path: Path) -> str:
-    """'pt2' for a zip archive, 'safetensors' for a plausible safetensors file, else 'unknown'."""
+    """'zip' for a zip archive (.pt2, .npz, a zipped HF directory), 'safetensors' for a plausible
+    safetensors file, 'text' for UTF-8 text, else 'unknown'."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(9)
+        head = f.read(4096)
     if head[:4] == b"PK\x03\x04":
-        return "pt2"
-    if len(head) == 9 and head[8:9] == b"{":
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < min(size, MAX_HEADER + 1):
         return "safetensors"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = head[: exc.start].decode("utf-8") if exc.start > len(head) - 4 else None
+    if text is not None and text.strip() and "\x00" not in text:
+        return "text"
     return "unknown"
 
 
@@ -121,7 +132,59 @@ def check_zip(path: Path, *, field: str = "file", max_members: int = 10_000, max
             if bad is not None:
                 raise InvalidInput(field, f"archive member {bad!r} is corrupt")
     except zipfile.BadZipFile as exc:
-        raise InvalidInput(field, f"not a valid .pt2 archive: {exc}") from exc
+        raise InvalidInput(field, f"not a valid zip archive: {exc}") from exc
+
+
+def _hf_root(names: list[str]) -> str | None:
+    """The folder inside an archive that holds config.json ('' for the top), if it is a HF directory."""
+    for name in names:
+        parts = Path(name).parts
+        if parts and parts[-1] == "config.json" and len(parts) <= 2:
+            return "" if len(parts) == 1 else parts[0]
+    return None
+
+
+def zip_kind(path: Path) -> str:
+    """'hf' for a zipped Hugging Face model directory (config.json + *.safetensors), else 'pt2'."""
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    root = _hf_root(names)
+    if root is None:
+        return "pt2"
+    prefix = f"{root}/" if root else ""
+    if not any(n.startswith(prefix) and n.endswith(".safetensors") for n in names):
+        raise InvalidInput("file", "a Hugging Face model archive needs *.safetensors weights beside config.json "
+                                   "(pickled .bin weights are refused)")
+    return "hf"
+
+
+def unpack_hf(archive: Path, dest: Path) -> Path:
+    """Unpack a checked HF archive once into `dest` (atomically) and return the folder with config.json.
+
+    Symlinks and special files are skipped, so nothing inside can point outside `dest`.
+    """
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                mode = (info.external_attr >> 16) & 0o170000
+                if info.is_dir() or mode not in (0, stat.S_IFREG):
+                    continue
+                target = tmp.joinpath(*Path(info.filename).parts)
+                if tmp.resolve() not in target.resolve().parents:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process unpacked the same archive first
+            shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        root = _hf_root(zf.namelist())
+    return dest / root if root else dest
 
 
 def check_dataset(tensors: dict[str, TensorInfo], *, field: str = "file") -> tuple[int, tuple[int, ...], str, bool]:
@@ -143,3 +206,52 @@ def check_dataset(tensors: dict[str, TensorInfo], *, field: str = "file") -> tup
         if targets.dtype not in INT_DTYPES | FLOAT_DTYPES:
             raise InvalidInput(field, f"targets: unsupported dtype {targets.dtype}")
     return inputs.shape[0], inputs.shape[1:], inputs.dtype, targets is not None
+
+
+def check_npz(path: Path, *, field: str = "file") -> tuple[int, tuple[int, ...], str, bool]:
+    """An .npz with `inputs` and optional `targets`. Read with allow_pickle=False: object arrays refused."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            tensors = {}
+            for name in data.files:
+                arr = data[name]
+                kind = {"f": "F32", "i": "I64", "u": "U64", "b": "BOOL"}.get(arr.dtype.kind)
+                if kind is None:
+                    raise InvalidInput(field, f"array {name!r}: unsupported dtype {arr.dtype}")
+                tensors[name] = TensorInfo(kind, tuple(arr.shape))
+    except InvalidInput:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInput(field, f"not a readable .npz of plain arrays: {exc}") from exc
+    return check_dataset(tensors, field=field)
+
+
+def check_text(path: Path, *, field: str = "file", max_line_bytes: int = 10 * 1024 * 1024) -> int:
+    """Text calibration: JSONL with a string "text" per line, or plain lines. Returns the document count."""
+    docs = 0
+    jsonl = None
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if len(raw) > max_line_bytes:
+                raise InvalidInput(field, f"line {number} is longer than {max_line_bytes} bytes")
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(field, f"line {number} is not UTF-8 text") from exc
+            if not line:
+                continue
+            if jsonl is None:
+                jsonl = line.startswith("{")
+            if jsonl:
+                try:
+                    doc = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InvalidInput(field, f"line {number}: not JSON ({exc.msg})") from exc
+                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                    raise InvalidInput(field, f'line {number}: a JSONL document needs a string "text" field')
+            docs += 1
+    if docs == 0:
+        raise InvalidInput(field, "the text file holds no documents")
+    return docs

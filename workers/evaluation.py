@@ -148,14 +148,15 @@ def apply_plan(model: nn.Module, assignment: Mapping[str, str], *, inplace: bool
     from workers.quantizers import parse_candidate
 
     target = model if inplace else copy.deepcopy(model)
-    layers = {info.name: weight for info, weight in find_layers(target)}
+    layers = {info.name: (info, weight) for info, weight in find_layers(target)}
     unknown = sorted(set(assignment) - set(layers))
     if unknown:
         raise ValueError(f"assignment: layer {unknown[0]!r} is not a quantizable layer of this model")
     with torch.no_grad():
         for name, candidate in assignment.items():
-            weight = layers[name]
-            weight.copy_(parse_candidate(candidate).quantize(weight).to(weight.dtype))
+            info, weight = layers[name]
+            # info.quantize rounds per output channel even where the layout is transposed (HF Conv1D)
+            weight.copy_(info.quantize(parse_candidate(candidate), weight).to(weight.dtype))
     return target
 
 
@@ -176,7 +177,9 @@ class Evaluator:
             self.model.eval()
         except NotImplementedError:  # exported GraphModules keep their mode
             pass
-        self.layers = {info.name: weight for info, weight in find_layers(self.model)}
+        found = find_layers(self.model)
+        self.layers = {info.name: weight for info, weight in found}
+        self._infos = {info.name: info for info, _ in found}
         if not self.layers:
             raise AnalysisError("model: no quantizable layer found (Linear, Conv1d, Conv2d or Embedding)")
         self._float = {name: w.detach().clone() for name, w in self.layers.items()}
@@ -198,7 +201,8 @@ class Evaluator:
         if key not in self._cache:
             from workers.quantizers import parse_candidate
 
-            self._cache[key] = parse_candidate(candidate).quantize(self._float[layer]).to(self._float[layer].dtype)
+            quantized = self._infos[layer].quantize(parse_candidate(candidate), self._float[layer])
+            self._cache[key] = quantized.to(self._float[layer].dtype)
         return self._cache[key]
 
     def evaluate(self, assignment: Mapping[str, str]) -> dict[str, float | int | str | None]:

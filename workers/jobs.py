@@ -123,11 +123,15 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
             from workers.hf import load_tokenizer
 
             tokenizer = load_tokenizer(source.path)
+        max_length = analysis_options["max_length"]
+        positions = _max_positions(model)
+        if positions is not None and (max_length is None or max_length > positions):
+            max_length = positions  # longer windows would index past the position embeddings
         calibration = load_calibration(
             dataset_path,
             batch_size=analysis_options["batch_size"],
             max_samples=analysis_options["max_samples"],
-            max_length=analysis_options["max_length"],
+            max_length=max_length,
             token_ids=source.format == "hf",
             tokenizer=tokenizer,
             causal_lm=bool(getattr(model, "bitplan_causal_lm", False)),
@@ -159,3 +163,13 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
     )
     timings["total_s"] = time.perf_counter() - total_started
     return {**table.to_dict(), "seed": seed, "timings": timings}
+
+
+def _max_positions(model) -> int | None:
+    """The longest sequence a HF model's position embeddings allow, when its config says."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -19,7 +19,7 @@ class ModelOut(BaseModel):
     id: str
     name: str
     sha256: str
-    format: Literal["safetensors", "pt2"]
+    format: Literal["safetensors", "pt2", "hf"]
     architecture: str | None
     hyperparams: dict[str, Any] | None
     size_bytes: int

@@ -108,8 +108,9 @@ class AnalysisRecord(JobColumns, Base):
     metric: Mapped[str] = mapped_column(String(50))
     options: Mapped[dict[str, Any]]
     seed: Mapped[int] = mapped_column(Integer)
-    table: Mapped[dict[str, Any] | None]
-    problem: Mapped[dict[str, Any] | None]
+    # Large JSON, loaded only when read: status polls and cached re-solves never pay for them.
+    table: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
+    problem: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
 
 
 class PlanRecord(Base):

@@ -79,7 +79,7 @@ def model_source(model, blobs) -> dict:
     """The JSON model source a workers job loads: format, where the bytes are, the architecture spec."""
     return {
         "format": model.format,
-        "path": str(blobs.path_for(model.sha256)),
+        "path": str(blobs.model_path(model.sha256, model.format)),
         "architecture": model.architecture,
         "hyperparams": model.hyperparams,
     }

@@ -64,7 +64,8 @@ class LossDelta(Metric):
                 deltas: dict[str, float] = {}
                 try:
                     for q in ctx.candidates:
-                        weight.copy_(q.quantize(original.to(torch.float32)).to(weight.dtype))
+                        # info.quantize rounds in output-channel orientation (HF Conv1D stores weights transposed)
+                        weight.copy_(info.quantize(q, original).to(weight.dtype))
                         deltas[q.name] = _total(loss) - base
                         weight.copy_(original)
                         done += 1

@@ -90,7 +90,7 @@ async def create_plan(
     analysis_id: str, body: PlanIn, response: Response, session: Session = Depends(get_session)
 ) -> PlanOut:
     rec = succeeded_analysis(session, analysis_id)
-    problem = planning.problem_for(rec.id, rec.problem)
+    problem = planning.problem_for(rec.id, lambda: rec.problem)
     budget = body.budget.model_dump(exclude_none=True)
     budgets = planning.budgets_from(problem, budget)
     plan = await run_in_threadpool(
@@ -110,5 +110,5 @@ async def create_plan(
 @router.get("/{analysis_id}/plans", response_model=list[PlanOut])
 def list_plans(analysis_id: str, session: Session = Depends(get_session)) -> list[PlanOut]:
     rec = succeeded_analysis(session, analysis_id)
-    problem = planning.problem_for(rec.id, rec.problem)
+    problem = planning.problem_for(rec.id, lambda: rec.problem)
     return [plan_out(p, problem) for p in store.list_plans(session, analysis_id=analysis_id)]

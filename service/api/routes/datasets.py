@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from service import store
@@ -13,7 +14,7 @@ from service.blobs import BlobStore
 from service.config import Settings
 from service.db.models import DatasetRecord
 from service.errors import InvalidInput
-from service.uploads import check_dataset, read_safetensors_header, sniff_format
+from service.uploads import check_dataset, check_npz, check_text, read_safetensors_header, sniff_format
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -28,7 +29,7 @@ def dataset_out(rec: DatasetRecord) -> DatasetOut:
 
 @router.post("", status_code=201, response_model=DatasetOut)
 async def upload_dataset(
-    file: UploadFile = File(..., description="safetensors with 'inputs' [N, ...] and optional 'targets' [N]"),
+    file: UploadFile = File(..., description="safetensors or .npz with 'inputs' [N, ...] and optional 'targets' [N, ...]; or text (JSONL / lines)"),
     name: str | None = Form(None, max_length=200),
     settings: Settings = Depends(get_settings),
     blobs: BlobStore = Depends(get_blobs),
@@ -36,9 +37,17 @@ async def upload_dataset(
 ) -> DatasetOut:
     staged = await stage_upload(file, blobs, settings)
     try:
-        if sniff_format(staged.path) != "safetensors":
-            raise InvalidInput("file", "expected a safetensors file with tensors 'inputs' and optional 'targets'")
-        samples, shape, dtype, has_targets = check_dataset(read_safetensors_header(staged.path))
+        kind = sniff_format(staged.path)
+        if kind == "safetensors":
+            samples, shape, dtype, has_targets = check_dataset(read_safetensors_header(staged.path))
+        elif kind == "zip":
+            samples, shape, dtype, has_targets = await run_in_threadpool(check_npz, staged.path)
+        elif kind == "text":
+            # Tokenized by the model's own tokenizer in the job; "text" marks it for people and the API.
+            samples, shape, dtype, has_targets = await run_in_threadpool(check_text, staged.path), (), "text", False
+        else:
+            raise InvalidInput("file", "expected safetensors or .npz with 'inputs' (and optional 'targets'), "
+                                       "or text: JSONL with a \"text\" field per line, or plain lines")
     except BaseException:
         blobs.discard(staged)
         raise

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.jobs.child import model_source
 from service import evaluations, exports, store
 from service.api.deps import get_session
 from service.db.models import AnalysisRecord
@@ -31,12 +32,7 @@ def export_plan(
     analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
     model = store.get_model(session, model_id=analysis.model_id)
     settings = request.app.state.settings
-    source = {
-        "format": model.format,
-        "path": str(request.app.state.blobs.path_for(model.sha256)),
-        "architecture": model.architecture,
-        "hyperparams": model.hyperparams,
-    }
+    source = model_source(model, request.app.state.blobs)
     exported = exports.export_plan(
         settings, fmt=format, table=analysis.table, assignment=dict(rec.assignment), model=source
     )

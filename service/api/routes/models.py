@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -17,7 +19,7 @@ from service.config import Settings
 from service.db.models import ModelRecord
 from service.errors import InvalidInput
 from service.inspection import inspect_upload
-from service.uploads import check_zip, read_safetensors_header, sniff_format
+from service.uploads import check_zip, read_safetensors_header, sniff_format, unpack_hf, zip_kind
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -65,17 +67,24 @@ async def upload_model(
             if architecture is None:
                 raise InvalidInput("spec", "a safetensors upload needs an architecture spec")
             read_safetensors_header(staged.path)
-        elif fmt == "pt2":
-            if not settings.allow_code_formats:
-                raise InvalidInput("file", ".pt2 archives run code when loaded; this server has them switched off")
-            if architecture is not None:
-                raise InvalidInput("spec", "a .pt2 archive carries its own architecture; leave spec out")
+        elif fmt == "zip":
             await run_in_threadpool(check_zip, staged.path, max_total_bytes=settings.max_unpacked_bytes)
+            fmt = zip_kind(staged.path)
+            if architecture is not None:
+                raise InvalidInput("spec", f"a {'.pt2 archive' if fmt == 'pt2' else 'Hugging Face directory'} "
+                                           "carries its own architecture; leave spec out")
+            if fmt == "pt2" and not settings.allow_code_formats:
+                raise InvalidInput("file", ".pt2 archives run code when loaded; this server has them switched off")
         else:
-            raise InvalidInput("file", "unrecognised file type: expected safetensors or a torch.export .pt2 (zip)")
-        layers = await run_in_threadpool(
-            inspect_upload, settings, path=staged.path, fmt=fmt, architecture=architecture, hyperparams=hyperparams
-        )
+            raise InvalidInput("file", "unrecognised file type: expected safetensors, a torch.export .pt2, or a "
+                                       "zipped Hugging Face model directory (config.json + *.safetensors)")
+        with tempfile.TemporaryDirectory(dir=staged.path.parent) as scratch:
+            path = staged.path
+            if fmt == "hf":  # the loader needs a folder; jobs unpack the stored archive again on demand
+                path = await run_in_threadpool(unpack_hf, staged.path, Path(scratch) / "model")
+            layers = await run_in_threadpool(
+                inspect_upload, settings, path=path, fmt=fmt, architecture=architecture, hyperparams=hyperparams
+            )
     except BaseException:
         blobs.discard(staged)
         raise

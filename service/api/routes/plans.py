@@ -34,4 +34,4 @@ def plan_out(rec: PlanRecord, problem: Problem) -> PlanOut:
 def get_plan(plan_id: str, session: Session = Depends(get_session)) -> PlanOut:
     rec = store.get_plan(session, plan_id=plan_id)
     analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
-    return plan_out(rec, planning.problem_for(analysis.id, analysis.problem))
+    return plan_out(rec, planning.problem_for(analysis.id, lambda: analysis.problem))
