@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from playwright.sync_api import expect
 
@@ -114,16 +115,25 @@ def test_x_axis_average_bits(page, digits_analysis):
     assert all(0 < t <= 32 for t in ticks)
 
 
-def test_measured_points_overlay_when_the_server_lists_them(page, server, digits_analysis):
-    """Feature detection: the evaluations endpoint arrives with another issue; fake its answer here."""
+def test_measured_points_and_proxy_quality_from_a_real_evaluation(page, server, digits_analysis, artifacts):
+    """A frontier evaluation measured by a real job: its points overlay the front on their own axis
+    and the rank agreement of predicted damage with measured loss shows in its own panel."""
     aid = digits_analysis["id"]
-    front = frontier_of(server, aid)
-    evaluations = [{"id": f"e{i}", "costs": p["costs"], "average_bits": p["average_bits"], "loss": 0.1 + i / 100}
-                   for i, p in enumerate(front["points"][:3])]
-    page.route(f"**/v1/analyses/{aid}/evaluations", lambda route: route.fulfill(json=evaluations))
+    with server.client() as http:
+        r = http.post(f"/v1/analyses/{aid}/frontier/evaluations",
+                      json={"dataset_id": digits_analysis["dataset"]["id"], "k": 3, "points": 20})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 180
+        while (ev := http.get(f"/v1/evaluations/{r.json()['id']}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert ev["status"] == "succeeded", ev["error"]
     open_analysis(page, aid)
     expect(page.locator("#chart .pts.s-measured .pt")).to_have_count(3)
     expect(page.locator("#legend")).to_contain_text("Measured loss")
+    expect(page.locator("#proxy")).to_be_visible()
+    expect(page.locator("#proxy-table")).to_contain_text("plan damage vs measured loss")
+    page.screenshot(path=str(artifacts / "analysis-digits-measured.png"), full_page=True)
 
 
 def test_plan_export_downloads_when_the_server_has_exports(page, server, digits_analysis):

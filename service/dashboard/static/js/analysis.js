@@ -6,7 +6,7 @@
 import { api, ApiError, request } from "./api.js";
 import {
   FRONT_POINTS, axisFormat, axisOptions, buildChart, compareSummary, formatBytes, formatCount, formatSci,
-  heatStrips, layerRows, planLabel, ramp, selectionDocument, selectionFor, xValue,
+  heatStrips, layerRows, planLabel, proxyRows, ramp, selectionDocument, selectionFor, xValue,
 } from "./data.js";
 import { renderChart, renderLegend, renderStrips, showTooltip } from "./draw.js";
 import { announce, esc, saveBlob, saveJson, shortId } from "./dom.js";
@@ -146,6 +146,10 @@ function layout(root, st) {
     <div id="summary"></div>
     <div id="strips" class="strips"></div>
     <div class="table-wrap" id="layers"></div>
+  </section>
+  <section class="panel" id="proxy" aria-labelledby="proxy-h" hidden>
+    <h2 id="proxy-h">How well predictions rank measured truth</h2>
+    <div class="table-wrap" id="proxy-table"></div>
   </section>`;
 
   const chartHost = root.querySelector("#chart");
@@ -461,9 +465,26 @@ async function onDetailAction(root, st, e) {
 
 // ---- optional endpoints (evaluations, exports): shown only where the server has them --------
 
+/** Rank agreement of predicted damage with measured loss: per metric (vs loss_delta) and per
+ *  measured frontier (plan damage vs measured loss). Hidden until something measured exists. */
+function renderProxyQuality(root, proxy) {
+  const panel = root.querySelector("#proxy");
+  if (!panel || !proxy) return;
+  const rows = proxyRows(proxy);
+  if (!rows.length) return;
+  const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(3) : "–");
+  root.querySelector("#proxy-table").innerHTML = `<table class="proxy"><thead><tr><th scope="col">what is ranked</th>
+    <th scope="col">Spearman ρ</th><th scope="col">Kendall τ-b</th><th scope="col">n</th></tr></thead><tbody>
+    ${rows.map((r) => `<tr><td>${esc(r.label)}</td><td>${num(r.spearman)}</td><td>${num(r.kendall)}</td>
+      <td>${esc(String(r.n ?? "–"))}</td></tr>`).join("")}</tbody></table>`;
+  panel.hidden = false;
+}
+
 async function detectOptional(root, st) {
-  const [evaluations, openapi] = await Promise.all([api.evaluations(st.id).catch(() => null), api.openapi()]);
+  const [evaluations, openapi, proxy] = await Promise.all([
+    api.evaluations(st.id).catch(() => null), api.openapi(), api.proxyQuality(st.id).catch(() => null)]);
   if (st.stopped) return;
+  renderProxyQuality(root, proxy);
   const list = evaluations && (Array.isArray(evaluations) ? evaluations : evaluations.evaluations || evaluations.items);
   const exportPath = openapi && openapi.paths && openapi.paths["/v1/plans/{plan_id}/export"];
   let formats = null;

@@ -71,5 +71,8 @@ export const api = {
   createPlan: (id, budget) =>
     request(`/v1/analyses/${encodeURIComponent(id)}/plans`, { method: "POST", body: { budget }, idempotent: true }),
   evaluations: (id) => optional(`/v1/analyses/${encodeURIComponent(id)}/evaluations`),
+  // 409 until something measured exists to rank against: treated like an absent endpoint.
+  proxyQuality: (id) => optional(`/v1/analyses/${encodeURIComponent(id)}/proxy-quality`)
+    .catch((err) => { if (err instanceof ApiError && err.status === 409) return null; throw err; }),
   openapi: () => fetch("/openapi.json").then((r) => (r.ok ? r.json() : null)).catch(() => null),
 };

@@ -174,15 +174,23 @@ function buildMeasured(evaluations, axis, plans) {
   const byPlan = new Map(plans.map((p) => [p.id, p]));
   const points = [];
   let key = null;
+  // One item per measured point: an evaluation lists its measured points (the plan or frontier
+  // points, plus baselines at the same bytes); an older shape carried one value on the evaluation.
+  const items = [];
   evaluations.forEach((ev, i) => {
-    const m = measuredValue(ev);
-    const src = (ev.plan_id && byPlan.get(ev.plan_id)) || ev;
+    if (Array.isArray(ev.points) && ev.points.length) {
+      ev.points.forEach((pt) => items.push({ src: pt, m: measuredValue(pt), label: `Measured ${pt.source || "point"}` }));
+    } else {
+      items.push({ src: (ev.plan_id && byPlan.get(ev.plan_id)) || ev, m: measuredValue(ev), label: `Measured ${i + 1}` });
+    }
+  });
+  items.forEach(({ src, m, label }, i) => {
     const x = xValue(axis, src);
     if (!m || !Number.isFinite(x)) return;
     key = key || m.key;
     if (m.key !== key) return;
-    points.push({ id: `measured:${i}`, x, y: m.value, label: `Measured ${i + 1}`, series: "measured", index: i,
-                  totals: [[`measured ${m.key}`, formatSci(m.value)], ...totals(src, src.damage ?? src.predicted_damage ?? NaN).slice(1)] });
+    points.push({ id: `measured:${i}`, x, y: m.value, label, series: "measured", index: i,
+                  totals: [[`measured ${m.key}`, formatSci(m.value)], ...totals(src, src.damage ?? src.predicted_damage ?? NaN)] });
   });
   if (points.length === 0) return null;
   points.sort((a, b) => a.x - b.x);
@@ -323,4 +331,19 @@ export function compareSummary(selections) {
       ? (values[1] - values[0]) / Math.abs(values[0]) : null;
     return { label, values: values.map((v) => (v === undefined ? "–" : fmt(v))), delta };
   });
+}
+
+/** Rows of the proxy-quality panel from GET /v1/analyses/{id}/proxy-quality (plain data, no DOM). */
+export function proxyRows(proxy) {
+  const rows = [];
+  for (const [metric, stats] of Object.entries(proxy.metrics || {})) {
+    const all = stats.pairs || stats;
+    rows.push({ label: `${metric}: layer damage vs measured loss_delta`, spearman: all.spearman,
+                kendall: all.kendall_tau_b ?? all.kendall, n: all.n });
+  }
+  for (const fe of proxy.frontier_evaluations || []) {
+    rows.push({ label: `plan damage vs measured loss, ${fe.points_requested}-point front (${fe.cost})`,
+                spearman: fe.spearman, kendall: fe.kendall_tau_b, n: fe.n });
+  }
+  return rows;
 }
