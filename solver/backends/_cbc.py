@@ -9,10 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from solver._model import Model
-from solver.backends._ilp import Layout, layout, violation
+from solver.backends._ilp import Layout, solve_tightened
 from solver.backends.base import Backend, Outcome
-
-_TIGHTEN_TRIES = 3
 
 
 class CbcBackend(Backend):
@@ -42,22 +40,12 @@ class CbcBackend(Backend):
         time_limit: float | None = None,
         start: np.ndarray | None = None,
     ) -> Outcome:
-        limits = dict(limits)
-        for _ in range(_TIGHTEN_TRIES):
-            lay = layout(model, objective, limits)
-            if lay is None:
-                return Outcome(None, "infeasible", float("inf"))
+        def run(lay: Layout, first: bool) -> Outcome:
             with warnings.catch_warnings():  # PuLP 3 flags its 4.0 API changes on every variable
                 warnings.simplefilter("ignore", DeprecationWarning)
-                out = _run(lay, time_limit)
-            if out.choice is None:
-                return out
-            over = violation(model, out.choice, limits)
-            if not over:
-                return out
-            for name, excess in over.items():
-                limits[name] -= 2 * excess
-        return Outcome(None, "infeasible", float("inf"))
+                return _run(lay, time_limit)
+
+        return solve_tightened(model, objective, limits, run)
 
 
 def _build(lay: Layout, *, relax: bool):

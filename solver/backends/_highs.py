@@ -8,10 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from solver._model import Model
-from solver.backends._ilp import Layout, layout, violation
+from solver.backends._ilp import Layout, solve_tightened
 from solver.backends.base import Backend, Outcome
-
-_TIGHTEN_TRIES = 3
 
 
 class HighsBackend(Backend):
@@ -32,22 +30,10 @@ class HighsBackend(Backend):
         time_limit: float | None = None,
         start: np.ndarray | None = None,
     ) -> Outcome:
-        limits = dict(limits)
-        for _ in range(_TIGHTEN_TRIES):
-            lay = layout(model, objective, limits)
-            if lay is None:
-                return Outcome(None, "infeasible", float("inf"))
-            out = _run(lay, time_limit, start)
-            if out.choice is None:
-                return out
-            over = violation(model, out.choice, limits)
-            if not over:
-                return out
-            # A solver tolerance let a plan slightly over a limit through: tighten and solve again.
-            for name, excess in over.items():
-                limits[name] -= 2 * excess
-            start = None
-        return Outcome(None, "infeasible", float("inf"))
+        # After a tightening the old plan no longer fits: warm-start only the first try.
+        return solve_tightened(
+            model, objective, limits, lambda lay, first: _run(lay, time_limit, start if first else None)
+        )
 
 
 # HiGHS 1.16 can report a warm-start plan as optimal when a better one exists (a 4-unit table in

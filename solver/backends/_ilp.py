@@ -8,15 +8,17 @@ tolerances act relatively.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from solver._model import Model
+from solver.backends.base import Outcome
 from solver.errors import SolverError
 
 FEAS_REL = 1e-10
+TIGHTEN_TRIES = 3
 
 
 def fits(total: float, limit: float) -> bool:
@@ -107,3 +109,27 @@ def violation(model: Model, choice: np.ndarray, limits: Mapping[str, float]) -> 
     """Limits a choice exceeds (beyond rounding), with the excess."""
     _, totals = model.totals(choice)
     return {n: totals[n] - lim for n, lim in limits.items() if not fits(totals[n], lim)}
+
+
+def solve_tightened(
+    model: Model,
+    objective: np.ndarray,
+    limits: Mapping[str, float],
+    run: Callable[[Layout, bool], Outcome],
+) -> Outcome:
+    """Lay the ILP out and `run(layout, first_try)` it; when a solver tolerance lets a plan slightly
+    over a limit through, tighten that limit by twice the excess and solve again (a few tries)."""
+    limits = dict(limits)
+    for attempt in range(TIGHTEN_TRIES):
+        lay = layout(model, objective, limits)
+        if lay is None:
+            return Outcome(None, "infeasible", float("inf"))
+        out = run(lay, attempt == 0)
+        if out.choice is None:
+            return out
+        over = violation(model, out.choice, limits)
+        if not over:
+            return out
+        for name, excess in over.items():
+            limits[name] -= 2 * excess
+    return Outcome(None, "infeasible", float("inf"))
