@@ -38,7 +38,7 @@ import numpy as np
 
 from solver._model import Model
 from solver.backends._ilp import FEAS_REL
-from solver.backends.base import Backend, Outcome
+from solver.backends.base import Backend, Outcome, single_budget
 
 MAX_TABLE_BYTES = 256 * 2**20
 MAX_WORK = 6e8  # element operations per pass; about a second of numpy on one core
@@ -251,13 +251,7 @@ class DpBackend(Backend):
     ) -> Outcome:
         from solver.backends._mckp import Knapsack
 
-        if len(limits) > 1:
-            raise ValueError("the dp back-end takes at most one budget")
-        if limits:
-            (name, limit), = limits.items()
-            cost = model.cost(name)
-        else:
-            cost, limit = np.zeros(model.valid.shape), 0.0
+        cost, limit = single_budget(model, limits, "dp")
         status, choice = solve_budget(cost, objective, model.valid, limit)
         if status == "optimal":
             value = float(objective[np.arange(choice.size), choice].sum())

@@ -28,7 +28,7 @@ import numpy as np
 from solver._model import Model
 from solver.backends import _lattice, _pareto
 from solver.backends._ilp import FEAS_REL
-from solver.backends.base import Backend, Outcome
+from solver.backends.base import Backend, Outcome, single_budget
 
 OBJ_REL = 1e-10
 COST_REL = 1e-12  # costs closer than this (relative to the largest) are equal for the hull's base
@@ -362,11 +362,5 @@ class MckpBackend(Backend):
         time_limit: float | None = None,
         start: np.ndarray | None = None,
     ) -> Outcome:
-        if len(limits) > 1:
-            raise ValueError("the mckp back-end takes at most one budget")
-        if limits:
-            (name, limit), = limits.items()
-            cost = model.cost(name)
-        else:
-            cost, limit = np.zeros(model.valid.shape), 0.0
+        cost, limit = single_budget(model, limits, "mckp")
         return Knapsack(cost, objective, model.valid).solve(limit, time_limit=time_limit, start=start)

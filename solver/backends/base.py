@@ -57,3 +57,14 @@ class Backend(ABC):
 
     def applies(self, n_budgets: int) -> bool:
         return self.max_budgets is None or n_budgets <= self.max_budgets
+
+
+def single_budget(model: Model, limits: Mapping[str, float], backend: str) -> tuple[np.ndarray, float]:
+    """The one limited cost and its limit for a back-end that takes at most one budget (no budget:
+    a zero cost under a zero limit)."""
+    if len(limits) > 1:
+        raise ValueError(f"the {backend} back-end takes at most one budget")
+    if limits:
+        (name, limit), = limits.items()
+        return model.cost(name), limit
+    return np.zeros(model.valid.shape), 0.0
