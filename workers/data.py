@@ -61,19 +61,8 @@ class Calibration:
                 raise DatasetError("inputs: contains NaN or infinite values")
             self.inputs = self.inputs.to(torch.float32)
         if self.targets is not None:
-            t = self.targets
-            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-                raise DatasetError(f"targets: must be integer class indices, got {t.dtype}")
-            if t.dim() < 1 or t.shape[0] != self.inputs.shape[0]:
-                raise DatasetError(
-                    f"targets: first dimension {list(t.shape)[:1]} must equal the number of inputs"
-                    f" {self.inputs.shape[0]}"
-                )
-            if (t < 0).any():
-                raise DatasetError("targets: class indices must be ≥ 0")
-            self.targets = t.to(torch.long)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"options.batch_size: must be a positive integer, got {self.batch_size!r}")
+            self.targets = check_targets(self.targets, self.samples)
+        check_batch_size(self.batch_size)
 
     @property
     def samples(self) -> int:
@@ -87,15 +76,42 @@ class Calibration:
         return self
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for start in range(0, self.samples, self.batch_size):
-            stop = start + self.batch_size
-            yield self.inputs[start:stop], None if self.targets is None else self.targets[start:stop]
+        yield from batches(self.inputs, self.targets, self.batch_size)
 
     def __len__(self) -> int:
         return -(-self.samples // self.batch_size)
 
 
-def _positive(name: str, value: Any) -> int | None:
+def check_targets(t: torch.Tensor, samples: int, *, ignore_index: int | None = None) -> torch.Tensor:
+    """Integer class indices, one row per input sample, ≥ 0 (or equal to `ignore_index` where one is
+    given); as int64."""
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise DatasetError(f"targets: must be integer class indices, got {t.dtype}")
+    if t.dim() < 1 or t.shape[0] != samples:
+        raise DatasetError(f"targets: first dimension {list(t.shape)[:1]} must equal the number of inputs {samples}")
+    if ignore_index is None:
+        if (t < 0).any():
+            raise DatasetError("targets: class indices must be ≥ 0")
+    elif ((t < 0) & (t != ignore_index)).any():
+        raise DatasetError(f"targets: class indices must be ≥ 0 (or {ignore_index} to ignore a position)")
+    return t.to(torch.long)
+
+
+def check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"options.batch_size: must be a positive integer, got {batch_size!r}")
+
+
+def batches(
+    inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(inputs, targets) in mini-batches of `batch_size` samples, the last one shorter."""
+    for start in range(0, int(inputs.shape[0]), batch_size):
+        stop = start + batch_size
+        yield inputs[start:stop], None if targets is None else targets[start:stop]
+
+
+def positive_option(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -128,14 +144,14 @@ def load_calibration(
 ) -> Calibration:
     """Read calibration data; `max_samples` keeps the first samples (the order is the file's) and
     `max_length` the first positions of each sequence (or the text window length)."""
-    max_samples = _positive("max_samples", max_samples)
-    max_length = _positive("max_length", max_length)
+    max_samples = positive_option("max_samples", max_samples)
+    max_length = positive_option("max_length", max_length)
     if not os.path.isfile(path):
         raise DatasetError(f"dataset: no such file {path!r}")
     kind = sniff(path)
     if kind == "text":
         return _load_text(path, batch_size, max_samples, max_length, tokenizer, causal_lm)
-    inputs, targets = _load_npz(path) if kind == "npz" else _load_safetensors(path)
+    inputs, targets = _load_npz(path) if kind == "npz" else read_safetensors(path)
     total = int(inputs.shape[0]) if inputs.dim() else 0
     if max_samples is not None:
         inputs = inputs[:max_samples]
@@ -158,7 +174,7 @@ def load_calibration(
     return Calibration(inputs, targets, batch_size, token_ids, provenance)
 
 
-def _load_safetensors(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def read_safetensors(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

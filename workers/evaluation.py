@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.data import batches, check_batch_size, check_targets, positive_option, read_safetensors
 from workers.errors import AnalysisError, DatasetError
+from workers.metrics._loss import output_of
 from workers.models import find_layers
 
 __all__ = ["EvaluationData", "Evaluator", "apply_plan", "evaluate_plan", "load_evaluation"]
@@ -68,19 +70,8 @@ class EvaluationData:
                 raise DatasetError("inputs: token ids must be ≥ 0")
             self.inputs = self.inputs.to(torch.long)
         if self.targets is not None:
-            t = self.targets
-            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-                raise DatasetError(f"targets: must be integer class indices, got {t.dtype}")
-            if t.dim() < 1 or t.shape[0] != self.inputs.shape[0]:
-                raise DatasetError(
-                    f"targets: first dimension {list(t.shape)[:1]} must equal the number of inputs"
-                    f" {self.inputs.shape[0]}"
-                )
-            if ((t < 0) & (t != IGNORE_INDEX)).any():
-                raise DatasetError("targets: class indices must be ≥ 0 (or -100 to ignore a position)")
-            self.targets = t.to(torch.long)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"options.batch_size: must be a positive integer, got {self.batch_size!r}")
+            self.targets = check_targets(self.targets, self.samples, ignore_index=IGNORE_INDEX)
+        check_batch_size(self.batch_size)
 
     @property
     def samples(self) -> int:
@@ -91,47 +82,22 @@ class EvaluationData:
         return not self.inputs.dtype.is_floating_point
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for start in range(0, self.samples, self.batch_size):
-            stop = start + self.batch_size
-            yield self.inputs[start:stop], None if self.targets is None else self.targets[start:stop]
+        yield from batches(self.inputs, self.targets, self.batch_size)
 
 
 def load_evaluation(path: str, *, batch_size: int = 256, max_samples: int | None = None) -> EvaluationData:
     """Read evaluation data: a safetensors file with `inputs` and optional `targets`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not os.path.isfile(path):
         raise DatasetError(f"dataset: no such file {path!r}")
-    try:
-        tensors = load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DatasetError(f"dataset: not a readable safetensors file ({exc})") from exc
-    if "inputs" not in tensors:
-        raise DatasetError(f"dataset: no tensor named 'inputs' (found: {', '.join(sorted(tensors)) or 'none'})")
-    inputs, targets = tensors["inputs"], tensors.get("targets")
-    if max_samples is not None:
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"options.max_samples: must be a positive integer, got {max_samples!r}")
+    inputs, targets = read_safetensors(path)
+    if positive_option("max_samples", max_samples) is not None:
         inputs = inputs[:max_samples]
         targets = None if targets is None else targets[:max_samples]
     return EvaluationData(inputs, targets, batch_size)
 
 
 def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    try:
-        out = model(x)
-    except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
-        raise AnalysisError(
-            f"model forward failed on an evaluation batch of shape {list(x.shape)}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
-        raise AnalysisError("model output: must be a floating-point tensor (or a tuple starting with one)")
-    if out.dim() < 2:
-        raise AnalysisError(f"model output: expected (batch, ..., classes), got shape {list(out.shape)}")
-    return out.detach().to(torch.float32)
+    return output_of(model, x, "an evaluation batch").detach().to(torch.float32)
 
 
 def _is_language_model(data: EvaluationData, x: torch.Tensor, out: torch.Tensor) -> bool:
