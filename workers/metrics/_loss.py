@@ -28,13 +28,17 @@ def model_device(model: nn.Module) -> torch.device:
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's output tensor; AnalysisError naming the batch shape when the forward fails.
     Calibration data is held on the CPU; each batch moves to the model's device here."""
-    x = x.to(model_device(model))
+    return output_of(model, x.to(model_device(model)), "a calibration batch")
+
+
+def output_of(model: nn.Module, x: torch.Tensor, batch: str) -> torch.Tensor:
+    """`model(x)` as one floating-point (batch, ..., classes) tensor (the first of a tuple); an
+    AnalysisError naming `batch` and its shape when the forward fails or gives anything else."""
     try:
         out = model(x)
     except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
         raise AnalysisError(
-            f"model forward failed on a calibration batch of shape {list(x.shape)}:"
-            f" {type(exc).__name__}: {exc}"
+            f"model forward failed on {batch} of shape {list(x.shape)}: {type(exc).__name__}: {exc}"
         ) from exc
     if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
         out = out[0]
