@@ -9,14 +9,48 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from workers.errors import AnalysisError
-from workers.metrics._loss import CalibrationLoss
+from workers.errors import AnalysisError, DatasetError
+from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss
+
+if TYPE_CHECKING:
+    from workers.metrics._base import MetricContext
 
 Z95 = 1.96
+
+
+def check_tolerance(tolerance: Any) -> None:
+    """`options.tolerance` must be a positive finite number."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not (0 < tolerance < math.inf):
+        raise ValueError(f"options.tolerance: must be a positive number, got {tolerance!r}")
+
+
+def check_positive_ints(options: Any, *names: str) -> None:
+    """Each named attribute of `options` must be an integer ≥ 1."""
+    for field_name in names:
+        value = getattr(options, field_name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"options.{field_name}: must be a positive integer, got {value!r}")
+
+
+def check_output_loss(output_loss: Any) -> None:
+    if output_loss not in OUTPUT_LOSSES:
+        raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+
+
+def calibrated_params(metric: str, ctx: MetricContext) -> list[nn.Parameter]:
+    """The layer weights of a data-driven metric's context; DatasetError without calibration data,
+    AnalysisError without a quantizable layer."""
+    if ctx.calibration is None:
+        raise DatasetError(f"dataset: the {metric} metric needs calibration data")
+    params = [p for _, p in ctx.layers]
+    if not params:
+        raise AnalysisError("model: no quantizable layer found")
+    return params
 
 
 @contextmanager

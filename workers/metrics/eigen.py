@@ -24,10 +24,20 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from workers.errors import AnalysisError, DatasetError
+from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._common import BatchedHvp, grad_only_for, perturbation, rademacher, relative
-from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss
+from workers.metrics._common import (
+    BatchedHvp,
+    calibrated_params,
+    check_output_loss,
+    check_positive_ints,
+    check_tolerance,
+    grad_only_for,
+    perturbation,
+    rademacher,
+    relative,
+)
+from workers.metrics._loss import CalibrationLoss
 
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
@@ -49,23 +59,12 @@ class Eigen(Metric):
     needs_data: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int | float) or not (
-            0 < self.tolerance < math.inf
-        ):
-            raise ValueError(f"options.tolerance: must be a positive number, got {self.tolerance!r}")
-        for field_name in ("max_iterations", "layer_chunk"):
-            value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"options.{field_name}: must be a positive integer, got {value!r}")
-        if self.output_loss not in OUTPUT_LOSSES:
-            raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+        check_tolerance(self.tolerance)
+        check_positive_ints(self, "max_iterations", "layer_chunk")
+        check_output_loss(self.output_loss)
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
-        if ctx.calibration is None:
-            raise DatasetError(f"dataset: the {self.name} metric needs calibration data")
-        params = [p for _, p in ctx.layers]
-        if not params:
-            raise AnalysisError("model: no quantizable layer found")
+        params = calibrated_params(self.name, ctx)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         vectors = [rademacher(tuple(p.shape), p.detach(), gen) for p in params]
         vectors = [v / v.norm() if v.numel() else v for v in vectors]

@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.errors import AnalysisError, DatasetError
+from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._common import Z95, grad_only_for, perturbation
-from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss, forward
+from workers.metrics._common import Z95, calibrated_params, check_output_loss, grad_only_for, perturbation
+from workers.metrics._loss import CalibrationLoss, forward
 
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
@@ -73,15 +73,10 @@ class Fisher(Metric):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"options.{field_name}: must be an integer ≥ {low}, got {value!r}")
-        if self.output_loss not in OUTPUT_LOSSES:
-            raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+        check_output_loss(self.output_loss)
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
-        if ctx.calibration is None:
-            raise DatasetError(f"dataset: the {self.name} metric needs calibration data")
-        params = [p for _, p in ctx.layers]
-        if not params:
-            raise AnalysisError("model: no quantizable layer found")
+        params = calibrated_params(self.name, ctx)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         diag = [torch.zeros(p.shape, dtype=torch.float64, device=p.device) for p in params]
         per_sample: list[list[torch.Tensor]] = [[] for _ in params]  # Σ_i g_si² per sample, for the CI

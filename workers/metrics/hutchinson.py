@@ -32,10 +32,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from workers.errors import AnalysisError, DatasetError
+from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
     BatchedHvp,
+    calibrated_params,
+    check_output_loss,
+    check_positive_ints,
+    check_tolerance,
     grad_only_for,
     mean_ci,
     pct,
@@ -43,7 +47,7 @@ from workers.metrics._common import (
     rademacher,
     relative,
 )
-from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss
+from workers.metrics._loss import CalibrationLoss
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,14 +74,8 @@ class Hutchinson(Metric):
     needs_data: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int | float) or not (
-            0 < self.tolerance < math.inf
-        ):
-            raise ValueError(f"options.tolerance: must be a positive number, got {self.tolerance!r}")
-        for field_name in ("min_probes", "max_probes", "probe_batch"):
-            value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"options.{field_name}: must be a positive integer, got {value!r}")
+        check_tolerance(self.tolerance)
+        check_positive_ints(self, "min_probes", "max_probes", "probe_batch")
         if self.min_probes < 2:
             raise ValueError("options.min_probes: at least 2 probes are needed for a confidence interval")
         if self.max_probes < self.min_probes:
@@ -86,15 +84,10 @@ class Hutchinson(Metric):
             )
         if not isinstance(self.shrink, bool):
             raise ValueError(f"options.shrink: must be true or false, got {self.shrink!r}")
-        if self.output_loss not in OUTPUT_LOSSES:
-            raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+        check_output_loss(self.output_loss)
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
-        if ctx.calibration is None:
-            raise DatasetError(f"dataset: the {self.name} metric needs calibration data")
-        params = [p for _, p in ctx.layers]
-        if not params:
-            raise AnalysisError("model: no quantizable layer found")
+        params = calibrated_params(self.name, ctx)
         with grad_only_for(ctx.model, params):
             loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
             samples = self._probe(loss, params, ctx)

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from workers.errors import AnalysisError, DatasetError
+from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._common import grad_only_for
-from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss
+from workers.metrics._common import calibrated_params, check_output_loss, grad_only_for
+from workers.metrics._loss import CalibrationLoss
 
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
@@ -44,14 +44,10 @@ class LossDelta(Metric):
     needs_data: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.output_loss not in OUTPUT_LOSSES:
-            raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+        check_output_loss(self.output_loss)
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
-        if ctx.calibration is None:
-            raise DatasetError(f"dataset: the {self.name} metric needs calibration data")
-        if not ctx.layers:
-            raise AnalysisError("model: no quantizable layer found")
+        calibrated_params(self.name, ctx)
         total = len(ctx.layers) * len(ctx.candidates)
         stats = []
         done = 0
