@@ -11,7 +11,6 @@ Prints one table. Single process, single thread; a few minutes at most.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import warnings
@@ -22,30 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from solver import Budget, Option, Problem, Unit, average_bits_budget, frontier, solve  # noqa: E402
-
-SHAPES = [(8192, 8192), (8192, 1024), (8192, 1024), (8192, 8192), (8192, 28672), (8192, 28672), (28672, 8192)]
-
-
-def synthetic(n_units: int, bits: tuple[int, ...], seed: int = 0, group: int = 128) -> Problem:
-    """70B-class linear layers (q, k, v, o, gate, up, down per block): bytes with one FP16 scale per
-    group of 128, damage = sensitivity · 4^-bits · (1 ± 10 %), decreasing and convex in bits."""
-    rng = np.random.default_rng(seed)
-    units = []
-    for i in range(n_units):
-        rows, cols = SHAPES[i % len(SHAPES)]
-        w = rows * cols
-        sens = rng.lognormal(0.0, 1.5)
-        opts = tuple(
-            Option(
-                f"int{b}",
-                float(sens * 4.0 ** (-b) * rng.uniform(0.9, 1.1)),
-                {"bytes": float(math.ceil(w * (b + 16 / group) / 8))},
-            )
-            for b in bits
-        )
-        units.append(Unit(f"layer{i}", w, opts))
-    return Problem(tuple(units))
-
+from tests.utils.llm_tables import synthetic_llm  # noqa: E402
 
 def degenerate(n_units: int, seed: int = 1, bits: tuple[int, ...] = (2, 3, 4, 6, 8)) -> Problem:
     """The frontier issue's shape: layers of only 256, 1024 or 4096 weights (integer byte costs
@@ -103,7 +79,7 @@ def main() -> None:
         print(f"  {name:<58} {value}", flush=True)
 
     print("bitplan solver benchmark (single thread)")
-    p = synthetic(560, (2, 3, 4, 5, 6, 8))
+    p = synthetic_llm(560, (2, 3, 4, 5, 6, 8), latency=False)
     budget = average_bits_budget(p, 4.25)
     solve(p, [budget])  # warm imports
     t = time.perf_counter()
@@ -191,7 +167,7 @@ def main() -> None:
         old_lat, _ = old_way(lambda: frontier(deg, "latency_ms", 20, backend="mckp"))
         row("500×5 degenerate float latencies, 20 points: now / previous B&B", f"{new20 * 1e3:8.1f} ms / {old_lat * 1e3:.1f} ms  ({old_lat / new20:.0f}×)")
 
-    big = synthetic(10_000, (2, 3, 4, 5, 6, 7, 8, 16), seed=1)
+    big = synthetic_llm(10_000, (2, 3, 4, 5, 6, 7, 8, 16), seed=1, latency=False)
     b = average_bits_budget(big, 4.3)
     t = time.perf_counter()
     big_plan = solve(big, [b])

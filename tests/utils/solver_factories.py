@@ -6,13 +6,13 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
 from solver import Budget, Option, Plan, Problem, Unit
 from solver._model import compile_problem
 from solver.errors import ProblemError
+from tests.utils.llm_tables import synthetic_llm  # noqa: F401 - re-exported for the tests
 
 SCALES = (1.0, 0.37, 1e-6, 3.3e5)
 FEAS_REL = 1e-10
@@ -137,28 +137,6 @@ def budgets_for(draw, problem: Problem, costs: Sequence[str] = ("bytes",)) -> li
             limit = hi + draw(st.floats(0, 1)) * span
         out.append(Budget(name, max(0.0, limit)))
     return out
-
-
-def synthetic_llm(n_units: int, bits: Sequence[int], *, seed: int = 0, group: int = 128) -> Problem:
-    """A table shaped like a 70B-class LLM's linear layers: bytes include one FP16 scale per group,
-    damage ∝ sensitivity · 4^-bits with ±10 % noise (decreasing and convex in bits)."""
-    rng = np.random.default_rng(seed)
-    shapes = [(8192, 8192), (8192, 1024), (8192, 1024), (8192, 8192), (8192, 28672), (8192, 28672), (28672, 8192)]
-    units = []
-    for i in range(n_units):
-        rows, cols = shapes[i % len(shapes)]
-        w = rows * cols
-        sens = rng.lognormal(0.0, 1.5)
-        opts = tuple(
-            Option(
-                f"int{b}",
-                float(sens * 4.0 ** (-b) * rng.uniform(0.9, 1.1)),
-                {"bytes": float(math.ceil(w * (b + 16 / group) / 8)), "latency_ms": float(w * b * 1e-9 * rng.uniform(0.8, 1.2))},
-            )
-            for b in bits
-        )
-        units.append(Unit(f"layer{i}", w, opts))
-    return Problem(tuple(units))
 
 
 def limits_dict(budgets: Sequence[Budget]) -> Mapping[str, float]:
