@@ -21,32 +21,28 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_KINDS: dict[str, type[JobColumns]] = {"analysis": AnalysisRecord, "evaluation": EvaluationRecord}
 
 
-def get_model(session: Session, *, model_id: str) -> ModelRecord:
-    rec = session.get(ModelRecord, model_id)
+def _get(session: Session, record: type[Any], kind: str, record_id: str) -> Any:
+    """The row of `record` with this id; NotFound naming `kind` when there is none."""
+    rec = session.get(record, record_id)
     if rec is None:
-        raise NotFound("model", model_id)
+        raise NotFound(kind, record_id)
     return rec
+
+
+def get_model(session: Session, *, model_id: str) -> ModelRecord:
+    return _get(session, ModelRecord, "model", model_id)
 
 
 def get_dataset(session: Session, *, dataset_id: str) -> DatasetRecord:
-    rec = session.get(DatasetRecord, dataset_id)
-    if rec is None:
-        raise NotFound("dataset", dataset_id)
-    return rec
+    return _get(session, DatasetRecord, "dataset", dataset_id)
 
 
 def get_analysis(session: Session, *, analysis_id: str) -> AnalysisRecord:
-    rec = session.get(AnalysisRecord, analysis_id)
-    if rec is None:
-        raise NotFound("analysis", analysis_id)
-    return rec
+    return _get(session, AnalysisRecord, "analysis", analysis_id)
 
 
 def get_plan(session: Session, *, plan_id: str) -> PlanRecord:
-    rec = session.get(PlanRecord, plan_id)
-    if rec is None:
-        raise NotFound("plan", plan_id)
-    return rec
+    return _get(session, PlanRecord, "plan", plan_id)
 
 
 def list_analyses(session: Session, *, limit: int = 100) -> list[AnalysisRecord]:
@@ -68,10 +64,7 @@ def job_record(kind: str) -> type[JobColumns]:
 
 
 def get_job(session: Session, *, kind: str, job_id: str) -> Any:
-    rec = session.get(job_record(kind), job_id)
-    if rec is None:
-        raise NotFound(kind, job_id)
-    return rec
+    return _get(session, job_record(kind), kind, job_id)
 
 
 def claim_job(session: Session, *, kind: str, job_id: str) -> str | None:
