@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import get_blobs, get_session, get_settings
-from service.api.routes.uploading import stage_upload
+from service.api.routes.uploading import keep_if_valid, stage_upload
 from service.api.schemas import DatasetOut
 from service.blobs import BlobStore
 from service.config import Settings
@@ -36,7 +36,7 @@ async def upload_dataset(
     session: Session = Depends(get_session),
 ) -> DatasetOut:
     staged = await stage_upload(file, blobs, settings)
-    try:
+    with keep_if_valid(blobs, staged):
         kind = sniff_format(staged.path)
         if kind == "safetensors":
             samples, shape, dtype, has_targets = check_dataset(read_safetensors_header(staged.path))
@@ -48,10 +48,6 @@ async def upload_dataset(
         else:
             raise InvalidInput("file", "expected safetensors or .npz with 'inputs' (and optional 'targets'), "
                                        "or text: JSONL with a \"text\" field per line, or plain lines")
-    except BaseException:
-        blobs.discard(staged)
-        raise
-    blobs.commit(staged)
     rec = DatasetRecord(
         name=name or file.filename or "dataset", sha256=staged.sha256, size_bytes=staged.size, samples=samples,
         input_shape=list(shape), input_dtype=dtype, has_targets=has_targets,

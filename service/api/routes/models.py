@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import get_blobs, get_session, get_settings
-from service.api.routes.uploading import stage_upload
+from service.api.routes.uploading import keep_if_valid, stage_upload
 from service.api.schemas import ModelOut
 from service.blobs import BlobStore
 from service.config import Settings
@@ -61,7 +61,7 @@ async def upload_model(
 ) -> ModelOut:
     architecture, hyperparams = _parse_spec(spec)
     staged = await stage_upload(file, blobs, settings)
-    try:
+    with keep_if_valid(blobs, staged):
         fmt = sniff_format(staged.path)
         if fmt == "safetensors":
             if architecture is None:
@@ -85,10 +85,6 @@ async def upload_model(
             layers = await run_in_threadpool(
                 inspect_upload, settings, path=path, fmt=fmt, architecture=architecture, hyperparams=hyperparams
             )
-    except BaseException:
-        blobs.discard(staged)
-        raise
-    blobs.commit(staged)
     rec = ModelRecord(
         name=name or file.filename or "model", sha256=staged.sha256, format=fmt, architecture=architecture,
         hyperparams=hyperparams, size_bytes=staged.size, layers=layers,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from fastapi import UploadFile
 
 from service.blobs import CHUNK, BlobStore, StagedUpload, UploadTooLarge
@@ -25,3 +28,15 @@ async def stage_upload(file: UploadFile, blobs: BlobStore, settings: Settings) -
         blobs.discard(staged)
         raise InvalidInput("file", "the upload is empty")
     return staged
+
+
+@contextmanager
+def keep_if_valid(blobs: BlobStore, staged: StagedUpload) -> Iterator[None]:
+    """Commit the staged upload to the blob store when the checks in the block pass; discard it when
+    they raise (anything, cancellation included)."""
+    try:
+        yield
+    except BaseException:
+        blobs.discard(staged)
+        raise
+    blobs.commit(staged)
