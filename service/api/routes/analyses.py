@@ -13,7 +13,7 @@ from service.api.security import Principal, get_principal
 from service.api.routes.plans import plan_out
 from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut
 from service.config import Settings
-from service.db.models import AnalysisRecord, PlanRecord
+from service.db.models import AnalysisRecord, JobColumns, PlanRecord
 from service.errors import Conflict, InvalidInput
 from service.jobs import JobQueue
 
@@ -52,11 +52,16 @@ def create_analysis(
         seed=body.seed, options=dict(body.options), status="queued", progress=0.0, message="queued", attempts=0,
         token_id=principal.token_id,
     )
+    submit_job(session, queue, response, "analysis", rec, f"/v1/analyses/{rec.id}")
+    return analysis_out(rec)
+
+
+def submit_job(session: Session, queue: JobQueue, response: Response, kind: str, rec: JobColumns, location: str) -> None:
+    """Commit the queued job row, offer (kind, id) to the queue and point Location at it."""
     session.add(rec)
     session.commit()  # the runner reads the row from its own session
-    queue.enqueue("analysis", rec.id)
-    response.headers["Location"] = f"/v1/analyses/{rec.id}"
-    return analysis_out(rec)
+    queue.enqueue(kind, rec.id)
+    response.headers["Location"] = location
 
 
 @router.get("", response_model=list[AnalysisOut])

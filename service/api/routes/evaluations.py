@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from service import evaluations, store
 from service.api.deps import get_queue, get_session, get_settings
 from service.api.limits import check_active_jobs
-from service.api.routes.analyses import succeeded_analysis
+from service.api.routes.analyses import submit_job, succeeded_analysis
 from service.api.routes.frontiers import get_frontier
 from service.api.schemas import EvaluationIn, EvaluationOut, FrontierEvaluationIn, Progress
 from service.api.security import Principal, get_principal
@@ -42,10 +42,7 @@ def evaluation_out(rec: EvaluationRecord, *, plan_costs: dict | None = None, ful
 
 
 def _submit(session: Session, queue: JobQueue, response: Response, rec: EvaluationRecord) -> EvaluationOut:
-    session.add(rec)
-    session.commit()  # the runner reads the row from its own session
-    queue.enqueue("evaluation", rec.id)
-    response.headers["Location"] = f"/v1/evaluations/{rec.id}"
+    submit_job(session, queue, response, "evaluation", rec, f"/v1/evaluations/{rec.id}")
     return evaluation_out(rec)
 
 
