@@ -52,16 +52,17 @@ def create_analysis(
         seed=body.seed, options=dict(body.options), status="queued", progress=0.0, message="queued", attempts=0,
         token_id=principal.token_id,
     )
-    submit_job(session, queue, response, "analysis", rec, f"/v1/analyses/{rec.id}")
+    submit_job(session, queue, response, "analysis", rec, "/v1/analyses")
     return analysis_out(rec)
 
 
-def submit_job(session: Session, queue: JobQueue, response: Response, kind: str, rec: JobColumns, location: str) -> None:
-    """Commit the queued job row, offer (kind, id) to the queue and point Location at it."""
+def submit_job(session: Session, queue: JobQueue, response: Response, kind: str, rec: JobColumns, under: str) -> None:
+    """Commit the queued job row (which gives it its id), offer (kind, id) to the queue and point
+    Location at `under`/id."""
     session.add(rec)
     session.commit()  # the runner reads the row from its own session
     queue.enqueue(kind, rec.id)
-    response.headers["Location"] = location
+    response.headers["Location"] = f"{under}/{rec.id}"
 
 
 @router.get("", response_model=list[AnalysisOut])

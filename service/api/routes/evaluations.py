@@ -42,7 +42,7 @@ def evaluation_out(rec: EvaluationRecord, *, plan_costs: dict | None = None, ful
 
 
 def _submit(session: Session, queue: JobQueue, response: Response, rec: EvaluationRecord) -> EvaluationOut:
-    submit_job(session, queue, response, "evaluation", rec, f"/v1/evaluations/{rec.id}")
+    submit_job(session, queue, response, "evaluation", rec, "/v1/evaluations")
     return evaluation_out(rec)
 
 
