@@ -86,11 +86,14 @@ def test_cancel_queued_and_running(make_harness):
 
 
 def test_killed_job_process_is_retried_after_backoff(make_harness):
-    # A backoff of a few seconds keeps the "queued for retry" state visible to a poller on a busy machine.
-    h = make_harness(job_retry_backoff_s=4)
-    a = h.submit({**SMALL, "min_probes": 100, "max_probes": 100})
+    # A backoff of a few seconds keeps the "queued for retry" state visible to a poller on a busy machine,
+    # and a long stale limit keeps the reaper out of it: a heartbeat late under load must not requeue the
+    # first attempt before the kill (the runner sees the child's exit directly, no heartbeat needed).
+    h = make_harness(job_retry_backoff_s=4, job_stale_after_s=60)
+    a = h.submit({**SMALL, "min_probes": 800, "max_probes": 800})  # several seconds: killed mid-way
     pid, _ = wait_until(lambda: job_children(a["id"]), 60, "the job's process")[0]
     wait_until(lambda: state(h.client, a["id"])["progress"]["fraction"] > 0.01, 60, "the job to work")
+    assert state(h.client, a["id"])["status"] == "running"
     os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
     killed = time.monotonic()
     retry = wait_until(lambda: (s := state(h.client, a["id"]))["status"] == "queued" and s, 30, "the retry")
