@@ -103,7 +103,7 @@ def run_demo(*, url: str | None, bits: float, keep_serving: bool, architecture: 
             if final["status"] != "succeeded":
                 print(f"  analysis {final['status']}: {final['error']}", file=sys.stderr)
                 return 1
-        with _Step(f"solving for an average of {bits:g} bits per weight (exact ILP)"):
+        with _Step(f"solving for an average of {bits:g} bits per weight (exact solver)"):
             plan = client.plan(analysis["id"], average_bits=bits)
         table = client.table(analysis["id"])
         traces = {row["layer"]: row["statistics"] for row in table["layers"]}
