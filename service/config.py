@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     )
     rate_limit_per_s: float = Field(20.0, ge=0, description="Requests per second per token (0: no limit).")
     rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate holds.")
-    max_active_jobs_per_token: int = Field(8, ge=1, description="Queued + running analyses one token may have.")
+    max_active_jobs_per_token: int = Field(8, ge=1, description="Queued + running jobs (analyses and evaluations) one token may have.")
     idempotency_ttl_s: int = Field(24 * 3600, ge=60, description="How long an Idempotency-Key is remembered.")
     max_unpacked_bytes: int = Field(
         8 * 1024**3, gt=0, description="Largest total uncompressed size of an uploaded .pt2 archive."

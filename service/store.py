@@ -138,28 +138,6 @@ def report_progress(
     )
 
 
-def finish_analysis(
-    session: Session,
-    *,
-    analysis_id: str,
-    status: str,
-    error: str | None = None,
-    table: dict[str, Any] | None = None,
-    problem: dict[str, Any] | None = None,
-) -> None:
-    rec = get_analysis(session, analysis_id=analysis_id)
-    rec.status = status
-    rec.error = error
-    rec.finished_at = utcnow()
-    if status == "succeeded":
-        rec.table = table
-        rec.problem = problem
-        rec.progress = 1.0
-        rec.message = "done"
-    else:
-        rec.message = status
-
-
 def count_active_jobs(session: Session, *, token_id: str) -> int:
     """Queued and running jobs of every kind submitted with one token (the per-token concurrency limit)."""
     total = 0
