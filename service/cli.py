@@ -19,7 +19,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port:
         settings.port = args.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # an unsafe or inconsistent configuration: say which, no traceback
+        print(f"bitplan serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0
 
 
