@@ -198,6 +198,17 @@ def schedule_retry(session: Session, *, kind: str, job_id: str, owner: str, dela
     return result.rowcount == 1
 
 
+def defer_offer(session: Session, *, kind: str, job_id: str, delay_s: float) -> bool:
+    """A queued job whose offer to the queue failed (Redis down): the reapers offer it again once
+    `delay_s` has passed, through the same path as a retry's backoff."""
+    rec = job_record(kind)
+    result = session.execute(
+        update(rec).where(rec.id == job_id, rec.status == "queued")
+        .values(retry_at=utcnow() + timedelta(seconds=delay_s))
+    )
+    return result.rowcount == 1
+
+
 def release_due_retries(session: Session, *, kind: str) -> list[str]:
     """Queued retries whose backoff has passed; each is returned by exactly one caller, to be enqueued."""
     rec = job_record(kind)

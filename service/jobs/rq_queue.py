@@ -56,20 +56,29 @@ class RQQueue(JobQueue):
                 from rq import Queue
                 from rq.serializers import JSONSerializer
 
-                conn = Redis.from_url(self.settings.redis_url)
+                # A bounded connect: a Redis that is down must not hang the request that submits a job.
+                conn = Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
                 self._queue = Queue(self.settings.rq_queue_name, connection=conn, serializer=JSONSerializer)
             return self._queue
 
     def enqueue(self, kind: str, job_id: str) -> None:
-        """A failed enqueue is logged, not raised: the committed row is the truth, and the next `start`
-        or a reaper offers it again. A duplicate offer is harmless: only one claim can succeed."""
+        """A failed enqueue is logged, not raised: the committed row is the truth. It is marked to be
+        offered again after the retry backoff, which every reaper (API and workers) does, so a job
+        submitted while Redis is down runs once Redis is back. A duplicate offer is harmless: only one
+        claim can succeed."""
         try:
             self.rq_queue().enqueue(
                 JOB_FUNCTION, kind, job_id, job_timeout=self.job_timeout, result_ttl=3600, failure_ttl=7 * 86400,
                 description=f"{kind} {job_id}",
             )
         except Exception:
-            log.exception("could not enqueue %s %s on Redis; it stays queued in the database", kind, job_id)
+            log.exception("could not enqueue %s %s on Redis; it stays queued and is offered again", kind, job_id)
+            delay = max(self.settings.job_retry_backoff_s, self.settings.job_reaper_s)
+            try:
+                with session_scope(self.url) as s:
+                    store.defer_offer(s, kind=kind, job_id=job_id, delay_s=delay)
+            except Exception:  # the database is down too: the next start offers every queued row
+                log.exception("could not mark %s %s to be offered again", kind, job_id)
 
     def start(self) -> None:
         for kind in store.JOB_KINDS:
