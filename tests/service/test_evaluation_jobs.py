@@ -4,6 +4,7 @@ cancel, and inputs refused at the edge or by the job."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -81,7 +82,13 @@ def test_frontier_evaluation_stores_rank_agreement(planned):
     assert r.status_code == 202, r.text
     chosen = r.json()["request"]["points"]
     assert len(chosen) == 3 and chosen[0]["index"] == 0 and "assignment" not in chosen[0]
-    state = _wait(client, r.headers["Location"])
+    # Followed over Server-Sent Events, as for analyses: `evaluation` events until it ends.
+    with client.stream("GET", f"{r.headers['Location']}/events") as events:
+        assert events.status_code == 200 and events.headers["content-type"].startswith("text/event-stream")
+        blocks = [b for b in "".join(events.iter_text()).split("\n\n") if b.strip()]
+    statuses = [json.loads(b.split("data: ", 1)[1])["status"] for b in blocks if "event: evaluation" in b]
+    assert statuses[-1] == "succeeded" and blocks[-1].startswith("event: end")
+    state = client.get(r.headers["Location"]).json()
     assert state["status"] == "succeeded", state["error"]
     frontier = client.get(f"/v1/analyses/{analysis}/frontier", params={"points": 20}).json()
     assert chosen[-1]["index"] == len(frontier["points"]) - 1

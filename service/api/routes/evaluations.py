@@ -8,14 +8,16 @@ found by the job and fails it with the worker's message.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from service import evaluations, store
-from service.api.deps import get_queue, get_session, get_settings
+from service.api.deps import get_queue, get_session, get_session_factory, get_settings
 from service.api.limits import check_active_jobs
 from service.api.routes.analyses import submit_job, succeeded_analysis
 from service.api.routes.frontiers import get_frontier
+from service.api.routes.jobs_routes import EVENT_STREAM_DOC, Sessions, job_events
 from service.api.schemas import EvaluationIn, EvaluationOut, FrontierEvaluationIn, Progress
 from service.api.security import Principal, get_principal
 from service.config import Settings
@@ -108,6 +110,17 @@ def get_evaluation(evaluation_id: str, session: Session = Depends(get_session)) 
     rec = store.get_evaluation(session, evaluation_id=evaluation_id)
     costs = store.get_plan(session, plan_id=rec.plan_id).costs if rec.plan_id else None
     return evaluation_out(rec, plan_costs=costs, full=True)
+
+
+@router.get("/v1/evaluations/{evaluation_id}/events", response_class=StreamingResponse, responses=EVENT_STREAM_DOC)
+def evaluation_events(
+    evaluation_id: str,
+    request: Request,
+    sessions: Sessions = Depends(get_session_factory),
+    settings: Settings = Depends(get_settings),
+) -> StreamingResponse:
+    """Server-Sent Events: `evaluation` events on every change of status or progress, then `end`."""
+    return job_events(request, sessions, settings, kind="evaluation", job_id=evaluation_id)
 
 
 @router.post("/v1/evaluations/{evaluation_id}/cancel", status_code=202, response_model=EvaluationOut)

@@ -1,5 +1,7 @@
 """/v1/analyses/{id}/cancel and /v1/analyses/{id}/events: acting on and following a running job.
 
+`job_events` serves the stream of every job kind (evaluations use it too).
+
 Cancel only writes the request into the row; whichever process runs the job (an API runner thread or a
 `bitplan worker` anywhere) polls its row and ends the child's process group. The event stream polls the
 row too, so it works the same whichever back-end runs the job.
@@ -34,9 +36,9 @@ def cancel_analysis(analysis_id: str, session: Session = Depends(get_session)) -
     return analysis_out(store.request_cancel(session, kind="analysis", job_id=analysis_id))
 
 
-def _snapshot(sessions: Sessions, analysis_id: str) -> dict:
+def _snapshot(sessions: Sessions, kind: str, job_id: str) -> dict:
     with sessions() as s:
-        rec = store.get_analysis(s, analysis_id=analysis_id)
+        rec = store.get_job(s, kind=kind, job_id=job_id)
         return {
             "id": rec.id, "status": rec.status, "progress": round(rec.progress, 4), "message": rec.message,
             "attempts": rec.attempts, "error": rec.error,
@@ -44,18 +46,18 @@ def _snapshot(sessions: Sessions, analysis_id: str) -> dict:
 
 
 async def _events(
-    request: Request, sessions: Sessions, analysis_id: str, poll_s: float, keepalive_s: float
+    request: Request, sessions: Sessions, kind: str, job_id: str, poll_s: float, keepalive_s: float
 ) -> AsyncIterator[str]:
     last: dict | None = None
     last_sent = time.monotonic()
     seq = 0
     yield "retry: 2000\n\n"
     while True:
-        snap = await run_in_threadpool(_snapshot, sessions, analysis_id)
+        snap = await run_in_threadpool(_snapshot, sessions, kind, job_id)
         if snap != last:
             seq += 1
             last, last_sent = snap, time.monotonic()
-            yield f"id: {seq}\nevent: analysis\ndata: {json.dumps(snap)}\n\n"
+            yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(snap)}\n\n"
             if snap["status"] in store.TERMINAL:
                 # An explicit end, so EventSource clients close instead of reconnecting forever.
                 yield f"event: end\ndata: {json.dumps({'status': snap['status']})}\n\n"
@@ -87,9 +89,17 @@ def analysis_events(
 ) -> StreamingResponse:
     """Server-Sent Events: `analysis` events (status, progress, message) on every change, `: keep-alive`
     comments while nothing changes, and an `end` event after a terminal state."""
-    _snapshot(sessions, analysis_id)  # 404 before the stream starts
+    return job_events(request, sessions, settings, kind="analysis", job_id=analysis_id)
+
+
+EVENT_STREAM_DOC = {200: {"content": {"text/event-stream": {}}, "description": "one event per change; ends when done"}}
+
+
+def job_events(request: Request, sessions: Sessions, settings: Settings, *, kind: str, job_id: str) -> StreamingResponse:
+    """The event stream of one job of any kind; 404 before the stream starts when it does not exist."""
+    _snapshot(sessions, kind, job_id)
     return StreamingResponse(
-        _events(request, sessions, analysis_id, settings.job_poll_s, settings.sse_keepalive_s),
+        _events(request, sessions, kind, job_id, settings.job_poll_s, settings.sse_keepalive_s),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
