@@ -13,6 +13,7 @@ from typing import Any
 
 from service.errors import InvalidInput
 from solver import Budget, Plan, Problem, average_bits_budget, problem_from_dict, solve
+from solver.backends import available_backends, get_backend
 from solver.errors import BackendUnavailable
 
 _CACHE_SIZE = 64
@@ -50,10 +51,20 @@ def budgets_from(problem: Problem, budget: dict[str, Any]) -> list[Budget]:
     return budgets
 
 
+def check_backend(name: str, n_budgets: int = 1) -> None:
+    """Bad input before any solving: an unknown back-end name (the registry's message lists the valid
+    ones), one not installed, or one that takes fewer budgets than given → 422 naming `backend`."""
+    try:
+        get_backend(name, n_budgets)
+    except BackendUnavailable as exc:
+        raise InvalidInput("backend", f"{exc}; installed: {', '.join(['auto', *available_backends()])}") from exc
+    except ValueError as exc:
+        raise InvalidInput("backend", str(exc)) from exc
+
+
 def make_plan(problem: Problem, budgets: list[Budget], *, backend: str, time_limit: float | None) -> Plan:
+    check_backend(backend, max(1, len(budgets)))
     try:
         return solve(problem, budgets, backend=backend, time_limit=time_limit)
-    except BackendUnavailable as exc:
+    except BackendUnavailable as exc:  # auto's hand-over to an ILP that is not installed
         raise InvalidInput("backend", str(exc)) from exc
-    except KeyError as exc:  # unknown back-end name: the registry's message lists the valid ones
-        raise InvalidInput("backend", str(exc.args[0]) if exc.args else "unknown backend") from exc

@@ -26,6 +26,7 @@ async def solve_problem(body: SolveIn) -> dict[str, Any]:
     units = body.problem.get("units")
     if isinstance(units, list) and len(units) > MAX_UNITS:
         raise InvalidInput("problem.units", f"at most {MAX_UNITS} units per synchronous solve")
+    planning.check_backend(body.backend)
     problem = problem_from_dict(body.problem)  # ProblemError → 422 naming the field
     result: dict[str, Any] = {}
     if body.budget is not None:
