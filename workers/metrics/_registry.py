@@ -23,6 +23,7 @@ class _Entry(NamedTuple):
 _METRICS: dict[str, _Entry] = {
     "eigen": _Entry("workers.metrics.eigen:Eigen", True),
     "fisher": _Entry("workers.metrics.fisher:Fisher", True),
+    "gauss_newton": _Entry("workers.metrics.gauss_newton:GaussNewton", True),
     "hutchinson": _Entry("workers.metrics.hutchinson:Hutchinson", True),
     "loss_delta": _Entry("workers.metrics.loss_delta:LossDelta", True),
     "mse": _Entry("workers.metrics.mse:Mse", False),
