@@ -15,6 +15,9 @@ Candidate-name grammar, one family per line (a name belongs to the family whose 
     nvfp4                                E2M1, blocks of 16, E4M3 scale + FP32 tensor scale
                                          (4.5 bits/weight + 32 bits per tensor)       _nvfp4.py
     fp16 | bf16                          keep the layer in 16-bit floats              _half.py
+    gguf_q2_k .. gguf_q6_k | gguf_q8_0 | gguf_q4_0 | gguf_q4_1 | gguf_q5_0 | gguf_q5_1 | gguf_mxfp4
+                                         llama.cpp's GGML block types as llama-quantize writes them
+                                         (gguf_q4_k = 4.5 bits/weight); gguf package  _gguf.py
     <any of the above>_a<bits>           a W/A pair: activations of <bits> (2..16) bits for BOPs
                                          and latency; without the suffix activations are 16-bit
                                          (weight-only quantization)                   _activations.py

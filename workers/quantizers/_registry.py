@@ -26,6 +26,7 @@ _FAMILIES: dict[str, str] = {
     "mx": "workers.quantizers._mx:MXFamily",
     "nvfp4": "workers.quantizers._nvfp4:NVFP4Family",
     "half": "workers.quantizers._half:HalfFamily",
+    "gguf": "workers.quantizers._gguf:GGUFFamily",
 }
 
 DEFAULT_CANDIDATES: tuple[str, ...] = ("int2", "int3", "int4", "int6", "int8")
