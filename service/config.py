@@ -21,8 +21,16 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, description="Base URL printed in links; http://host:port when unset.")
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0)
     job_concurrency: int = Field(1, ge=1, description="Jobs the in-process runner runs at once.")
-    allow_code_formats: bool = Field(
-        True, description="Accept formats whose loading runs code (torch.export .pt2); loaded only in jobs."
+    allow_code_formats: bool | None = Field(
+        None, description="Accept formats whose loading is code to torch (torch.export .pt2), loaded only in the "
+                          "sandbox; unset: accepted only while auth is off (a single trusted user)."
+    )
+    sandbox: Literal["auto", "on", "off"] = Field(
+        "auto", description="Run job children in a bubblewrap sandbox: auto = when bwrap works here; on = required; "
+                            "off = never (then .pt2 models are refused)."
+    )
+    staging_grace_s: float = Field(
+        3600.0, gt=0, description="Upload staging files older than this are left over from a killed upload: swept."
     )
     job_memory_limit_mb: int = Field(8192, ge=256, description="Address-space limit of a job process.")
     job_cpu_limit_s: int = Field(3600, ge=10, description="CPU-time limit of a job process.")
@@ -47,6 +55,15 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(60, ge=1, description="Requests a token may make at once before the rate holds.")
     max_active_jobs_per_token: int = Field(8, ge=1, description="Queued + running jobs (analyses and evaluations) one token may have.")
     idempotency_ttl_s: int = Field(24 * 3600, ge=60, description="How long an Idempotency-Key is remembered.")
+    api_threads: int = Field(
+        40, ge=2, le=1000, description="Threads the API runs blocking route work on; its database pool is sized to match."
+    )
+    db_pool_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for a database connection before the request is answered 503."
+    )
+    max_in_flight_requests: int = Field(
+        512, ge=1, description="API requests handled at once; more are answered 503 with Retry-After at once."
+    )
     max_unpacked_bytes: int = Field(
         8 * 1024**3, gt=0, description="Largest total uncompressed size of an uploaded .pt2 archive."
     )

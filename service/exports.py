@@ -43,6 +43,7 @@ def export_plan(
 
 def _export_in_child(settings: Settings, fmt: str, table, assignment, model):
     from service.jobs.process import Limits, run_child
+    from service.jobs.sandbox import Sandbox, sandbox_mode_for
     from workers.exports import Export
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,10 @@ def _export_in_child(settings: Settings, fmt: str, table, assignment, model):
         out = Path(tmp) / "export.bin"
         request = {"format": fmt, "table": table, "assignment": assignment, "model": model, "out": str(out)}
         limits = Limits(settings.job_memory_limit_mb, settings.job_cpu_limit_s, wall_s=settings.job_cpu_limit_s)
-        rc, stdout, stderr = run_child(["export"], stdin=json.dumps(request), limits=limits, env={})
+        sandbox = Sandbox(read_only=[model["path"]], writable=[tmp]) if sandbox_mode_for(settings.sandbox) else None
+        if sandbox is None and model.get("format") == "pt2":
+            raise InvalidInput("format", "a pt2 model is only ever loaded in the sandbox, which is off on this server")
+        rc, stdout, stderr = run_child(["export"], stdin=json.dumps(request), limits=limits, sandbox=sandbox)
         try:
             result = json.loads(stdout.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):

@@ -255,3 +255,25 @@ def check_text(path: Path, *, field: str = "file", max_line_bytes: int = 10 * 10
     if docs == 0:
         raise InvalidInput(field, "the text file holds no documents")
     return docs
+
+
+def check_pt2(path: Path, *, allowed: bool, sandboxed: bool, field: str = "file") -> None:
+    """A .pt2 is accepted only where code formats are on, only with the sandbox, and only when it loads
+    without pickle (workers.pt2.archive_problems: zip and JSON only, no torch in this process)."""
+    from workers.pt2 import archive_problems, refusal
+
+    if not allowed:
+        raise InvalidInput(field, ".pt2 archives are code to torch when loaded; this server has them switched off "
+                                  "(BITPLAN_ALLOW_CODE_FORMATS; off by default while auth is on): upload safetensors "
+                                  "with a built-in architecture, or a zipped Hugging Face directory")
+    if not sandboxed:
+        raise InvalidInput(field, ".pt2 archives are loaded only in the job sandbox, which is not available on this "
+                                  "server (BITPLAN_SANDBOX=off or bubblewrap missing)")
+    problems = archive_problems(path)
+    if problems:
+        raise InvalidInput(field, refusal(problems))
+
+
+def code_formats_allowed(allow_code_formats: bool | None, *, auth_on: bool) -> bool:
+    """Unset means: on for a single trusted user (auth off), off as soon as tokens are required."""
+    return (not auth_on) if allow_code_formats is None else allow_code_formats

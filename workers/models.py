@@ -1,8 +1,9 @@
 """Models in: where a model comes from, how it is loaded, and which of its layers are decision units.
 
 Three sources. A safetensors file runs no code, so it needs a built-in architecture to pour its
-tensors into. A `torch.export` `.pt2` archive carries its own graph but is unpickled on load, i.e.
-it runs code: call `load_model` on one only inside the job's child process. A Hugging Face model
+tensors into. A `torch.export` `.pt2` archive carries its own graph; it is read by workers.pt2, which
+refuses pickled members, but torch's deserializer and fx code generation stay a large surface, so
+call `load_model` on one only inside the sandboxed job child. A Hugging Face model
 directory ("hf": config.json + *.safetensors) is loaded by transformers offline with no remote code
 (workers.hf; why ONNX is not a source is written there).
 
@@ -108,7 +109,7 @@ class LayerInfo:
 
 
 def load_model(source: ModelSource | Mapping[str, Any]) -> nn.Module:
-    """The model in float32 on the CPU. For `pt2` this unpickles, i.e. runs code from the file."""
+    """The model in float32 on the CPU."""
     if not isinstance(source, ModelSource):
         source = ModelSource.from_dict(source)
     if source.format == "hf":
@@ -161,12 +162,9 @@ def _load_safetensors(source: ModelSource) -> nn.Module:
 
 
 def _load_pt2(source: ModelSource) -> nn.Module:
-    try:
-        program = torch.export.load(source.path)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpack the archive is the file's fault
-        raise ModelLoadError(f"model: not a readable torch.export archive ({type(exc).__name__}: {exc})") from exc
-    module = program.module()
-    return module.to(torch.float32)
+    from workers.pt2 import load_pt2
+
+    return load_pt2(source.path)  # refuses pickled members; never torch.export.load (see workers.pt2)
 
 
 _MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (

@@ -1,11 +1,14 @@
-"""Entry point of a job process: `python -m service.jobs.child KIND ID OWNER` (KIND: analysis, evaluation)
-or `... inspect` / `... export` (JSON on stdin).
+"""Entry point of a job process: `python -m service.jobs.child KIND ID` (KIND: analysis, evaluation)
+or `... inspect` / `... export`; the request is JSON on stdin, the answer JSON lines on stdout.
 
-This is the only place where the service side calls into torch code. It talks to the database
-itself (progress, result), every write conditional on OWNER, the token of the attempt it runs, so a
-presumed-dead attempt can never overwrite a newer one. Bad input fails the job at once; a failure
-that may pass (database or file system hiccup, memory) exits with TRANSIENT_EXIT and leaves the
-decision to retry to the parent, which knows the attempt count and the backoff.
+This is the only place where the service side calls into torch code, and it runs sandboxed
+(service.jobs.sandbox): it never talks to the database or the blob store. The parent (the job runner)
+reads the rows and builds the request (`prepare`, run in the parent), the child computes (`WORK`) and
+writes progress lines and one outcome line; the parent records them, each write conditional on the
+attempt's owner token, so a presumed-dead attempt can never overwrite a newer one. Bad input and out of memory fail the job at
+once (the analysis lowers its own batch sizes first); a failure that may pass (database or file
+system hiccup) exits with TRANSIENT_EXIT and leaves the decision to retry to the parent, which knows
+the attempt count and the backoff.
 """
 
 from __future__ import annotations
@@ -16,63 +19,76 @@ import threading
 import time
 import traceback
 
-from service.config import get_settings
-from service.db.session import session_scope
 from service.errors import StorageError
 from service import store
 
 TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the attempt failed in a way a later attempt may not
 
 
+_MEMORY = ("out of memory", "allocate memory", "failed to map segment")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocator failure (MemoryError, CUDA / CPU allocator, mmap) anywhere in the exception chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or any(m in str(current).lower() for m in _MEMORY):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Failures of the machine, not of the input: worth another attempt. Bad input (ValueError, which
-    the workers' ModelLoadError and DatasetError are) and bugs fail at once."""
-    if isinstance(exc, (StorageError, MemoryError, ConnectionError, TimeoutError)):
+    the workers' ModelLoadError and DatasetError are) and bugs fail at once. So does running out of
+    memory: the analysis has already lowered its batch sizes as far as they go (workers.analysis), and
+    a retry with the same request would meet the same wall; the error says what to lower."""
+    if is_out_of_memory(exc):
+        return False
+    if isinstance(exc, (StorageError, ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, (ValueError, FileNotFoundError)):
         return False
-    text = str(exc).lower()
-    memory = ("out of memory", "allocate memory", "failed to map segment")
-    return isinstance(exc, OSError) or any(m in text for m in memory)
+    return isinstance(exc, OSError)
 
 
 class _Reporter:
-    """Progress callback for a job: throttled DB writes that double as the heartbeat."""
+    """Progress callback for a job: throttled JSON lines on the protocol stream (the parent stores them)."""
 
-    def __init__(self, url: str, kind: str, job_id: str, owner: str | None, min_interval: float = 0.5):
-        self.url = url
-        self.kind = kind
-        self.job_id = job_id
-        self.owner = owner
+    def __init__(self, out, min_interval: float = 0.5):
+        self.out = out
         self.min_interval = min_interval
         self._last = 0.0
-        self._latest = (0.0, "starting")
+        self._latest = 0.0
         self._lock = threading.Lock()
 
     def __call__(self, fraction: float, message: str) -> None:
         with self._lock:
             # Progress never moves backwards, whatever the stages report.
-            self._latest = (max(fraction, self._latest[0]), message)
+            self._latest = max(fraction, self._latest)
             now = time.monotonic()
             if now - self._last < self.min_interval:
                 return
             self._last = now
-        self.flush()
-
-    def flush(self) -> None:
-        fraction, message = self._latest
-        with session_scope(self.url) as s:
-            store.report_progress(
-                s, kind=self.kind, job_id=self.job_id, fraction=fraction, message=message, owner=self.owner
-            )
+            emit(self.out, {"progress": self._latest, "message": message})
 
 
-def _heartbeat(reporter: _Reporter, stop: threading.Event, every: float = 5.0) -> None:
-    while not stop.wait(every):
-        try:
-            reporter.flush()
-        except Exception:  # a missed beat is harmless; the next one retries
-            pass
+def emit(out, line: dict) -> None:
+    out.write(json.dumps(line) + "\n")
+    out.flush()
+
+
+def protocol_stream():
+    """The real stdout, kept for the protocol; fd 1 then points at stderr, so whatever a library prints
+    (Python or C) cannot corrupt the answer."""
+    import os
+
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
 
 
 def model_source(model, blobs) -> dict:
@@ -121,79 +137,75 @@ def build_evaluation_request(evaluation, analysis, model, dataset, plan, blobs) 
     return request
 
 
-def _prepare_analysis(s, job_id: str, blobs) -> tuple[dict, object]:
+def _prepare_analysis(s, job_id: str, blobs) -> dict:
     analysis = store.get_analysis(s, analysis_id=job_id)
     model = store.get_model(s, model_id=analysis.model_id)
     dataset = store.get_dataset(s, dataset_id=analysis.dataset_id) if analysis.dataset_id else None
-
-    def work(request: dict, report) -> dict:
-        from solver import problem_to_dict
-        from workers.jobs import run_analysis_job
-        from workers.table import SensitivityTable
-
-        table = run_analysis_job(request, report)
-        return {"table": table, "problem": problem_to_dict(SensitivityTable.from_dict(table).to_problem())}
-
-    return build_request(analysis, model, dataset, blobs), work
+    return {"request": build_request(analysis, model, dataset, blobs)}
 
 
-def _prepare_evaluation(s, job_id: str, blobs) -> tuple[dict, object]:
+def _analysis_work(payload: dict, report) -> dict:
+    from workers.jobs import run_analysis_job
+    from workers.table import SensitivityTable
+
+    table = run_analysis_job(payload["request"], report)
+    return {"table": table, "problem": SensitivityTable.from_dict(table).stored_problem()}
+
+
+def _prepare_evaluation(s, job_id: str, blobs) -> dict:
     evaluation = store.get_evaluation(s, evaluation_id=job_id)
     analysis = store.get_analysis(s, analysis_id=evaluation.analysis_id)
     model = store.get_model(s, model_id=analysis.model_id)
     dataset = store.get_dataset(s, dataset_id=evaluation.dataset_id)
     plan = store.get_plan(s, plan_id=evaluation.plan_id) if evaluation.plan_id else None
     indices = [p["index"] for p in (evaluation.request or {}).get("points", [])]
-
-    def work(request: dict, report) -> dict:
-        from workers.evaluation_jobs import evaluate_frontier_job, run_evaluation_job
-
-        if "plans" not in request:
-            return {"result": run_evaluation_job(request, report)}
-        result = evaluate_frontier_job(request, report)
-        for row, index in zip(result["points"], indices, strict=True):
-            row["frontier_index"] = index  # which point of the stored frontier it measured
-        return {"result": result, "rank_agreement": result["rank_agreement"]}
-
     request = build_evaluation_request(evaluation, analysis, model, dataset, plan, blobs)
-    return request, work
+    return {"request": request, "indices": indices}
 
 
-# What each job kind reads from the database before its work, and the work itself (torch, in here only).
+def _evaluation_work(payload: dict, report) -> dict:
+    from workers.evaluation_jobs import evaluate_frontier_job, run_evaluation_job
+
+    request = payload["request"]
+    if "plans" not in request:
+        return {"result": run_evaluation_job(request, report)}
+    result = evaluate_frontier_job(request, report)
+    for row, index in zip(result["points"], payload["indices"], strict=True):
+        row["frontier_index"] = index  # which point of the stored frontier it measured
+    return {"result": result, "rank_agreement": result["rank_agreement"]}
+
+
+# What each job kind reads from the database (in the parent) and the work itself (torch, in here only).
 PREPARE = {"analysis": _prepare_analysis, "evaluation": _prepare_evaluation}
+WORK = {"analysis": _analysis_work, "evaluation": _evaluation_work}
 
 
-def run_job(kind: str, job_id: str, owner: str | None = None) -> int:
-    from service.blobs import BlobStore
+def input_paths(payload: dict) -> list[str]:
+    """The files a job reads: what its sandbox binds read-only."""
+    request = payload["request"]
+    paths = [request["model"]["path"]]
+    if request.get("dataset_path"):
+        paths.append(request["dataset_path"])
+    return paths
 
-    settings = get_settings()
-    url = settings.resolved_database_url
-    blobs = BlobStore(settings.data_dir / "blobs")
-    with session_scope(url) as s:
-        request, work = PREPARE[kind](s, job_id, blobs)
-        owner = owner or store.get_job(s, kind=kind, job_id=job_id).owner
 
-    job = dict(kind=kind, job_id=job_id, owner=owner)
-    reporter = _Reporter(url, kind, job_id, owner)
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(reporter, stop), daemon=True)
-    beat.start()
+def run_job(kind: str, job_id: str) -> int:
+    """The payload from `PREPARE[kind]` on stdin; progress lines, then one outcome line, on stdout."""
+    out = protocol_stream()
+    payload = json.loads(sys.stdin.read())
+    reporter = _Reporter(out)
     try:
         reporter(0.01, "loading model and data")
-        outputs = work(request, reporter)
+        outputs = WORK[kind](payload, reporter)
     except Exception as exc:  # every failure becomes the job's error text, or a retry
-        stop.set()
         message = f"{exc.__class__.__name__}: {exc}"
         traceback.print_exc()
         if is_transient(exc):
             print(f"transient: {message}", file=sys.stderr)
             return TRANSIENT_EXIT
-        with session_scope(url) as s:
-            store.finish_attempt(s, **job, status="failed", error=message)
+        emit(out, {"outcome": "failed", "error": message})
         return 0
-    stop.set()
-    with session_scope(url) as s:
-        store.finish_attempt(s, **job, status="succeeded", outputs=outputs)
+    emit(out, {"outcome": "succeeded", "outputs": outputs})
     return 0
 
 
@@ -229,14 +241,14 @@ def run_export() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] and argv[0] in PREPARE and len(argv) in (2, 3):
+    if argv[:1] and argv[0] in WORK and len(argv) == 2:
         return run_job(*argv)
     if argv == ["inspect"]:
         return run_inspect()
     if argv == ["export"]:
         return run_export()
     kinds = "|".join(PREPARE)
-    print(f"usage: python -m service.jobs.child {{{kinds}}} ID [OWNER] | inspect | export", file=sys.stderr)
+    print(f"usage: python -m service.jobs.child {{{kinds}}} ID | inspect | export", file=sys.stderr)
     return 2
 
 

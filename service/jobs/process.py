@@ -1,8 +1,10 @@
 """Spawn a fresh Python process for work that must not run in the API process.
 
-Torch, and any archive whose loading runs code (pickle inside .pt2), only ever live in such a child.
+Torch, and any archive whose loading runs code (.pt2), only ever live in such a child.
 A fresh interpreter (not fork) means no torch thread pools are inherited and nothing a model ran can
-touch the parent. Resource limits make a hostile or runaway model die instead of the server.
+touch the parent. Resource limits make a hostile or runaway model die instead of the server, the
+environment is an allowlist (no database URL, no Redis URL, no other secret of the server), and when
+a `Sandbox` is given the child runs inside it (service.jobs.sandbox).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from service.jobs.sandbox import Sandbox
 
 
 @dataclass(frozen=True)
@@ -47,30 +51,46 @@ def _apply_limits(limits: Limits, parent: int):
     return apply
 
 
-def child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
+# What a child may inherit: locale, thread pools, accelerators. Never BITPLAN_* (the database URL with its
+# password, the Redis URL) nor anything else the server was given: the child needs none of it.
+_INHERITED = ("PATH", "LANG", "LANGUAGE", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    # Nothing persistent to write to, nothing to download: transformers and torch stay offline.
+    env.update(HOME="/tmp", TMPDIR="/tmp", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(extra or {})
     # One BLAS/OpenMP thread pool per job process; several jobs share the machine's cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1))))
     return env
 
 
-def start_child(args: Sequence[str], *, limits: Limits, env: Mapping[str, str]) -> subprocess.Popen:
-    """Start `python -m service.jobs.child ARGS...` with limits; caller waits on it."""
+def start_child(args: Sequence[str], *, limits: Limits, env: Mapping[str, str] | None = None,
+                sandbox: Sandbox | None = None) -> subprocess.Popen:
+    """Start `python -m service.jobs.child ARGS...` with limits (inside `sandbox` when given); caller waits."""
+    argv = [sys.executable, "-m", "service.jobs.child", *args]
+    environment = child_env(env)
+    if sandbox is not None:
+        argv = sandbox.command(argv, environment)
+        environment = {"PATH": environment["PATH"]}  # bwrap's own; the child's is set inside (--clearenv)
     return subprocess.Popen(
-        [sys.executable, "-m", "service.jobs.child", *args],
+        argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=child_env(env),
+        env=environment,
         preexec_fn=_apply_limits(limits, os.getpid()),
         text=True,
     )
 
 
-def run_child(args: Sequence[str], *, stdin: str, limits: Limits, env: Mapping[str, str]) -> tuple[int, str, str]:
+def run_child(args: Sequence[str], *, stdin: str, limits: Limits, env: Mapping[str, str] | None = None,
+              sandbox: Sandbox | None = None) -> tuple[int, str, str]:
     """Run a child to completion, killing it at the wall-clock limit. Returns (rc, stdout, stderr)."""
-    proc = start_child(args, limits=limits, env=env)
+    proc = start_child(args, limits=limits, env=env, sandbox=sandbox)
     try:
         out, err = proc.communicate(stdin, timeout=limits.wall_s)
     except subprocess.TimeoutExpired:

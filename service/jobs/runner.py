@@ -10,19 +10,27 @@ exponential backoff or, out of attempts, fails the job with the reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from service import store
+from service.blobs import BlobStore
 from service.config import Settings
 from service.db.session import session_scope
 from service.errors import StorageError
+from service.jobs import child
 from service.jobs.child import TRANSIENT_EXIT
 from service.jobs.process import Limits, kill_tree, start_child
+from service.jobs.sandbox import Sandbox, sandbox_mode_for
+from service.redact import redact_paths
+
+CODE_FORMATS = ("pt2",)  # model formats whose loading is code to torch: never run outside the sandbox
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,7 @@ class RunnerConfig:
     backoff_s: float = 5.0
     heartbeat_s: float = 5.0
     poll_s: float = 0.5
+    sandbox: bool = True  # run each child in service.jobs.sandbox (settings.sandbox, resolved at the edge)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
@@ -49,6 +58,7 @@ class RunnerConfig:
             backoff_s=settings.job_retry_backoff_s,
             heartbeat_s=settings.job_heartbeat_s,
             poll_s=settings.job_poll_s,
+            sandbox=sandbox_mode_for(settings.sandbox),
         )
 
     def backoff(self, attempt: int) -> float:
@@ -91,12 +101,24 @@ class JobRunner:
             owner = store.claim_job(s, kind=kind, job_id=job_id)
         if owner is None:
             return "skipped"  # cancelled, taken by another worker, already done, or backoff not over
-        env = {"BITPLAN_DATABASE_URL": c.database_url, "BITPLAN_DATA_DIR": str(c.data_dir)}
-        proc = start_child([kind, job_id, owner], limits=c.limits, env=env)
+        try:
+            payload = self._prepare(kind, job_id)
+        except Exception as exc:  # noqa: BLE001 - a row or blob that cannot be read fails (or retries) the job
+            log.exception("%s %s: could not prepare the job", kind, job_id)
+            message = f"{type(exc).__name__}: {exc}"
+            if child.is_transient(exc):
+                return self._after_exit(kind, job_id, owner, TRANSIENT_EXIT, f"transient: {message}")
+            return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": message})
+        sandbox = Sandbox(read_only=child.input_paths(payload)) if c.sandbox else None
+        if sandbox is None and payload["request"]["model"]["format"] in CODE_FORMATS:
+            error = ("model.format: a pt2 model is only ever loaded in the sandbox, which is switched off on this "
+                     "server (BITPLAN_SANDBOX=off)")
+            return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": error})
+        proc = start_child([kind, job_id], limits=c.limits, sandbox=sandbox)
         with self._lock:
             self._children.add(proc)
         try:
-            outcome = self._watch(kind, job_id, owner, proc)
+            outcome = self._watch(kind, job_id, owner, proc, payload)
         finally:
             if proc.poll() is None:
                 kill_tree(proc)
@@ -106,16 +128,21 @@ class JobRunner:
         log.info("%s %s (pid %d): %s", kind, job_id, proc.pid, outcome)
         return outcome
 
-    def _watch(self, kind: str, job_id: str, owner: str, proc: subprocess.Popen) -> str:
+    def _prepare(self, kind: str, job_id: str) -> dict:
+        """The child's request, read here: the child never sees the database."""
+        blobs = BlobStore(self.config.data_dir / "blobs")
+        with session_scope(self.config.database_url) as s:
+            return child.PREPARE[kind](s, job_id, blobs)
+
+    def _watch(self, kind: str, job_id: str, owner: str, proc: subprocess.Popen, payload: dict) -> str:
         c = self.config
         job = dict(kind=kind, job_id=job_id)
+        stream = _ChildStream(proc, json.dumps(payload))
         next_beat = time.monotonic() + c.heartbeat_s
+        reported = None
         while True:
-            try:
-                _, err = proc.communicate(timeout=c.poll_s)
+            if stream.wait(c.poll_s):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             if self._stopping.is_set():
                 return "stopped"
             try:
@@ -124,15 +151,17 @@ class JobRunner:
                     if rec.owner != owner:
                         kill_tree(proc)  # a reaper gave the job to a newer attempt: this one must not finish
                         return "lost"
-                    if rec.status != "running":  # the child recorded its outcome and is on its way out
-                        try:
-                            proc.communicate(timeout=10)
-                        except subprocess.TimeoutExpired:
-                            kill_tree(proc)
+                    if rec.status != "running":  # finished elsewhere (cancelled by a reaper's decision)
+                        kill_tree(proc)
                         return rec.status
+                    progress = stream.progress
+                    if progress is not None and progress != reported:
+                        store.report_progress(s, **job, fraction=progress[0], message=progress[1], owner=owner)
+                        reported = progress
+                        next_beat = time.monotonic() + c.heartbeat_s
                     if rec.cancel_requested:
                         kill_tree(proc)
-                        proc.communicate()
+                        proc.wait()
                         store.finish_attempt(s, **job, owner=owner, status="cancelled")
                         return "cancelled"
                     if time.monotonic() >= next_beat:
@@ -140,9 +169,11 @@ class JobRunner:
                         next_beat = time.monotonic() + c.heartbeat_s
             except StorageError:
                 log.warning("%s %s: database unavailable while watching; still waiting", kind, job_id)
-        return self._after_exit(kind, job_id, owner, proc.returncode, err)
+        return self._after_exit(kind, job_id, owner, proc.returncode, stream.stderr(), stream.outcome)
 
-    def _after_exit(self, kind: str, job_id: str, owner: str, returncode: int, stderr: str) -> str:
+    def _after_exit(self, kind: str, job_id: str, owner: str, returncode: int, stderr: str,
+                    outcome: dict | None = None) -> str:
+        """Record what the child said (its outcome line), or decide on a retry when it said nothing."""
         c = self.config
         job = dict(kind=kind, job_id=job_id)
         with session_scope(c.database_url) as s:
@@ -150,11 +181,17 @@ class JobRunner:
             if rec.owner != owner:
                 return "lost"
             if rec.status != "running":
-                return rec.status  # the child recorded its outcome
+                return rec.status
             if rec.cancel_requested:
                 store.finish_attempt(s, **job, owner=owner, status="cancelled")
                 return "cancelled"
-            reason = describe_exit(returncode, stderr)
+            if outcome is not None and outcome.get("outcome") in ("succeeded", "failed"):
+                status = outcome["outcome"]
+                error = redact_paths(outcome["error"]) if outcome.get("error") else None
+                store.finish_attempt(s, **job, owner=owner, status=status, error=error,
+                                     outputs=outcome.get("outputs") if status == "succeeded" else None)
+                return status
+            reason = redact_paths(describe_exit(returncode, stderr))
             if rec.attempts < c.max_attempts:
                 delay = c.backoff(rec.attempts)
                 message = f"attempt {rec.attempts} failed ({reason}); retrying in {delay:g} s"
@@ -163,3 +200,55 @@ class JobRunner:
             error = f"{reason} (attempt {rec.attempts} of {c.max_attempts})"
             store.finish_attempt(s, **job, owner=owner, status="failed", error=error)
             return "failed"
+
+
+class _ChildStream:
+    """Feeds the child its request and reads its answer on threads, so the watcher never blocks: the
+    latest progress line, the outcome line, and the tail of stderr (bounded, whatever the child prints)."""
+
+    def __init__(self, proc: subprocess.Popen, request: str):
+        self.proc = proc
+        self.progress: tuple[float, str] | None = None
+        self.outcome: dict | None = None
+        self._err: deque[str] = deque(maxlen=200)
+        self._threads = [threading.Thread(target=fn, daemon=True) for fn in (self._feed, self._read, self._drain)]
+        self._request = request
+        for t in self._threads:
+            t.start()
+
+    def _feed(self) -> None:
+        try:
+            self.proc.stdin.write(self._request)
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the child died before reading it; its exit says why
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            if "outcome" in message:
+                self.outcome = message
+            elif "progress" in message:
+                self.progress = (float(message["progress"]), str(message.get("message", "")))
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self._err.append(line.rstrip("\n"))
+
+    def wait(self, timeout: float) -> bool:
+        """True once the child has exited and its output is read."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        for t in self._threads:
+            t.join(timeout=30)
+        return True
+
+    def stderr(self) -> str:
+        return "\n".join(self._err)

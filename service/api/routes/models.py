@@ -19,7 +19,11 @@ from service.config import Settings
 from service.db.models import ModelRecord
 from service.errors import InvalidInput
 from service.inspection import inspect_upload
-from service.uploads import check_zip, read_safetensors_header, sniff_format, unpack_hf, zip_kind
+from service.api.security import auth_required
+from service.jobs.sandbox import sandbox_mode_for
+from service.uploads import (
+    check_pt2, check_zip, code_formats_allowed, read_safetensors_header, sniff_format, unpack_hf, zip_kind,
+)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -73,8 +77,10 @@ async def upload_model(
             if architecture is not None:
                 raise InvalidInput("spec", f"a {'.pt2 archive' if fmt == 'pt2' else 'Hugging Face directory'} "
                                            "carries its own architecture; leave spec out")
-            if fmt == "pt2" and not settings.allow_code_formats:
-                raise InvalidInput("file", ".pt2 archives run code when loaded; this server has them switched off")
+            if fmt == "pt2":
+                allowed = code_formats_allowed(settings.allow_code_formats, auth_on=auth_required(settings))
+                sandboxed = await run_in_threadpool(sandbox_mode_for, settings.sandbox)
+                await run_in_threadpool(check_pt2, staged.path, allowed=allowed, sandboxed=sandboxed)
         else:
             raise InvalidInput("file", "unrecognised file type: expected safetensors, a torch.export .pt2, or a "
                                        "zipped Hugging Face model directory (config.json + *.safetensors)")
@@ -89,8 +95,7 @@ async def upload_model(
         name=name or file.filename or "model", sha256=staged.sha256, format=fmt, architecture=architecture,
         hyperparams=hyperparams, size_bytes=staged.size, layers=layers,
     )
-    session.add(rec)
-    session.commit()
+    await run_in_threadpool(store.save, session, rec)  # never the session on the event loop
     return model_out(rec)
 
 
