@@ -29,6 +29,13 @@ def _get(session: Session, record: type[Any], kind: str, record_id: str) -> Any:
     return rec
 
 
+def save(session: Session, rec: Any) -> Any:
+    """Add a new row and commit it: its id exists from here on, and other sessions (runners) can read it."""
+    session.add(rec)
+    session.commit()
+    return rec
+
+
 def get_model(session: Session, *, model_id: str) -> ModelRecord:
     return _get(session, ModelRecord, "model", model_id)
 

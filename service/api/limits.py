@@ -1,4 +1,4 @@
-"""Per-caller limits: request size before the body is read, request rate and concurrent jobs per token.
+"""Limits: request size before the body is read, requests in flight, request rate and concurrent jobs per token.
 
 The rate limiter is a token bucket per API token held in this process's memory: with several API
 replicas each enforces its own share, which bounds abuse without a round trip to shared storage on
@@ -14,13 +14,13 @@ import time
 
 from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import store
 from service.api.security import Principal
 from service.errors import TooManyRequests
 
-__all__ = ["TokenBucket", "BodySizeLimitMiddleware", "RateLimitMiddleware", "check_active_jobs"]
+__all__ = ["TokenBucket", "BodySizeLimitMiddleware", "InFlightLimitMiddleware", "RateLimitMiddleware", "check_active_jobs"]
 
 # Multipart framing and form fields around the file; JSON bodies of this API are far smaller.
 MULTIPART_SLACK = 1 << 20
@@ -60,6 +60,52 @@ class BodySizeLimitMiddleware:
                         scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+class InFlightLimitMiddleware:
+    """503 with Retry-After at once when `limit` requests are already being handled, instead of letting
+    an unbounded queue build up in front of the threads and the database pool.
+
+    A request counts until its response starts: an event stream is long-lived but holds nothing while
+    it waits between polls, so it stops counting once its headers are out. Public probes (/healthz,
+    /readyz, /metrics) never count, so a load balancer still sees a live process under overload.
+    """
+
+    PROBES = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, *, limit: int, retry_after_s: int = 1):
+        self.app = app
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0  # touched only on the event loop's thread
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.PROBES:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = JSONResponse(
+                status_code=503, headers={"Retry-After": str(self.retry_after_s)},
+                content={"detail": f"server: {self.limit} requests are in flight; retry in {self.retry_after_s} s",
+                         "field": "server"},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        counted = True
+
+        async def send_and_release(message: Message) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start" and counted:
+                counted = False
+                self.in_flight -= 1
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_release)
+        finally:
+            if counted:
+                self.in_flight -= 1
 
 
 class TokenBucket:

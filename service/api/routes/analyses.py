@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from service import catalog, planning, store
@@ -92,23 +91,20 @@ def get_table(analysis_id: str, session: Session = Depends(get_session)) -> Tabl
 
 
 @router.post("/{analysis_id}/plans", status_code=201, response_model=PlanOut)
-async def create_plan(
+def create_plan(
     analysis_id: str, body: PlanIn, response: Response, session: Session = Depends(get_session)
 ) -> PlanOut:
     rec = succeeded_analysis(session, analysis_id)
     problem = planning.problem_for(rec.id, lambda: rec.problem)
     budget = body.budget.model_dump(exclude_none=True)
     budgets = planning.budgets_from(problem, budget)
-    plan = await run_in_threadpool(
-        planning.make_plan, problem, budgets, backend=body.backend, time_limit=body.time_limit_s
-    )
+    plan = planning.make_plan(problem, budgets, backend=body.backend, time_limit=body.time_limit_s)
     prec = PlanRecord(
         analysis_id=rec.id, budget=budget, assignment=dict(plan.assignment), total_bytes=plan.costs.get("bytes", 0.0),
         average_bits=plan.average_bits(problem), predicted_damage=plan.damage, costs=dict(plan.costs),
         solver_status=plan.status, gap=plan.gap, backend=plan.backend, solve_seconds=plan.solve_seconds,
     )
-    session.add(prec)
-    session.commit()
+    store.save(session, prec)
     response.headers["Location"] = f"/v1/plans/{prec.id}"
     return plan_out(prec, problem)
 

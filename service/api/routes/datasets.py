@@ -52,8 +52,7 @@ async def upload_dataset(
         name=name or file.filename or "dataset", sha256=staged.sha256, size_bytes=staged.size, samples=samples,
         input_shape=list(shape), input_dtype=dtype, has_targets=has_targets,
     )
-    session.add(rec)
-    session.commit()
+    await run_in_threadpool(store.save, session, rec)  # never the session on the event loop
     return dataset_out(rec)
 
 

@@ -73,7 +73,7 @@ def evaluate_plan(
 
 
 @router.post("/v1/analyses/{analysis_id}/frontier/evaluations", status_code=202, response_model=EvaluationOut)
-async def evaluate_frontier(
+def evaluate_frontier(
     analysis_id: str,
     body: FrontierEvaluationIn,
     response: Response,
@@ -89,7 +89,7 @@ async def evaluate_frontier(
     store.get_dataset(session, dataset_id=body.dataset_id)
     stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
     if stored is None:  # the frontier endpoint computes and stores it (cost checked, races handled there)
-        await get_frontier(analysis.id, cost=body.cost, points=body.points, session=session)
+        get_frontier(analysis.id, cost=body.cost, points=body.points, session=session)
         stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
     chosen = evaluations.choose_frontier_points(stored.data, body.k)
     if not chosen:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,7 +19,7 @@ router = APIRouter(prefix="/v1/analyses", tags=["frontiers"])
 
 
 @router.get("/{analysis_id}/frontier")
-async def get_frontier(
+def get_frontier(
     analysis_id: str,
     cost: str = Query("bytes", max_length=50, description="The cost on the x axis (bytes, bops, latency_ms...)."),
     points: int = Query(50, ge=2, le=1000, description="Budgets on the grid from the cheapest to the dearest plan."),
@@ -35,7 +34,7 @@ async def get_frontier(
         problem = planning.problem_for(rec.id, lambda: rec.problem)
         if cost not in problem.cost_names:
             raise InvalidInput("cost", f"this analysis has no cost {cost!r}; it has {list(problem.cost_names)}")
-        data = await run_in_threadpool(compute_frontier, problem, cost=cost, points=points)
+        data = compute_frontier(problem, cost=cost, points=points)
         stored = FrontierRecord(analysis_id=rec.id, cost=cost, points_requested=points, data=data,
                                 solve_seconds=data["solve_seconds"])
         session.add(stored)

@@ -61,8 +61,9 @@ def _worker(request: Request, redis_url: str | None) -> dict[str, Any]:
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers. Nothing else is checked, so a database outage does not restart it."""
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Nothing else is checked, so a database outage does not restart it.
+    On the event loop, not a thread, so it answers while every thread is busy."""
     return {"status": "ok"}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 
 from service import planning
 from service.api.schemas import SolveIn
@@ -22,7 +21,7 @@ MAX_UNITS = 100_000
 
 
 @router.post("")
-async def solve_problem(body: SolveIn) -> dict[str, Any]:
+def solve_problem(body: SolveIn) -> dict[str, Any]:
     units = body.problem.get("units")
     if isinstance(units, list) and len(units) > MAX_UNITS:
         raise InvalidInput("problem.units", f"at most {MAX_UNITS} units per synchronous solve")
@@ -32,9 +31,7 @@ async def solve_problem(body: SolveIn) -> dict[str, Any]:
     if body.budget is not None:
         budget = body.budget.model_dump(exclude_none=True)
         budgets = planning.budgets_from(problem, budget)
-        plan = await run_in_threadpool(
-            planning.make_plan, problem, budgets, backend=body.backend, time_limit=body.time_limit_s
-        )
+        plan = planning.make_plan(problem, budgets, backend=body.backend, time_limit=body.time_limit_s)
         result["plan"] = {
             "assignment": dict(plan.assignment),
             "damage": plan.damage,
@@ -47,7 +44,7 @@ async def solve_problem(body: SolveIn) -> dict[str, Any]:
         if body.frontier.cost not in problem.cost_names:
             raise InvalidInput("frontier.cost", f"the problem has no cost {body.frontier.cost!r}; it has "
                                                 f"{list(problem.cost_names)}")
-        result["frontier"] = await run_in_threadpool(
-            compute_frontier, problem, cost=body.frontier.cost, points=body.frontier.points, backend=body.backend
+        result["frontier"] = compute_frontier(
+            problem, cost=body.frontier.cost, points=body.frontier.points, backend=body.backend
         )
     return result
