@@ -8,10 +8,18 @@ minimum in ascending bits), keeping the raw value beside it. Candidates on diffe
 channel vs group-wise, symmetric vs asymmetric) are not compared.
 
 Device: "auto" takes CUDA when torch sees a GPU, else the CPU; the model and the calibration
-tensors are moved there for the whole analysis. Memory: when the metric runs out of memory (CUDA's
-OutOfMemoryError, or a RuntimeError saying "out of memory", also when a metric wrapped it) the
-calibration batch size is halved and the metric restarts, down to 1; out of memory at batch size 1
-is an AnalysisError saying what to cap. The batch size that finally ran is in the provenance.
+tensors are moved there for the whole analysis. Memory (workers.memory): before the metric runs,
+one forward + double backward at batch 1–2 is measured and the batch size (at most the one asked
+for) and the metric's probe batch are chosen to fit the memory actually free. When the metric still
+runs out of memory (an allocator failure of either kind: CUDA's OutOfMemoryError, the CPU
+allocator's "can't allocate memory", MemoryError; also when a metric wrapped it) the larger term of
+the estimate is halved (batch size, else probe batch) and the metric restarts; out of memory at
+batch 1 and probe batch 1 is an AnalysisError saying what to cap. The sizes planned and run, each
+back-off and the peak memory (resident set; CUDA allocator peak) are in the provenance.
+
+Static batch: a model exported with a fixed batch dimension (`bitplan_static_batch`, set by
+workers.models for such a `.pt2`) is fed batches of exactly that size; the samples that do not fill
+a last batch are left out and counted in the provenance.
 
 Costs: with calibration data one sample is traced (workers.costs) for MACs, BOPs and latency, and
 the same pass finds the fusable projections that `ties="auto"` ties (workers.units).
@@ -31,6 +39,17 @@ from torch import nn
 from workers.costs import HardwareProfile, bops, roofline_ms, trace_layers
 from workers.data import Calibration
 from workers.errors import AnalysisError, DatasetError
+from workers.memory import (
+    SAFETY,
+    PassCost,
+    PeakMeter,
+    choose_batches,
+    free_memory,
+    is_allocator_failure,
+    measure_pass_cost,
+    pass_kind,
+    process_peak,
+)
 from workers.metrics import Metric, MetricContext
 from workers.models import find_layers
 from workers.quantizers import Quantizer
@@ -67,17 +86,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for an allocator failure anywhere in the exception's cause / context chain."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, torch.OutOfMemoryError):
-            return True
-        if isinstance(current, RuntimeError) and "out of memory" in str(current).lower():
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    """True for an allocator failure (CUDA or CPU) anywhere in the exception's cause / context chain."""
+    return is_allocator_failure(exc)
 
 
 def analyse(
@@ -95,12 +105,15 @@ def analyse(
     grouping: str | list[str] = "layer",
     ties: str = "auto",
     provenance: dict[str, Any] | None = None,
+    plan_memory: bool = True,
 ) -> SensitivityTable:
     """The sensitivity table of `model`'s quantizable layers under `candidates`.
 
     Leaves the model's parameter values unchanged (it may move the model to `device`). `timings`,
     when given, receives seconds per phase. `latency_table` maps (layer, candidate) → ms (parsed
     by workers.costs.parse_latency_table); `hardware` asks for roofline latencies instead.
+    `plan_memory` sizes the batches from the free memory (module docstring): `calibration.batch_size`
+    and the metric's probe batch are then upper bounds, and both objects are changed in place.
     """
     raw_report = report or (lambda fraction, message: None)
     shown = [0.0]
@@ -124,8 +137,12 @@ def analyse(
 
     target = resolve_device(device)
     model.to(target)
+    static_batch = getattr(model, "bitplan_static_batch", None)
+    static_note = None
     if calibration is not None:
         calibration.to(target)
+        if static_batch is not None:
+            static_note = _fit_static_batch(calibration, static_batch)
     torch.manual_seed(seed)
 
     started = time.perf_counter()
@@ -133,7 +150,9 @@ def analyse(
     if calibration is not None:
         report(0.0, "tracing one sample for MACs and shared inputs")
         try:
-            trace = trace_layers(model, layers, calibration.inputs[:1])
+            trace = trace_layers(model, layers, calibration.inputs[: static_batch or 1])
+            if static_batch is not None:
+                _per_sample(trace, static_batch)
         except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
             if is_out_of_memory(exc):
                 raise AnalysisError(_OOM_AT_ONE.format(device=target)) from exc
@@ -145,7 +164,23 @@ def analyse(
 
     started = time.perf_counter()
     first_batch = calibration.batch_size if calibration is not None else None
-    stats = _measure_with_backoff(model, layers, calibration, candidates, metric, seed, target, report)
+    knob = (pass_kind(metric) or (None, None))[1]
+    first_probe = getattr(metric, knob) if knob else None
+    memory: dict[str, Any] = {}
+    cost = None
+    if calibration is not None and plan_memory:
+        cost = _plan_memory(model, layers, calibration, metric, target, static_batch, memory, report)
+    timings["memory_plan_s"] = time.perf_counter() - started
+    torch.manual_seed(seed)
+
+    started = time.perf_counter()
+    meter = PeakMeter(target)
+    meter.reset()
+    stats = _measure_with_backoff(
+        model, layers, calibration, candidates, metric, seed, target, report,
+        cost=cost, knob=knob, static_batch=static_batch, backoffs=memory.setdefault("backoffs", []),
+    )
+    memory["measure_peak_above_start_bytes"] = meter.peak()
     if len(stats) != len(layers):
         raise AnalysisError(f"metric {metric.name!r} returned {len(stats)} statistics for {len(layers)} layers")
     timings["measure_s"] = time.perf_counter() - started
@@ -210,6 +245,12 @@ def analyse(
     if calibration is not None:
         prov["calibration"] = dict(calibration.provenance)
         prov["batch_size"] = {"requested": first_batch, "used": calibration.batch_size}
+        if knob:
+            prov[knob] = {"requested": first_probe, "used": getattr(metric, knob)}
+        if static_note is not None:
+            prov["static_batch"] = static_note
+    memory.update(process_peak(target))
+    prov["memory"] = memory
     if trace is not None:
         prov["cost_sample_shape"] = trace.sample_shape
     if hardware is not None:
@@ -230,7 +271,85 @@ def analyse(
     )
 
 
-def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, device, report):
+def _fit_static_batch(calibration: Calibration, size: int) -> dict[str, int]:
+    """Keep whole batches of the model's fixed batch size; what is left out is counted."""
+    total = calibration.samples
+    keep = total // size * size
+    if keep == 0:
+        raise DatasetError(
+            f"dataset: {total} samples, but the model was exported with a fixed batch of {size}; give at least"
+            f" {size} samples, or re-export with a dynamic batch: torch.export.export(m, (x,),"
+            " dynamic_shapes={'x': {0: torch.export.Dim('batch')}})"
+        )
+    calibration.inputs = calibration.inputs[:keep]
+    if calibration.targets is not None:
+        calibration.targets = calibration.targets[:keep]
+    calibration.batch_size = size
+    return {"batch": size, "samples_used": keep, "samples_left_out": total - keep}
+
+
+def _per_sample(trace, batch: int) -> None:
+    """A trace of one static batch, divided into one sample's counts."""
+    for t in trace.layers.values():
+        t.macs //= batch
+        t.input_elements //= batch
+        t.output_elements //= batch
+    trace.sample_shape = [1, *trace.sample_shape[1:]]
+
+
+def _plan_memory(model, layers, calibration, metric, device, static_batch, memory, report) -> PassCost | None:
+    """Measure one pass at batch 1–2, choose the batch sizes that fit (workers.memory); records it all in
+    `memory`. None when the metric has no pass to budget."""
+    kind = pass_kind(metric)
+    if kind is None:
+        return None
+    pass_type, knob = kind
+    report(0.0, "measuring the memory of one pass at small batch sizes")
+    loss_option = {"loss": metric.loss} if isinstance(getattr(metric, "loss", None), str) else {}
+    fixed = min(int(getattr(metric, "layer_chunk", 1)), len(layers)) if knob is None else None
+    free, _ = free_memory(device)
+    try:
+        cost = measure_pass_cost(
+            model, [p for _, p in layers], calibration, kind=pass_type,
+            output_loss=getattr(metric, "output_loss", "kl"), device=device, batch_cap=calibration.batch_size,
+            probe_cap=getattr(metric, knob) if knob else max(2, fixed or 1), static_batch=static_batch,
+            grow_until=0.0 if free is None else 0.05 * SAFETY * free, **loss_option,
+        )
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here, the rest re-raised
+        if not is_out_of_memory(exc):
+            raise
+        del exc
+        gc.collect()
+        memory["plan"] = {"out_of_memory_in_probe": True}
+        calibration.batch_size = static_batch or 1
+        if knob:
+            setattr(metric, knob, 1)
+        return None
+    free, bounds = free_memory(device)
+    plan = choose_batches(
+        cost, free, samples=calibration.samples, batch_cap=calibration.batch_size,
+        probe_cap=getattr(metric, knob) if knob else None, static_batch=static_batch, fixed_probes=fixed,
+    )
+    calibration.batch_size = plan.batch_size
+    if knob and plan.probe_batch:
+        setattr(metric, knob, plan.probe_batch)
+    memory.update(pass_kind=pass_type, free_bytes=free, free_bounds=bounds, safety=SAFETY, cost=cost.to_dict(),
+                  plan=plan.to_dict())
+    return cost
+
+
+def _halve_probes_first(cost: PassCost | None, batch: int, probes: int) -> bool:
+    """Out of memory: halve the probe batch rather than the batch when the estimate says probes hold
+    most of it (large models: p copies of every weight), and by a clear margin over measurement noise."""
+    if cost is None:
+        return False
+    probe_term = cost.per_probe * probes + cost.per_sample_probe * batch * probes
+    return probe_term > 2 * cost.per_sample * batch and probe_term > 64 * 2**20
+
+
+def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, device, report, *,
+                          cost=None, knob=None, static_batch=None, backoffs=None):
+    backoffs = backoffs if backoffs is not None else []
     while True:
         ctx = MetricContext(
             model=model,
@@ -246,14 +365,29 @@ def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, 
             if calibration is None or not is_out_of_memory(exc):
                 raise
             failed = calibration.batch_size
-            if failed <= 1:
+            probes = getattr(metric, knob) if knob else 1
+            can_halve_batch = failed > 1 and static_batch is None
+            if probes > 1 and (not can_halve_batch or _halve_probes_first(cost, failed, probes)):
+                setattr(metric, knob, probes // 2)
+                message = (f"out of memory at batch size {failed}, {knob} {probes} on {device};"
+                           f" retrying with {knob} {probes // 2}")
+            elif can_halve_batch:
+                calibration.batch_size = max(1, failed // 2)
+                message = f"out of memory at batch size {failed} on {device}; retrying with {calibration.batch_size}"
+            elif static_batch is not None:
+                raise AnalysisError(
+                    f"out of memory on {device} at the model's fixed batch of {static_batch}: re-export it with a"
+                    " dynamic batch (torch.export.export(m, (x,), dynamic_shapes={'x': {0: torch.export.Dim("
+                    "'batch')}})) so smaller batches can run, or use a device with more memory"
+                ) from exc
+            else:
                 raise AnalysisError(_OOM_AT_ONE.format(device=device)) from exc
             del exc  # its traceback holds the failed attempt's tensors
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            calibration.batch_size = max(1, failed // 2)
-            report(0.0, f"out of memory at batch size {failed} on {device}; retrying with {calibration.batch_size}")
+            backoffs.append(message)
+            report(0.0, message)
 
 
 def enforce_monotone(rows: list[CandidateRow], candidates: Sequence[Quantizer]) -> None:
