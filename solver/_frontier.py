@@ -13,7 +13,8 @@ from solver._solve import check_reachable, solve_model
 from solver.backends import get_backend
 from solver.backends import _lattice
 from solver.backends._ilp import fits
-from solver.backends._mckp import Knapsack
+from solver.backends._mckp import Knapsack, objective_tolerance
+from solver.backends._two import TwoBudget
 from solver.errors import InfeasibleBudget
 from solver.plan import Plan
 from solver.problem import Budget, Problem
@@ -52,8 +53,9 @@ def frontier(
     With no extra budgets and costs on a lattice of manageable range ("auto" or "dp"), one dynamic
     programme over the cost lattice gives every budget's optimum at once (solver/backends/_lattice.py);
     otherwise (or with backend="mckp") the knapsack method answers each budget from one shared hull,
-    warm-started from its neighbour's plan. With extra budgets the chosen ILP back-end solves each
-    point, warm-started too.
+    warm-started from its neighbour's plan. With one extra budget ("auto" or "mckp2") the exact
+    two-budget knapsack answers each point (see _two_frontier); with more, or another back-end
+    named, `solve` does (checked as it always is), warm-started too.
     """
     if points < 1:
         raise ValueError(f"points must be ≥ 1, got {points}")
@@ -67,6 +69,8 @@ def frontier(
             plans = _lattice_frontier(model, cost, points, cap)
         if plans is None:
             plans = _knapsack_frontier(model, cost, points, cap)
+    elif len(extra) == 1 and backend in ("auto", "mckp2"):
+        plans = _two_frontier(model, cost, points, cap, extra)
     else:
         plans = _ilp_frontier(model, cost, points, cap, extra, backend)
     return Frontier(cost=cost, points=_non_dominated(plans, (cost,)))
@@ -84,10 +88,6 @@ def _lattice_frontier(model: Model, cost: str, points: int, cap: float) -> list[
     (costs off a lattice, too many levels) so the caller falls back to the per-budget search."""
     started = time.perf_counter()
     c = model.cost(cost)
-    keep = _lattice.undominated(c, model.damage, model.valid)
-    lat = _lattice.find_lattice(c, keep)
-    if lat is None or not _lattice.affordable(lat.levels, lat.top):
-        return None
     lo = model.minimum(cost)
     if cap < lo:
         check_reachable(model, {cost: cap})
@@ -96,21 +96,39 @@ def _lattice_frontier(model: Model, cost: str, points: int, cap: float) -> list[
     hull = ks.root_hull
     hi = float(ks.cost[rows, hull.vertices[rows, hull.n_steps]].sum())
     budgets = _grid(lo, hi, cap, points)
+    choices = lattice_choices(model, cost, budgets, ks)
+    if choices is None:
+        return None
+    seconds = (time.perf_counter() - started) / len(budgets)
+    tol = objective_tolerance(model.damage, model.valid)
+    return [model.plan(ch, backend="dp", started=time.perf_counter() - seconds, tolerance=_rel(tol, ch, model)) for ch in choices]
+
+
+def _rel(abs_tol: float, choice: np.ndarray, model: Model) -> float:
+    damage = model.totals(choice)[0]
+    return abs_tol / max(abs(damage), abs_tol, 1e-300)
+
+
+def lattice_choices(model: Model, cost: str, budgets: np.ndarray, ks: Knapsack) -> list[np.ndarray] | None:
+    """The one-budget optimum at each of `budgets` from one DP pass over the cost lattice; None when
+    the DP does not apply (costs off a lattice, too many levels)."""
+    c = model.cost(cost)
+    keep = _lattice.undominated(c, model.damage, model.valid)
+    lat = _lattice.find_lattice(c, keep)
+    if lat is None or not _lattice.affordable(lat.levels, lat.top):
+        return None
     table = _lattice.run(lat.levels, model.damage, lat.top)
     tops = np.array([min(lat.level_of(float(b)), lat.top) for b in budgets])
     levels = table.best_levels(tops)
     if (levels < 0).any():
         return None
-    choices = table.backtrack(levels)
-    seconds = (time.perf_counter() - started) / len(budgets)
-    plans = []
-    for budget, choice in zip(budgets, choices):
-        t = time.perf_counter()
-        total = float(c[rows, choice].sum())
-        if not fits(total, float(budget)):  # float rounding at a level's edge: ask the search
+    rows = np.arange(model.n_groups)
+    out = []
+    for budget, choice in zip(budgets, table.backtrack(levels)):
+        if not fits(float(c[rows, choice].sum()), float(budget)):  # rounding at a level's edge
             choice = ks.solve(float(budget)).choice
-        plans.append(model.plan(choice, backend="dp", started=t - seconds))
-    return plans
+        out.append(choice)
+    return out
 
 
 def _knapsack_frontier(model: Model, cost: str, points: int, cap: float) -> list[Plan]:
@@ -124,10 +142,56 @@ def _knapsack_frontier(model: Model, cost: str, points: int, cap: float) -> list
     dearest = hull.vertices[rows, hull.n_steps]
     hi = float(ks.cost[rows, dearest].sum())
     plans, prev = [], None
+    tol = objective_tolerance(model.damage, model.valid)
     for budget in _grid(lo, hi, cap, points):
         out = ks.solve(float(budget), start=prev)
         prev = out.choice
-        plans.append(model.plan(out.choice, backend="mckp", started=started))
+        plans.append(model.plan(out.choice, backend="mckp", started=started, tolerance=_rel(tol, out.choice, model)))
+        started = time.perf_counter()
+    return plans
+
+
+def _two_frontier(model: Model, cost: str, points: int, cap: float, extra: dict[str, float]) -> list[Plan]:
+    """Frontier on `cost` under one extra budget by the exact two-budget knapsack, one shared
+    instance (its one-budget hulls serve every point). Where the extra budget does not bind, the
+    one-budget optimum is the answer: for costs on a lattice one DP pass gives those for every
+    point. Elsewhere each point is solved warm-started from its neighbour's plan (the grid grows,
+    so the previous optimum still fits) and its multiplier."""
+    started = time.perf_counter()
+    (other, limit), = extra.items()
+    check_reachable(model, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
+    c, o = model.cost(cost), model.cost(other)
+    # Ends of the grid: the cheapest plan meeting the extra budget, and the least-damage one.
+    cheapest = Knapsack(o, c, model.valid).solve(limit)
+    best = Knapsack(o, model.damage, model.valid).solve(limit)
+    if cheapest.choice is None or best.choice is None:
+        raise InfeasibleBudget(
+            "the extra budgets cannot all be met together", minimums={other: model.minimum(other)}, violated=()
+        )
+    lo = model.totals(cheapest.choice)[1][cost]
+    hi = model.totals(best.choice)[1][cost]
+    budgets = _grid(lo, hi, cap, points)
+    two = TwoBudget(c, o, model.damage, model.valid)
+    free = lattice_choices(model, cost, budgets, two.ka) or [None] * len(budgets)
+    tol = objective_tolerance(model.damage, model.valid)
+    rows = np.arange(model.n_groups)
+    plans, prev, hint = [], cheapest.choice, None
+    for budget, alone in zip(budgets, free):
+        if alone is not None and fits(float(o[rows, alone].sum()), limit):
+            choice = alone
+        else:
+            out = two.solve(float(budget), limit, start=prev, hint=hint)
+            if out.status == "infeasible":
+                started = time.perf_counter()
+                continue
+            if out.status != "optimal":  # the core search gave up: the general path, checked
+                plans.append(solve_model(model, {**extra, cost: float(budget)}, start=prev))
+                prev = model.choice_of(plans[-1])
+                started = time.perf_counter()
+                continue
+            choice, hint = out.choice, two.last_mu or hint
+        prev = choice
+        plans.append(model.plan(choice, backend="mckp2", started=started, tolerance=_rel(tol, choice, model)))
         started = time.perf_counter()
     return plans
 
@@ -218,14 +282,14 @@ def frontier_2d(
     for c in costs:
         cap = min((b.limit for b in budgets if b.cost == c), default=np.inf)
         axes.append(_grid(model.minimum(c), best.costs[c], cap, n if c == costs[0] else m))
-    impl_name = get_backend(backend, len(extra) + 2).name
+    name = backend if backend == "auto" else get_backend(backend, len(extra) + 2).name
     plans: list[Plan] = []
     for a in axes[0]:
         prev = None
         for b in axes[1]:  # tightest first: each plan is a feasible warm start for the next cell
             try:
                 plan = solve_model(
-                    model, {**extra, costs[0]: float(a), costs[1]: float(b)}, backend=impl_name, start=prev
+                    model, {**extra, costs[0]: float(a), costs[1]: float(b)}, backend=name, start=prev
                 )
             except InfeasibleBudget:
                 continue

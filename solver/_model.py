@@ -63,6 +63,7 @@ class Model:
         started: float,
         status: str = STATUS_OPTIMAL,
         bound: float | None = None,
+        tolerance: float | None = None,
     ) -> Plan:
         """Turn one option index per group into a Plan; `started` is a time.perf_counter() value."""
         choice = np.asarray(choice, dtype=np.intp)
@@ -75,9 +76,7 @@ class Model:
                 assignment[units[i].name] = cands[j]
         assignment = {u.name: assignment[u.name] for u in units}
         damage, costs = self.totals(choice)
-        if status == STATUS_OPTIMAL or bound is None:
-            bound = damage if bound is None or status == STATUS_OPTIMAL else bound
-        bound = min(bound, damage)
+        bound = damage if bound is None else min(bound, damage)
         return Plan(
             assignment=assignment,
             damage=damage,
@@ -87,6 +86,7 @@ class Model:
             bound=bound,
             backend=backend,
             solve_seconds=time.perf_counter() - started,
+            tolerance=tolerance,
         )
 
     def choice_of(self, plan: Plan) -> np.ndarray:

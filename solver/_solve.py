@@ -1,19 +1,22 @@
-"""`solve`: one exact plan under any number of budgets."""
+"""`solve`: one exact plan under any number of budgets, its optimality checked by bitplan itself."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from solver._model import Model, compile_problem, limits_of
 import numpy as np
 
 from solver.backends import available_backends, get_backend
-from solver.backends._mckp import Knapsack
+from solver.backends._ilp import fits, violation
+from solver.backends._mckp import Knapsack, objective_tolerance
+from solver.backends._two import TwoBudget
 from solver.backends.base import Outcome
-from solver.backends._ilp import fits
 from solver.errors import InfeasibleBudget, SolverError
-from solver.plan import STATUS_OPTIMAL, STATUS_TIME_LIMIT, Plan
+from solver.plan import STATUS_FEASIBLE, STATUS_OPTIMAL, STATUS_TIME_LIMIT, Plan, relative_gap
 from solver.problem import Budget, Problem
 
 
@@ -41,6 +44,19 @@ def check_reachable(model: Model, limits: Mapping[str, float]) -> dict[str, floa
     return minimums
 
 
+TOLERANCE = 1e-9  # relative gap to bitplan's own bound within which an unchecked plan counts as optimal
+EXACT = ("mckp", "mckp2", "dp")
+
+
+@dataclass(frozen=True)
+class _Result:
+    """An outcome with who made it and, when proven optimal, the absolute tolerance of the proof."""
+
+    out: Outcome
+    backend: str
+    abs_tol: float | None = None
+
+
 def solve_model(
     model: Model,
     limits: Mapping[str, float],
@@ -55,10 +71,19 @@ def solve_model(
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit}")
     impl = get_backend(backend, len(limits))
     minimums = check_reachable(model, limits)
-    if backend == "auto" and impl.name == "mckp":
-        out, name = _auto_single(model, limits, time_limit, start, started)
+    if backend == "auto" and impl.name in ("mckp", "mckp2"):
+        res = _auto_exact(model, limits, time_limit, start, started)
+    elif impl.name in EXACT:
+        out = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start)
+        res = _Result(out, impl.name, objective_tolerance(model.damage, model.valid))
     else:
-        out, name = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start), impl.name
+        out = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start)
+        res = _checked(model, limits, _Result(out, impl.name), _left(time_limit, started))
+    return plan_of(model, limits, res, minimums, time_limit, started)
+
+
+def plan_of(model: Model, limits, res: _Result, minimums, time_limit, started) -> Plan:
+    out, name = res.out, res.backend
     if out.status == "infeasible":
         names = ", ".join(f"{n} ≤ {_fmt(v)}" for n, v in limits.items())
         raise InfeasibleBudget(
@@ -66,37 +91,111 @@ def solve_model(
         )
     if out.choice is None:
         raise TimeLimitReached(f"time limit of {time_limit} s ended before {name} found a plan")
-    status = STATUS_OPTIMAL if out.status == "optimal" else STATUS_TIME_LIMIT
+    if out.status == "optimal":
+        damage = model.totals(out.choice)[0]
+        bound = None if res.abs_tol is not None else out.bound
+        tol = _relative(res.abs_tol, damage) if res.abs_tol is not None else TOLERANCE
+        return model.plan(out.choice, backend=name, started=started, status=STATUS_OPTIMAL, bound=bound, tolerance=tol)
+    status = STATUS_TIME_LIMIT if out.status == "time_limit" else STATUS_FEASIBLE
     return model.plan(out.choice, backend=name, started=started, status=status, bound=out.bound)
+
+
+def _relative(abs_tol: float, damage: float) -> float:
+    return abs_tol / max(abs(damage), abs_tol, 1e-300)
+
+
+def _left(time_limit: float | None, started: float) -> float | None:
+    return None if time_limit is None else max(time_limit - (time.perf_counter() - started), 1e-3)
+
+
+def exact_solver(model: Model, limits: Mapping[str, float]):
+    """The exact method for these limits (≤ 2), as a callable (start, time_limit) → Outcome."""
+    names = list(limits)
+    if len(names) == 2:
+        two = TwoBudget(model.cost(names[0]), model.cost(names[1]), model.damage, model.valid)
+        return "mckp2", lambda start, tl: two.solve(limits[names[0]], limits[names[1]], start=start, time_limit=tl)
+    cost = model.cost(names[0]) if names else np.zeros(model.valid.shape)
+    limit = limits[names[0]] if names else 0.0
+    ks = Knapsack(cost, model.damage, model.valid)
+    return "mckp", lambda start, tl: ks.solve(limit, start=start, time_limit=tl)
+
+
+def _checked(model: Model, limits: Mapping[str, float], res: _Result, time_limit: float | None) -> _Result:
+    """An ILP back-end's "optimal" checked against bitplan's own methods. Up to two budgets the
+    exact knapsack methods are rerun from the ILP's plan (quick with that incumbent): a better plan
+    replaces it (named after its method), otherwise the ILP's plan is optimal to their tolerance.
+    More budgets: every pair of them is an exact relaxation; its optimum is the answer when it meets
+    all budgets, else the best pair's value is the bound the ILP's plan is measured against."""
+    out = res.out
+    if out.status != "optimal" or out.choice is None:
+        return res
+    started = time.perf_counter()
+    abs_tol = objective_tolerance(model.damage, model.valid)
+    value = model.totals(out.choice)[0]
+    names = list(limits)
+    groups = [names] if len(names) <= 2 else list(itertools.combinations(names, 2))
+    bound = -np.inf
+    for group in groups:
+        sub = {n: limits[n] for n in group}
+        method, run = exact_solver(model, sub)
+        start = out.choice if len(groups) == 1 else None
+        ex = run(start, _left(time_limit, started))
+        if ex.status == "optimal" and ex.choice is not None:
+            ex_value = model.totals(ex.choice)[0]
+            if not violation(model, ex.choice, limits):
+                if ex_value < value - abs_tol:
+                    return _Result(ex, method, abs_tol)
+                return _Result(out, res.backend, abs_tol)
+            bound = max(bound, ex_value)
+        elif ex.status == "infeasible":
+            return _Result(Outcome(None, "infeasible", np.inf), method)
+        else:
+            bound = max(bound, ex.bound)
+    bound = min(bound, value)
+    status = "optimal" if relative_gap(value, bound) <= TOLERANCE else "feasible"
+    return _Result(Outcome(out.choice, status, bound), res.backend)
 
 
 AUTO_NODE_LIMIT = 50_000
 
 
-def _auto_single(model: Model, limits, time_limit, start, started) -> tuple[Outcome, str]:
-    """The knapsack method first; if its search grows past AUTO_NODE_LIMIT nodes (adversarial
-    tables with many equal trade-offs), hand its incumbent to the general ILP as a warm start."""
-    mckp = get_backend("mckp", len(limits))
-    if limits:
-        (name, limit), = limits.items()
-        cost = model.cost(name)
+def _auto_exact(model: Model, limits, time_limit, start, started) -> _Result:
+    """The knapsack methods first (one budget: with a node limit; two: with their state cap); if
+    they stop incomplete (adversarial tables with many equal trade-offs), hand the incumbent to
+    the general ILP as a warm start, and measure its plan against the knapsack's proven bound."""
+    abs_tol = objective_tolerance(model.damage, model.valid)
+    if len(limits) == 2:
+        (na, la), (nb, lb) = limits.items()
+        two = TwoBudget(model.cost(na), model.cost(nb), model.damage, model.valid)
+        out, name = two.solve(la, lb, start=start, time_limit=time_limit), "mckp2"
     else:
-        cost, limit = np.zeros(model.valid.shape), 0.0
-    out = Knapsack(cost, model.damage, model.valid).solve(
-        limit, time_limit=time_limit, start=start, node_limit=AUTO_NODE_LIMIT
-    )
+        if limits:
+            (cname, limit), = limits.items()
+            cost = model.cost(cname)
+        else:
+            cost, limit = np.zeros(model.valid.shape), 0.0
+        out = Knapsack(cost, model.damage, model.valid).solve(
+            limit, time_limit=time_limit, start=start, node_limit=AUTO_NODE_LIMIT
+        )
+        name = "mckp"
     if out.status != "incomplete":
-        return out, mckp.name
+        return _Result(out, name, abs_tol if out.status == "optimal" else None)
     others = [n for n in ("highs", "cbc") if n in available_backends()]
     if not others:
-        return Outcome(out.choice, "time_limit", out.bound), mckp.name
-    left = None if time_limit is None else max(time_limit - (time.perf_counter() - started), 1e-3)
+        return _Result(Outcome(out.choice, "feasible", out.bound), name)
     general = get_backend(others[0], len(limits))
-    ilp = general.solve(model, model.damage, limits, time_limit=left, start=out.choice)
-    bound = max(out.bound, ilp.bound)
-    if ilp.choice is None or (ilp.status != "optimal" and model.totals(ilp.choice)[0] > model.totals(out.choice)[0]):
-        return Outcome(out.choice, "time_limit", bound), mckp.name
-    return Outcome(ilp.choice, ilp.status, bound), general.name
+    ilp = general.solve(model, model.damage, limits, time_limit=_left(time_limit, started), start=out.choice)
+    bound = max(out.bound, ilp.bound if ilp.status != "optimal" else -np.inf)
+    if ilp.choice is None or model.totals(ilp.choice)[0] > model.totals(out.choice)[0]:
+        best, who = out.choice, name
+    else:
+        best, who = ilp.choice, general.name
+    value = model.totals(best)[0]
+    bound = min(bound, value)
+    if relative_gap(value, bound) <= TOLERANCE:
+        return _Result(Outcome(best, "optimal", bound), who)
+    timed_out = ilp.status in ("time_limit", "no_solution")
+    return _Result(Outcome(best, "time_limit" if timed_out else "feasible", bound), who)
 
 
 def solve(

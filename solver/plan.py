@@ -9,13 +9,19 @@ from solver.problem import Problem
 STATUS_OPTIMAL = "optimal"
 STATUS_TIME_LIMIT = "time_limit"
 STATUS_HEURISTIC = "heuristic"
+STATUS_FEASIBLE = "feasible"
 
 
 @dataclass(frozen=True)
 class Plan:
     """A plan and how much to trust it.
 
-    status "optimal": no plan meeting the budgets has less damage (gap 0, bound == damage).
+    status "optimal": no plan meeting the budgets has less damage than `damage − tolerance·|damage|`
+    (`tolerance` is the relative tolerance of the proof; `gap` ≤ `tolerance`, 0 when the method
+    is exact). An ILP back-end's own "optimal" is only passed on once bitplan has checked it
+    against a bound it computed itself (the exact knapsack methods for up to two budgets).
+    status "feasible": a plan meeting the budgets that an ILP back-end called optimal but bitplan
+    could not confirm within `tolerance`; `bound` and `gap` are bitplan's own.
     status "time_limit": the best plan found before the limit; `bound` is a proven lower bound on the
     optimal damage and `gap` = (damage - bound) / max(|damage|, tiny).
     status "heuristic": a baseline (greedy, uniform); `bound` is still a proven lower bound on the best
@@ -30,6 +36,7 @@ class Plan:
     bound: float
     backend: str
     solve_seconds: float
+    tolerance: float | None = None
 
     def average_bits(self, problem: Problem) -> float:
         """Average bits per quantizable weight, scale overhead included (needs a "bytes" cost)."""

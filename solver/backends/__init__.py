@@ -8,7 +8,7 @@ from solver.errors import BackendUnavailable
 __all__ = ["Backend", "Outcome", "available_backends", "backend_names", "get_backend", "register"]
 
 _REGISTRY: dict[str, Backend] = {}
-_AUTO_ORDER = ("mckp", "highs", "cbc")
+_AUTO_ORDER = ("mckp", "mckp2", "highs", "cbc")
 
 
 def register(backend: Backend) -> Backend:
@@ -23,8 +23,9 @@ def _builtin() -> dict[str, Backend]:
         from solver.backends._highs import HighsBackend
         from solver.backends._lattice import DpBackend
         from solver.backends._mckp import MckpBackend
+        from solver.backends._two import Mckp2Backend
 
-        for backend in (MckpBackend(), DpBackend(), HighsBackend(), CbcBackend()):
+        for backend in (MckpBackend(), Mckp2Backend(), DpBackend(), HighsBackend(), CbcBackend()):
             _REGISTRY.setdefault(backend.name, backend)
     return _REGISTRY
 

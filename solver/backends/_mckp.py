@@ -10,8 +10,8 @@ Method (pure numpy, no solver library):
    whose bound reaches the incumbent are removed, groups left with one option are fixed. On realistic
    tables this leaves a small core.
 4. Depth-first branch and bound on the core, branching on the fractional group, repeating 1–3 at
-   every node. Prunes only when a node's bound cannot beat the incumbent by more than a relative
-   1e-10, so the result is optimal to that tolerance.
+   every node. Prunes only when a node's bound cannot beat the incumbent by more than OBJ_REL
+   (1e-12) of Σ_g max_j |objective|, so the result is optimal to that tolerance.
 
 The root hull does not depend on the budget, so `Knapsack` keeps it and answers many budgets
 (a whole frontier) at the cost of a search per budget.
@@ -30,7 +30,7 @@ from solver.backends import _lattice, _pareto
 from solver.backends._ilp import FEAS_REL
 from solver.backends.base import Backend, Outcome, single_budget
 
-OBJ_REL = 1e-10
+OBJ_REL = 1e-12
 COST_REL = 1e-12  # costs closer than this (relative to the largest) are equal for the hull's base
 CORE_DP = True  # False restores the pure branch and bound (kept for the benchmark's comparison)
 
@@ -158,6 +158,13 @@ class _Node:
     lb: float
 
 
+def objective_tolerance(obj: np.ndarray, valid: np.ndarray) -> float:
+    """Absolute objective tolerance of the exact methods: OBJ_REL of Σ_g max_j |obj| (float sums
+    over the table cannot be trusted much below that)."""
+    scale = np.where(valid, np.abs(obj), 0.0).max(axis=1).sum()
+    return OBJ_REL * max(float(scale), 1e-300)
+
+
 class Knapsack:
     """Exact solver for one objective and one cost over a Model, reusable across budgets."""
 
@@ -167,8 +174,7 @@ class Knapsack:
         self.obj = np.where(valid, obj, np.inf)
         self.valid = valid
         self.root_hull = _Hull(cost, obj, valid)
-        scale = np.where(valid, np.abs(obj), 0.0).max(axis=1).sum()
-        self.otol = OBJ_REL * max(float(scale), 1e-300)
+        self.otol = objective_tolerance(obj, valid)
         self.step = _lattice_step(cost, valid)
 
     def effective_budget(self, budget: float) -> float:

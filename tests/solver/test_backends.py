@@ -34,7 +34,7 @@ from tests.utils.solver_factories import (
 )
 
 # CBC starts a process per solve, so it gets fewer examples.
-EXAMPLES = {"mckp": 150, "dp": 150, "highs": 50, "cbc": 15}
+EXAMPLES = {"mckp": 150, "mckp2": 150, "dp": 150, "highs": 50, "cbc": 15}
 
 
 def _available(name: str) -> None:
@@ -71,7 +71,10 @@ def _assert_optimal_or_infeasible(problem, budgets, name):
         return
     plan = solve(problem, budgets, backend=name)
     check_plan(problem, plan, budgets)
-    assert plan.status == "optimal" and plan.gap == 0 and plan.backend == name
+    assert plan.status == "optimal" and plan.gap <= plan.tolerance
+    assert plan.tolerance * abs(plan.damage) <= damage_tol(problem)  # the proof's slack is tiny
+    # An ILP's plan is checked by the exact knapsack methods, which replace it when they beat it.
+    assert plan.backend == name or (name in ("highs", "cbc") and plan.backend in ("mckp", "mckp2"))
     assert abs(plan.damage - expected) <= damage_tol(problem), (plan.damage, expected)
 
 
@@ -169,7 +172,7 @@ def test_budgets_jointly_infeasible_name_none(name):
 
 
 def test_unknown_backend_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: auto, cbc, dp, highs, mckp"):
+    with pytest.raises(ValueError, match="valid names: auto, cbc, dp, highs, mckp, mckp2"):
         get_backend("gurobi")
 
 
@@ -178,11 +181,14 @@ def test_unknown_cost_is_a_value_error():
         solve(synthetic_llm(3, (2, 4)), [Budget("bops", 1.0)])
 
 
-def test_auto_picks_knapsack_for_one_budget_and_ilp_for_more():
+def test_auto_picks_knapsack_for_up_to_two_budgets_and_ilp_for_more():
     assert get_backend("auto", 1).name == "mckp"
-    assert get_backend("auto", 2).name in ("highs", "cbc")
+    assert get_backend("auto", 2).name == "mckp2"
+    assert get_backend("auto", 3).name in ("highs", "cbc")
     with pytest.raises(ValueError, match="at most 1"):
         get_backend("mckp", 2)
+    with pytest.raises(ValueError, match="at most 2"):
+        get_backend("mckp2", 3)
 
 
 def test_unavailable_backend_is_reported_not_imported():
