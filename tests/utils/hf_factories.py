@@ -26,8 +26,9 @@ def tokenizer(corpus=CORPUS):
     )
 
 
-def save_tiny(kind: str, directory: Path, seed: int = 0) -> str:
-    """kind: "gpt2" | "llama" | "bert"; vocab = the tokenizer's; returns the directory."""
+def save_tiny(kind: str, directory: Path, seed: int = 0, hidden: int = 16) -> str:
+    """kind: "gpt2" | "llama" | "bert"; vocab = the tokenizer's; returns the directory. `hidden`
+    (the embedding width; MLPs are 2x or 4x it) 256 gives rows GGUF's k-quants take whole."""
     import torch
     import transformers as tf
 
@@ -35,10 +36,10 @@ def save_tiny(kind: str, directory: Path, seed: int = 0) -> str:
     vocab = len(tok)
     torch.manual_seed(seed)
     if kind == "gpt2":
-        model = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=vocab, n_positions=64,
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=hidden, n_head=2, vocab_size=vocab, n_positions=64,
                                                  bos_token_id=1, eos_token_id=1))
     elif kind == "llama":
-        model = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                                                    num_attention_heads=2, num_key_value_heads=1, vocab_size=vocab,
                                                    max_position_embeddings=64, tie_word_embeddings=True,
                                                    bos_token_id=1, eos_token_id=1, pad_token_id=2))

@@ -56,8 +56,24 @@ def test_gptq_dynamic_rules_as_vllm_reads_them():
     assert body == {**body, "bits": 3, "group_size": 32, "sym": False}
     with pytest.raises(ExportError, match="6 bits"):
         get_exporter("gptqmodel").export(_plan({"head": "int6"}))
-    with pytest.raises(ExportError, match="Linear"):
-        get_exporter("gptqmodel").export(_plan({"e": "int4"}, [{"name": "e", "kind": "embedding", "weight_shape": [9, 4]}]))
+    # GPTQ quantizes Linear layers only: an embedding stays 16-bit, and the export says so
+    emb = [{"name": "e", "kind": "embedding", "weight_shape": [9, 4]}, NESTED[3]]
+    exported = get_exporter("gptqmodel").export(_plan({"e": "int4", "head": "int4"}, emb))
+    assert json.loads(exported.content)["dynamic"] == {"-:^e$": {}}
+    assert exported.warnings == ("gptqmodel: layer 'e' (embedding) is planned int4 but GPTQModel quantizes Linear"
+                                 " layers only, so it stays 16-bit: the model is 36 bytes larger than the plan",)
+    with pytest.raises(ExportError, match="no Linear layer"):
+        get_exporter("gptqmodel").export(_plan({"e": "int4"}, emb[:1]))
+
+
+@pytest.mark.parametrize("name", ["gptqmodel", "nncf", "hawq"])
+def test_integer_only_formats_refuse_other_formats_naming_the_layer(name):
+    for candidate, words in [("nvfp4", r"NVFP4 \(E2M1\) in groups of 16"), ("mxfp4", "OCP MX FP4 e2m1"),
+                             ("gguf_q4_k", "GGML Q4_K")]:
+        with pytest.raises(ExportError, match=rf"{name}: layer 'head' is {candidate} \({words}.*integer weights only"):
+            get_exporter(name).export(_plan({"head": candidate, "encoder.layer.0.query": "int4"}))
+    # fp16 / bf16 layers are simply not quantized
+    assert get_exporter(name).export(_plan({"head": "fp16", "encoder.layer.0.query": "int4"})).content
 
 
 def test_llmcompressor_validated_by_compressed_tensors_when_installed():
@@ -114,7 +130,7 @@ def test_checkpoint_reads_back_with_safetensors(tmp_path):
 
 
 def test_registry_lists_valid_names():
-    assert set(CONFIG_FORMATS) | {"safetensors"} == set(exporter_names()) == set(exporters())
+    assert set(CONFIG_FORMATS) | {"safetensors", "llamacpp", "llamacpp-types"} == set(exporter_names()) == set(exporters())
     with pytest.raises(ValueError, match="valid: json"):
         get_exporter("onnx")
     with pytest.raises(ValueError, match="not in the analysis table"):

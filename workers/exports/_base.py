@@ -19,12 +19,14 @@ class ExportError(WorkersError, ValueError):
 @dataclass(frozen=True)
 class ExportLayer:
     """One layer of the model: its name (module path), kind, weight shape and chosen candidate
-    (None: the plan leaves it float)."""
+    (None: the plan leaves it float); `shared_with` names the other modules using the same weight
+    (a tied LM head), which every format must give the same format."""
 
     name: str
     kind: str
     weight_shape: tuple[int, ...]
     candidate: str | None
+    shared_with: tuple[str, ...] = ()
 
     @property
     def quantizer(self):
@@ -53,7 +55,8 @@ class ExportPlan:
         if unknown:
             raise ValueError(f"assignment: layer {unknown[0]!r} is not in the analysis table")
         layers = tuple(
-            ExportLayer(row["name"], row["kind"], tuple(int(s) for s in row["weight_shape"]), assignment.get(row["name"]))
+            ExportLayer(row["name"], row["kind"], tuple(int(s) for s in row["weight_shape"]), assignment.get(row["name"]),
+                        tuple(row.get("shared_with") or ()))
             for row in table["layers"]
         )
         return cls(layers=layers, **kwargs)
@@ -103,17 +106,66 @@ class Exporter(ABC):
 
 
 def weight_settings(candidate: str | None) -> dict[str, Any] | None:
-    """Bits, symmetry and granularity of a candidate as the config formats spell them."""
+    """What a candidate stores, in the words the config formats use: `format` (int, float, mx,
+    nvfp4, gguf, fp16, bf16), `bits`, `symmetric`, `strategy` (tensor, channel, group,
+    tensor_group, block), `group_size`, plus `element` (float formats), `ggml_type` (GGUF) and
+    `activation_bits` (W/A pairs). None for a layer left float."""
     if candidate is None:
         return None
     from workers.quantizers import parse_candidate
 
     q = parse_candidate(candidate)
-    if getattr(q, "family", None) != "integer":
-        raise ExportError(f"candidate {candidate!r}: only integer formats can be exported today")
-    return {
-        "bits": q.weight_bits,
-        "symmetric": q.symmetric,
-        "strategy": q.granularity,
-        "group_size": q.group_size,
-    }
+    base = getattr(q, "base", q)  # W/A pairs wrap a weight format
+    family = base.family
+    out: dict[str, Any] = {"format": family, "bits": base.weight_bits, "symmetric": True, "strategy": "channel",
+                           "group_size": None}
+    if family == "integer":
+        out.update(format="int", symmetric=base.symmetric, strategy=base.granularity, group_size=base.group_size)
+    elif family == "float":
+        out.update(element=base.element, strategy=base.granularity, group_size=base.group_size)
+    elif family == "mx":
+        out.update(element=base.element, strategy="group", group_size=32)
+    elif family == "nvfp4":
+        out.update(element="e2m1", strategy="tensor_group", group_size=16)
+    elif family == "gguf":
+        from workers.quantizers._gguf import TYPES
+
+        out.update(ggml_type=base.ggml_type, symmetric=None, strategy="block", group_size=TYPES[base.ggml_type][0])
+    elif family == "half":
+        out.update(format=base.name, symmetric=None, strategy=None)
+    if q.activation_bits != 16:
+        out["activation_bits"] = q.activation_bits
+    return out
+
+
+def integer_settings(target: str, layer: ExportLayer) -> dict[str, Any] | None:
+    """The integer settings of a layer for formats that store integer weights only; None for layers
+    kept in 16 bits (float, fp16, bf16); ExportError naming the layer and its format otherwise."""
+    s = weight_settings(layer.candidate)
+    if s is None or s["format"] in ("fp16", "bf16"):
+        return None
+    if s["format"] != "int":
+        raise ExportError(
+            f"{target}: layer {layer.name!r} is {layer.candidate} ({describe(s)}); {target} stores integer weights"
+            " only (int2..int8)"
+        )
+    if "activation_bits" in s:
+        raise ExportError(
+            f"{target}: layer {layer.name!r} is {layer.candidate}; {target} has no activation quantization"
+            f" (write it as {layer.candidate.rsplit('_a', 1)[0]!r} for weight-only)"
+        )
+    return s
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """A few words on a format for refusals: "GGML Q4_K", "FP8 e4m3 per channel", ..."""
+    fmt = settings["format"]
+    if fmt == "gguf":
+        return f"GGML {settings['ggml_type']}, a llama.cpp block format"
+    if fmt in ("fp16", "bf16"):
+        return f"{fmt} (not quantized)"
+    where = {"tensor": "per tensor", "channel": "per channel", "block": "in blocks"}.get(
+        settings["strategy"], f"in groups of {settings['group_size']}")
+    name = {"int": f"INT{settings['bits']}", "float": f"FP{settings['bits']} {settings.get('element')}",
+            "mx": f"OCP MX FP{settings['bits']} {settings.get('element')}", "nvfp4": "NVFP4 (E2M1)"}.get(fmt, fmt)
+    return f"{name} {where}"

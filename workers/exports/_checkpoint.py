@@ -1,5 +1,7 @@
 """A fake-quantized safetensors checkpoint: the model's state dict with every planned weight
-replaced by its dequantized round trip (float32), and the plan in the file's metadata.
+replaced by its dequantized round trip (float32), and the plan in the file's metadata. Every
+format a plan can hold can be written this way (it is the evaluation's own round trip); a tied
+weight is stored once, with the tie in the metadata (`bitplan_tied`: {dropped name: kept name}).
 
 Needs torch and the model file, so callers in the API process run it in a job process. It is the
 same size as the float model; the point is that any loader reproduces exactly what was evaluated.
@@ -13,6 +15,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from workers.exports._base import Export, ExportError, Exporter, ExportPlan, weight_settings
+
+
+def untie(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each shared tensor once, under its first name, and {dropped name: kept name}.
+
+    safetensors refuses tensors that share memory (a tied embedding / LM head); like transformers'
+    save_pretrained it stores the tensor once, and loaders re-tie it (transformers does so from the
+    config's tie_word_embeddings; the map in the metadata says it for any other loader)."""
+    kept: dict[Any, str] = {}
+    out: dict[str, Any] = {}
+    tied: dict[str, str] = {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride())) if tensor.numel() else None
+        if key is not None and key in kept:
+            tied[name] = kept[key]
+            continue
+        if key is not None:
+            kept[key] = name
+        out[name] = tensor.detach().contiguous()
+    return out, tied
 
 
 class FakeQuantCheckpoint(Exporter):
@@ -32,8 +54,10 @@ class FakeQuantCheckpoint(Exporter):
         from workers.models import load_model
 
         model = apply_plan(load_model(plan.model), plan.assignment, inplace=True)
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state, tied = untie(model.state_dict())
         metadata = {"format": "pt", "bitplan_plan": json.dumps(plan.assignment, sort_keys=True)}
+        if tied:
+            metadata["bitplan_tied"] = json.dumps(tied, sort_keys=True)
         return Export(save(state, metadata=metadata), "application/octet-stream", "model.fakequant.safetensors")
 
     def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
@@ -44,7 +68,11 @@ class FakeQuantCheckpoint(Exporter):
         load(content)  # every tensor parses
         header_len = int.from_bytes(content[:8], "little")
         header = json.loads(content[8 : 8 + header_len])
-        plan = json.loads(header.get("__metadata__", {}).get("bitplan_plan", "{}"))
+        metadata = header.get("__metadata__", {})
+        plan = json.loads(metadata.get("bitplan_plan", "{}"))
+        missing = sorted(set(json.loads(metadata.get("bitplan_tied", "{}")).values()) - set(header))
+        if missing:
+            raise ExportError(f"safetensors: tied weight {missing[0]!r} is not in the file")
         result: dict[str, dict[str, Any] | None] = {name: None for name in layers}
         for name, candidate in plan.items():
             result[name] = weight_settings(candidate)

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workers.exports._base import Export, ExportError, Exporter, ExportPlan, weight_settings
+from workers.exports._base import Export, ExportError, Exporter, ExportLayer, ExportPlan, describe, integer_settings, weight_settings
 
 _JSON = "application/json"
 
@@ -52,10 +52,27 @@ class PlainJson(Exporter):
 _GPTQ_BITS = (2, 3, 4, 8)  # what GPTQModel and vLLM's GPTQ kernels take
 
 
-def _gptq_settings(layer) -> dict[str, Any]:
+def _names(layer: ExportLayer) -> tuple[str, ...]:
+    """The module names a layer's weight goes by: its own and those of modules tied to it."""
+    return (layer.name, *layer.shared_with)
+
+
+def _kept_16_bit(target: str, layer: ExportLayer, why: str) -> str:
+    planned = layer.quantizer.bytes(layer.weight_shape)
+    extra = 2 * math.prod(layer.weight_shape) - planned
+    return (f"{target}: layer {layer.name!r} ({layer.kind}) is planned {layer.candidate} but {why}, so it stays"
+            f" 16-bit: the model is {extra} bytes larger than the plan")
+
+
+def _quantized(layer: ExportLayer) -> bool:
     s = weight_settings(layer.candidate)
-    if layer.kind != "linear":
-        raise ExportError(f"gptqmodel: layer {layer.name!r} is a {layer.kind}; GPTQ quantizes Linear layers only")
+    return s is not None and s["format"] not in ("fp16", "bf16")
+
+
+def _gptq_settings(layer: ExportLayer) -> dict[str, Any] | None:
+    s = integer_settings("gptqmodel", layer)
+    if s is None:
+        return None
     if s["bits"] not in _GPTQ_BITS:
         raise ExportError(
             f"gptqmodel: layer {layer.name!r} has {s['bits']} bits; GPTQ takes {', '.join(map(str, _GPTQ_BITS))}"
@@ -69,25 +86,35 @@ class GptqModelDynamic(Exporter):
     name = "gptqmodel"
     description = (
         "GPTQModel quantize_config with `dynamic` per-module overrides (\"+:\" regex → bits/group_size/sym,"
-        " \"-:\" regex → not quantized), as vLLM and SGLang honour it"
+        " \"-:\" regex → not quantized), as vLLM and SGLang honour it; integer Linear layers only,"
+        " other layers excluded with a \"-:\" rule and a warning"
     )
 
     def export(self, plan: ExportPlan) -> Export:
-        quantized = [layer for layer in plan.layers if layer.candidate is not None]
-        if not quantized:
-            raise ExportError("gptqmodel: the plan quantizes no layer")
-        settings = {layer.name: _gptq_settings(layer) for layer in quantized}
+        settings: dict[str, dict[str, Any] | None] = {}
+        warnings: list[str] = []
+        for layer in plan.layers:
+            if layer.kind != "linear" and _quantized(layer):
+                # GPTQModel and vLLM's GPTQ loader quantize nn.Linear modules only
+                warnings.append(_kept_16_bit("gptqmodel", layer, "GPTQModel quantizes Linear layers only"))
+                settings[layer.name] = None
+            else:
+                settings[layer.name] = _gptq_settings(layer)
         weights = Counter()
-        for layer in quantized:
-            key = tuple(sorted(settings[layer.name].items()))
-            weights[key] += math.prod(layer.weight_shape) if layer.weight_shape else 1
+        for layer in plan.layers:
+            if settings[layer.name] is not None:
+                key = tuple(sorted(settings[layer.name].items()))
+                weights[key] += math.prod(layer.weight_shape) if layer.weight_shape else 1
+        if not weights:
+            raise ExportError("gptqmodel: the plan quantizes no Linear layer to an integer format")
         base = dict(max(weights, key=lambda k: (weights[k], k)))
         dynamic: dict[str, dict[str, Any]] = {}
         for layer in plan.layers:
-            if layer.candidate is None:
-                dynamic[f"-:{_exact(layer.name)}"] = {}
-            elif settings[layer.name] != base:
-                dynamic[f"+:{_exact(layer.name)}"] = dict(settings[layer.name])
+            for name in _names(layer):
+                if settings[layer.name] is None:
+                    dynamic[f"-:{_exact(name)}"] = {}
+                elif settings[layer.name] != base:
+                    dynamic[f"+:{_exact(name)}"] = dict(settings[layer.name])
         body = {
             "bits": base["bits"],
             "group_size": base["group_size"],
@@ -97,7 +124,7 @@ class GptqModelDynamic(Exporter):
             "checkpoint_format": "gptq",
             "dynamic": dynamic,
         }
-        return Export(_dump(body), _JSON, "quantize_config.json")
+        return Export(_dump(body), _JSON, "quantize_config.json", tuple(warnings))
 
     def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
         """vLLM's reading: for each module, the first `dynamic` rule whose regex re.match-es its name
@@ -142,44 +169,115 @@ class GptqModelDynamic(Exporter):
 
 
 # ----------------------------------------------------------------------------------- llm-compressor
+# compressed-tensors 0.20's preset weight schemes (quant_scheme.PRESET_SCHEMES), written out so the
+# export needs no torch; the read-back validates them with compressed-tensors' own classes.
+_NVFP4 = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16, "strategy": "tensor_group",
+          "dynamic": False, "scale_dtype": "torch.float8_e4m3fn"}
+_NVFP4_INPUT = {**_NVFP4, "dynamic": "local", "observer": "static_minmax"}
+_MX = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 32, "strategy": "group", "dynamic": False,
+       "scale_dtype": "torch.uint8"}
+# bitplan MX element -> (compressed-tensors bits, its format); CT's 6-bit float is E2M3, its 8-bit E4M3
+_MX_ELEMENTS = {"e2m1": (4, "mxfp4-pack-quantized"), "e2m3": (6, "mxfp6-pack-quantized"),
+                "e4m3": (8, "mxfp8-quantized")}
+_TOKEN_INPUT = {"num_bits": 8, "symmetric": True, "group_size": None, "strategy": "token", "dynamic": True}
+
+
+def _ct_scheme(layer: ExportLayer) -> dict[str, Any] | None:
+    """The compressed-tensors scheme (weights, input_activations, format) of a layer; None for
+    layers kept in 16 bits; ExportError naming the layer, its format and why otherwise."""
+    s = weight_settings(layer.candidate)
+    if s is None or s["format"] in ("fp16", "bf16"):
+        return None
+    fmt = s["format"]
+
+    def refuse(why: str) -> ExportError:
+        return ExportError(f"llmcompressor: layer {layer.name!r} is {layer.candidate} ({describe(s)}); {why}")
+
+    if fmt == "int":
+        weights = {"num_bits": s["bits"], "type": "int", "symmetric": s["symmetric"], "strategy": s["strategy"],
+                   "group_size": s["group_size"], "dynamic": False}
+        form = "pack-quantized"
+    elif fmt == "float":
+        if s["element"] != "e4m3":
+            raise refuse("compressed-tensors' scaled floats are FP8 E4M3 only (float8_e4m3fn); 4-bit floats are"
+                         " written as nvfp4 or mxfp4, 6-bit as mxfp6_e2m3")
+        weights = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": s["strategy"],
+                   "group_size": s["group_size"], "dynamic": False}
+        form = "float-quantized"
+    elif fmt == "nvfp4":
+        weights, form = dict(_NVFP4), "nvfp4-pack-quantized"
+    elif fmt == "mx":
+        if s["element"] not in _MX_ELEMENTS:
+            raise refuse("compressed-tensors' MX schemes are MXFP4 (E2M1), MXFP6 (E2M3) and MXFP8 (E4M3)")
+        bits, form = _MX_ELEMENTS[s["element"]]
+        weights = {**_MX, "num_bits": bits}
+    else:
+        raise refuse("compressed-tensors has no scheme for it (GGML types are written by the llamacpp export)")
+    inputs = None
+    a_bits = s.get("activation_bits")
+    if a_bits is not None:
+        if a_bits == 8 and fmt == "int":
+            inputs, form = {**_TOKEN_INPUT, "type": "int"}, "int-quantized"
+        elif a_bits == 8 and fmt == "float":
+            inputs = {**_TOKEN_INPUT, "type": "float"}
+        elif a_bits == 4 and fmt == "nvfp4":
+            inputs = dict(_NVFP4_INPUT)
+        else:
+            raise refuse(f"compressed-tensors has no {a_bits}-bit activation scheme for it (it pairs INT and FP8"
+                         " weights with 8-bit dynamic per-token activations, NVFP4 with NVFP4)")
+    return {"weights": weights, "input_activations": inputs, "format": form}
+
+
 class LlmCompressor(Exporter):
     name = "llmcompressor"
     description = (
-        "llm-compressor / compressed-tensors QuantizationConfig: one config group per format, targets"
-        " = module names, weights scheme num_bits/type/symmetric/strategy/group_size; `ignore` = float layers"
+        "llm-compressor / compressed-tensors QuantizationConfig: one config group per format (INT, FP8 E4M3,"
+        " NVFP4, MXFP4/6/8; W8A8 pairs), targets = module names; `ignore` = float and non-Linear layers"
     )
 
     def export(self, plan: ExportPlan) -> Export:
         groups: dict[str, dict[str, Any]] = {}
         by_candidate: dict[str, list[str]] = {}
+        schemes: dict[str, dict[str, Any]] = {}
+        ignore: list[str] = []
+        warnings: list[str] = []
         for layer in plan.layers:
-            if layer.candidate is not None:
-                by_candidate.setdefault(layer.candidate, []).append(layer.name)
+            if layer.kind != "linear" and _quantized(layer):
+                # vLLM's compressed-tensors loader quantizes Linear layers (not embeddings)
+                warnings.append(_kept_16_bit("llmcompressor", layer, "vLLM quantizes Linear layers only"))
+                ignore.extend(_names(layer))
+                continue
+            scheme = _ct_scheme(layer)
+            if scheme is None:
+                ignore.extend(_names(layer))
+                continue
+            schemes[layer.candidate] = scheme
+            by_candidate.setdefault(layer.candidate, []).extend(_names(layer))
+            if scheme["weights"]["type"] == "int" and not scheme["weights"]["symmetric"]:
+                warnings.append(
+                    f"llmcompressor: layer {layer.name!r} is {layer.candidate}: compressed-tensors stores an integer"
+                    " zero point where bitplan's format keeps an FP16 offset, so its rounding can differ slightly"
+                )
         if not by_candidate:
-            raise ExportError("llmcompressor: the plan quantizes no layer")
+            raise ExportError("llmcompressor: the plan quantizes no Linear layer")
         for i, (candidate, names) in enumerate(sorted(by_candidate.items())):
-            s = weight_settings(candidate)
+            scheme = schemes[candidate]
             groups[f"group_{i}"] = {
                 "targets": names,
-                "weights": {
-                    "num_bits": s["bits"],
-                    "type": "int",
-                    "symmetric": s["symmetric"],
-                    "strategy": s["strategy"],
-                    "group_size": s["group_size"],
-                    "dynamic": False,
-                },
-                "input_activations": None,
+                "weights": scheme["weights"],
+                "input_activations": scheme["input_activations"],
                 "output_activations": None,
+                "format": scheme["format"],
             }
+        formats = {g["format"] for g in groups.values()}
         body = {
             "quant_method": "compressed-tensors",
-            "format": "mixed-precision" if len(by_candidate) > 1 else "pack-quantized",
+            "format": "mixed-precision" if len(groups) > 1 else formats.pop(),
             "quantization_status": "initialized",
             "config_groups": groups,
-            "ignore": [layer.name for layer in plan.layers if layer.candidate is None],
+            "ignore": ignore,
         }
-        return Export(_dump(body), _JSON, "quantization_config.json")
+        return Export(_dump(body), _JSON, "quantization_config.json", tuple(warnings))
 
     @staticmethod
     def validator_available() -> bool:
@@ -217,12 +315,15 @@ class LlmCompressor(Exporter):
             if not found:
                 result[name] = None
                 continue
-            w = found[0]["weights"]
+            w, inputs = found[0]["weights"], found[0].get("input_activations")
             result[name] = {
                 "bits": w["num_bits"],
+                "type": w.get("type", "int"),
                 "symmetric": w["symmetric"],
                 "strategy": w["strategy"],
                 "group_size": w.get("group_size"),
+                "scale_dtype": w.get("scale_dtype"),
+                "activation_bits": inputs["num_bits"] if inputs else None,
             }
         return result
 
@@ -258,9 +359,9 @@ class NncfBitwidthPerScope(Exporter):
         schemes = set()
         unknown_types = False
         for layer in plan.layers:
-            if layer.candidate is None:
+            s = integer_settings("nncf", layer)
+            if s is None:
                 continue
-            s = weight_settings(layer.candidate)
             schemes.add((s["symmetric"], s["strategy"], s["group_size"]))
             pairs.append([s["bits"], self._scope(plan, layer)])
             unknown_types |= any(
@@ -279,7 +380,7 @@ class NncfBitwidthPerScope(Exporter):
             raise ExportError("nncf: group-wise weight formats have no equivalent in this config")
         if unknown_types:
             warnings.append("nncf: classes of intermediate modules unknown; scopes name them 'Module'")
-        skipped = [layer.name for layer in plan.layers if layer.candidate is None]
+        skipped = [layer.name for layer in plan.layers if integer_settings("nncf", layer) is None]
         body = {
             "compression": {
                 "algorithm": "quantization",
@@ -334,9 +435,9 @@ class HawqBitConfig(Exporter):
     def export(self, plan: ExportPlan) -> Export:
         config, warnings = {}, []
         for layer in plan.layers:
-            if layer.candidate is None:
+            s = integer_settings("hawq", layer)
+            if s is None:
                 continue
-            s = weight_settings(layer.candidate)
             config[layer.name] = s["bits"]
             if not s["symmetric"] or s["strategy"] != "channel":
                 warnings.append(

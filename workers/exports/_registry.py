@@ -13,6 +13,8 @@ _EXPORTERS: dict[str, str] = {
     "llmcompressor": "workers.exports._configs:LlmCompressor",
     "nncf": "workers.exports._configs:NncfBitwidthPerScope",
     "hawq": "workers.exports._configs:HawqBitConfig",
+    "llamacpp": "workers.exports._llamacpp:LlamaCppQuantize",
+    "llamacpp-types": "workers.exports._llamacpp:LlamaCppTensorTypes",
     "safetensors": "workers.exports._checkpoint:FakeQuantCheckpoint",
 }
 
