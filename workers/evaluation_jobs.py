@@ -75,6 +75,15 @@ def _open(request: Mapping[str, Any], options: Mapping[str, Any], report: Report
     report(0.0, "loading model and evaluation data")
     model = load_model(source)
     data = load_evaluation(path, batch_size=options["batch_size"], max_samples=options["max_samples"])
+    static = getattr(model, "bitplan_static_batch", None)
+    if static is not None:  # a .pt2 exported with a fixed batch only takes whole batches of that size
+        keep = data.inputs.shape[0] // static * static
+        if keep == 0:
+            raise ValueError(f"dataset: {data.inputs.shape[0]} samples, but the model was exported with a fixed"
+                             f" batch of {static}")
+        data.inputs = data.inputs[:keep]
+        data.targets = None if data.targets is None else data.targets[:keep]
+        data.batch_size = static
     report(0.05, "float reference outputs")
     return Evaluator(model, data, output_loss=options["output_loss"])
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ANALYSIS_OPTIONS", "inspect_model_job", "run_analysis_job"]
+__all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_analysis_job"]
 
 Report = Callable[[float, str], None]
 
@@ -44,6 +44,13 @@ def inspect_model_job(source: Mapping[str, Any]) -> list[dict[str, Any]]:
     from workers.models import ModelSource, inspect_model
 
     return inspect_model(ModelSource.from_dict(source))
+
+
+def describe_model_job(source: Mapping[str, Any]) -> dict[str, Any]:
+    """{"layers": the layer inventory, "inputs": what one call takes (workers.models.input_signature)}."""
+    from workers.models import ModelSource, describe_model
+
+    return describe_model(ModelSource.from_dict(source))
 
 
 def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:

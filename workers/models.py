@@ -35,7 +35,8 @@ from workers.errors import ModelLoadError
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
 
-__all__ = ["FORMATS", "LayerInfo", "ModelSource", "find_layers", "inspect_model", "load_model"]
+__all__ = ["FORMATS", "LayerInfo", "ModelSource", "describe_model", "find_layers", "input_signature", "inspect_model",
+           "load_model"]
 
 FORMATS = ("safetensors", "pt2", "hf")
 
@@ -164,7 +165,66 @@ def _load_safetensors(source: ModelSource) -> nn.Module:
 def _load_pt2(source: ModelSource) -> nn.Module:
     from workers.pt2 import load_pt2
 
-    return load_pt2(source.path)  # refuses pickled members; never torch.export.load (see workers.pt2)
+    module = load_pt2(source.path)  # refuses pickled members; never torch.export.load (see workers.pt2)
+    inputs = _graph_inputs(module)
+    if len(inputs) == 1 and isinstance(inputs[0]["shape"][0] if inputs[0]["shape"] else None, int):
+        # Exported the default way (torch.export.export(m, (x,))): the graph only takes this batch size.
+        module.bitplan_static_batch = inputs[0]["shape"][0]
+    return module
+
+
+_REEXPORT_ONE_TENSOR = (
+    "bitplan feeds the model one tensor (the calibration inputs, first dimension = samples): export a"
+    " model whose forward takes exactly one tensor, e.g. torch.export.export(m, (x,),"
+    " dynamic_shapes={'x': {0: torch.export.Dim('batch')}}) (the dynamic batch lets every batch size run)"
+)
+
+
+def _graph_inputs(gm: nn.Module) -> list[dict[str, Any]]:
+    """The user inputs of an unlifted exported program: shape (None for a dynamic dimension) and dtype."""
+    if not isinstance(gm, torch.fx.GraphModule):
+        return []
+    rows = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            shape = [int(d) if isinstance(d, int) else None for d in val.shape]
+            rows.append({"name": node.name, "shape": shape, "dtype": str(val.dtype).removeprefix("torch.")})
+        else:
+            rows.append({"name": node.name, "shape": None, "dtype": type(val).__name__})
+    return rows
+
+
+def input_signature(model: nn.Module, source: ModelSource) -> dict[str, Any] | None:
+    """What one call of the model takes, as JSON the API compares a dataset with before queuing
+    (service.compat): {"takes": "tensor", "shape": [None | int, ...] (None: any size; the first is the
+    batch), "dtype", "static_batch"} or {"takes": "token_ids", "vocab_size", "max_positions"}. None
+    when it cannot be told."""
+    if source.format == "hf":
+        config = getattr(model, "config", None)
+        vocab = getattr(config, "vocab_size", None)
+        positions = next((getattr(config, k) for k in ("n_positions", "max_position_embeddings")
+                          if isinstance(getattr(config, k, None), int)), None)
+        return {"takes": "token_ids", "vocab_size": vocab if isinstance(vocab, int) else None,
+                "max_positions": positions}
+    if source.format == "pt2":
+        inputs = _graph_inputs(model)
+        if len(inputs) != 1 or inputs[0]["shape"] is None:
+            names = ", ".join(f"{r['name']} ({r['dtype']})" for r in inputs) or "none"
+            raise ModelLoadError(f"model: this .pt2 takes {len(inputs)} inputs ({names}); {_REEXPORT_ONE_TENSOR}")
+        (row,) = inputs
+        return {"takes": "tensor", "shape": row["shape"], "dtype": row["dtype"],
+                "static_batch": getattr(model, "bitplan_static_batch", None)}
+    hp = source.hyperparams or {}
+    if source.architecture == "mlp" and isinstance(hp.get("in_features"), int):
+        return {"takes": "tensor", "shape": [None, hp["in_features"]], "dtype": "float32", "static_batch": None}
+    if source.architecture == "cnn" and isinstance(hp.get("in_channels"), int) and isinstance(hp.get("image_size"), int):
+        size = hp["image_size"]
+        return {"takes": "tensor", "shape": [None, hp["in_channels"], size, size], "dtype": "float32",
+                "static_batch": None}
+    return None
 
 
 _MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
@@ -273,8 +333,24 @@ def _graph_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str, nn.Parameter
 
 def inspect_model(source: ModelSource | Mapping[str, Any]) -> list[dict[str, Any]]:
     """The layer inventory as JSON-able rows (name, kind, weight_shape, parameters)."""
+    return describe_model(source)["layers"]
+
+
+def describe_model(source: ModelSource | Mapping[str, Any]) -> dict[str, Any]:
+    """{"layers": the layer inventory, "inputs": input_signature} from one load (the upload's inspection)."""
+    if not isinstance(source, ModelSource):
+        source = ModelSource.from_dict(source)
     model = load_model(source)
+    check_finite(model)
     layers = find_layers(model)
     if not layers:
         raise ModelLoadError("model: no quantizable layer found (Linear, Conv1d, Conv2d or Embedding)")
-    return [info.to_dict() for info, _ in layers]
+    return {"layers": [info.to_dict() for info, _ in layers], "inputs": input_signature(model, source)}
+
+
+def check_finite(model: nn.Module) -> None:
+    """A NaN or ±Inf weight poisons every statistic computed from it (and the plan built on them), so such
+    a model is refused at upload, naming the first tensor."""
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(f"model: tensor {name!r} holds NaN or infinite values")

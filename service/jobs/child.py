@@ -210,19 +210,20 @@ def run_job(kind: str, job_id: str) -> int:
 
 
 def run_inspect() -> int:
-    """Inspect an uploaded model; prints {"ok": true, "layers": [...]} or {"ok": false, "error": "..."}."""
+    """Inspect an uploaded model; prints {"ok": true, "layers": [...], "inputs": {...} | null} or
+    {"ok": false, "error": "..."}."""
     source = json.loads(sys.stdin.read())
     field = "file"
     try:
         from workers.architectures import build_model
-        from workers.jobs import inspect_model_job
+        from workers.jobs import describe_model_job
 
         if source.get("architecture") is not None:
             field = "spec"  # errors in building the architecture are the spec's fault
             build_model(source["architecture"], source.get("hyperparams") or {})
             field = "file"
-        layers = inspect_model_job(source)
-        print(json.dumps({"ok": True, "layers": layers}))
+        described = describe_model_job(source)
+        print(json.dumps({"ok": True, "layers": described["layers"], "inputs": described["inputs"]}))
     except Exception as exc:
         message = str(exc).strip() or exc.__class__.__name__
         if field == "spec" and not message.startswith("architecture"):
