@@ -59,9 +59,13 @@ def _export_in_child(settings: Settings, fmt: str, table, assignment, model):
             result = json.loads(stdout.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             tail = " ".join((stderr or "").strip().splitlines()[-2:])
-            raise InvalidInput("format", f"the export process failed (exit {rc}): {tail}", status=500) from None
+            from service.redact import redact_paths
+
+            raise InvalidInput("format", redact_paths(f"the export process failed (exit {rc}): {tail}"), status=500) from None
         if not result.get("ok"):
-            raise InvalidInput("format", result.get("error", "export failed"))
+            from service.redact import redact_paths
+
+            raise InvalidInput("format", redact_paths(result.get("error", "export failed")))
         return Export(out.read_bytes(), result["media_type"], result["filename"], tuple(result.get("warnings", ())))
 
 

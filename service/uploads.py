@@ -208,24 +208,89 @@ def check_dataset(tensors: dict[str, TensorInfo], *, field: str = "file") -> tup
     return inputs.shape[0], inputs.shape[1:], inputs.dtype, targets is not None
 
 
-def check_npz(path: Path, *, field: str = "file") -> tuple[int, tuple[int, ...], str, bool]:
-    """An .npz with `inputs` and optional `targets`. Read with allow_pickle=False: object arrays refused."""
+def check_npz(path: Path, *, field: str = "file", max_total_bytes: int = 8 * 1024**3) -> tuple[int, tuple[int, ...], str, bool]:
+    """An .npz with `inputs` and optional `targets`, checked like a model archive (zip bombs, CRCs), then
+    each member's .npy header read without unpacking the data; object arrays (pickle) are refused.
+    Float members are scanned for NaN / Inf, streamed, so a large member never sits in memory."""
     import numpy as np
 
+    check_zip(path, field=field, max_total_bytes=max_total_bytes)
+    tensors = {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            tensors = {}
-            for name in data.files:
-                arr = data[name]
-                kind = {"f": "F32", "i": "I64", "u": "U64", "b": "BOOL"}.get(arr.dtype.kind)
-                if kind is None:
-                    raise InvalidInput(field, f"array {name!r}: unsupported dtype {arr.dtype}")
-                tensors[name] = TensorInfo(kind, tuple(arr.shape))
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                if not info.filename.endswith(".npy"):
+                    raise InvalidInput(field, f"member {info.filename!r} is not a .npy array (an .npz holds only those)")
+                name = info.filename[: -len(".npy")]
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                    if version not in readers:
+                        raise ValueError(f"unsupported .npy format version {version}")
+                    shape, _, dtype = readers[version](f)
+                    if dtype.hasobject or dtype.kind not in "fiub":
+                        raise InvalidInput(field, f"array {name!r}: unsupported dtype {dtype} (numbers only)")
+                    declared = math.prod(shape) * dtype.itemsize
+                    if info.file_size - f.tell() != declared:
+                        raise InvalidInput(field, f"array {name!r}: its data does not match its shape (truncated?)")
+                    if dtype.kind == "f":
+                        _check_finite_stream(f, dtype, declared, name, field)
+                kind = {"f": "F32", "i": "I64", "u": "U64", "b": "BOOL"}[dtype.kind]
+                tensors[name] = TensorInfo(kind, tuple(int(d) for d in shape))
     except InvalidInput:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InvalidInput(field, f"not a readable .npz of plain arrays: {exc}") from exc
     return check_dataset(tensors, field=field)
+
+
+def _check_finite_stream(f, dtype, nbytes: int, name: str, field: str) -> None:
+    import numpy as np
+
+    step = (CHUNK_BYTES // dtype.itemsize) * dtype.itemsize
+    left = nbytes
+    while left > 0:
+        chunk = f.read(min(step, left))
+        if not chunk:
+            raise InvalidInput(field, f"tensor {name!r}: data ends early (truncated?)")
+        left -= len(chunk)
+        if not np.isfinite(np.frombuffer(chunk, dtype=dtype)).all():
+            raise InvalidInput(field, f"tensor {name!r} holds NaN or infinite values")
+
+
+# Float dtypes of safetensors as (unsigned view, exponent mask): a value is NaN or ±Inf exactly when all its
+# exponent bits are set (F8_E4M3 has no Inf, and NaN only as S.1111.111).
+_FLOAT_BITS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
+               "F64": ("<u8", 0x7FF0000000000000), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
+CHUNK_BYTES = 8 << 20
+
+
+def check_finite_safetensors(path: Path, tensors: dict[str, TensorInfo], *, field: str = "file") -> None:
+    """Every float tensor of a (header-checked) safetensors file is finite; InvalidInput naming the first that
+    is not. Streams the file in chunks: no tensor is ever whole in memory."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        base = 8 + n
+        for name, info in tensors.items():
+            if info.dtype not in _FLOAT_BITS:
+                continue
+            view, mask = _FLOAT_BITS[info.dtype]
+            start, end = (int(x) for x in header[name]["data_offsets"])
+            f.seek(base + start)
+            dtype = np.dtype(view)
+            step = (CHUNK_BYTES // dtype.itemsize) * dtype.itemsize
+            left = end - start
+            while left > 0:
+                chunk = f.read(min(step, left))
+                left -= len(chunk)
+                bits = np.frombuffer(chunk, dtype=dtype)
+                if bool(((bits & dtype.type(mask)) == mask).any()):
+                    raise InvalidInput(field, f"tensor {name!r} holds NaN or infinite values")
 
 
 def check_text(path: Path, *, field: str = "file", max_line_bytes: int = 10 * 1024 * 1024) -> int:

@@ -8,13 +8,16 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import get_blobs, get_session, get_settings
+from service.api.security import Caller, get_caller
 from service.api.routes.uploading import keep_if_valid, stage_upload
 from service.api.schemas import DatasetOut
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db.models import DatasetRecord
 from service.errors import InvalidInput
-from service.uploads import check_dataset, check_npz, check_text, read_safetensors_header, sniff_format
+from service.uploads import (
+    check_dataset, check_finite_safetensors, check_npz, check_text, read_safetensors_header, sniff_format,
+)
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -34,14 +37,19 @@ async def upload_dataset(
     settings: Settings = Depends(get_settings),
     blobs: BlobStore = Depends(get_blobs),
     session: Session = Depends(get_session),
+    caller: Caller = Depends(get_caller),
 ) -> DatasetOut:
     staged = await stage_upload(file, blobs, settings)
     with keep_if_valid(blobs, staged):
         kind = sniff_format(staged.path)
         if kind == "safetensors":
-            samples, shape, dtype, has_targets = check_dataset(read_safetensors_header(staged.path))
-        elif kind == "zip":
-            samples, shape, dtype, has_targets = await run_in_threadpool(check_npz, staged.path)
+            tensors = read_safetensors_header(staged.path)
+            samples, shape, dtype, has_targets = check_dataset(tensors)
+            await run_in_threadpool(check_finite_safetensors, staged.path, tensors)
+        elif kind == "zip":  # the same zip-bomb limits as model archives
+            samples, shape, dtype, has_targets = await run_in_threadpool(
+                check_npz, staged.path, max_total_bytes=settings.max_unpacked_bytes
+            )
         elif kind == "text":
             # Tokenized by the model's own tokenizer in the job; "text" marks it for people and the API.
             samples, shape, dtype, has_targets = await run_in_threadpool(check_text, staged.path), (), "text", False
@@ -52,10 +60,11 @@ async def upload_dataset(
         name=name or file.filename or "dataset", sha256=staged.sha256, size_bytes=staged.size, samples=samples,
         input_shape=list(shape), input_dtype=dtype, has_targets=has_targets,
     )
+    rec.owned_by = caller.owner
     await run_in_threadpool(store.save, session, rec)  # never the session on the event loop
     return dataset_out(rec)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: Session = Depends(get_session)) -> DatasetOut:
-    return dataset_out(store.get_dataset(session, dataset_id=dataset_id))
+def get_dataset(dataset_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)) -> DatasetOut:
+    return dataset_out(store.get_dataset(session, dataset_id=dataset_id, owned_by=caller.sees))
