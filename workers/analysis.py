@@ -27,7 +27,9 @@ the same pass finds the fusable projections that `ties="auto"` ties (workers.uni
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -51,9 +53,10 @@ from workers.memory import (
     process_peak,
 )
 from workers.metrics import Metric, MetricContext
+from workers.metrics._loss import loss_name, uses_label_free
 from workers.models import find_layers
 from workers.quantizers import Quantizer
-from workers.table import CandidateRow, LayerRow, SensitivityTable
+from workers.table import CandidateRow, LayerRow, SensitivityTable, table_warnings
 from workers.units import group_layers
 
 __all__ = ["analyse", "enforce_monotone", "is_out_of_memory", "resolve_device"]
@@ -192,10 +195,12 @@ def analyse(
         w = weight.detach().to(torch.float32)
         layer_trace = trace.layers.get(info.name) if trace is not None else None
         cand_rows = []
+        spreads: list[tuple[float, float] | None] = []
         for q in candidates:
             quantized = info.quantize(q, w)
             perturbation = float((quantized.to(torch.float64) - w.to(torch.float64)).pow(2).sum())
             damage = float(metric.damage(stat, q, w, quantized))
+            spreads.append(_damage_bounds(metric, stat, q, w, quantized, damage))
             if damage != damage or damage in (float("inf"), float("-inf")):
                 raise AnalysisError(f"layer {info.name!r} candidate {q.name!r}: damage is not finite")
             latency = None
@@ -216,6 +221,7 @@ def analyse(
                 )
             )
         enforce_monotone(cand_rows, candidates)
+        _set_damage_ci(cand_rows, spreads, candidates, stat)
         rows.append(
             LayerRow(
                 name=info.name,
@@ -257,11 +263,14 @@ def analyse(
         prov["latency"] = {"model": "roofline", "hardware": hardware.to_dict()}
     elif latency_table is not None:
         prov["latency"] = {"model": "table"}
+    stopping = getattr(metric, "stopping", None)
+    if isinstance(stopping, dict) and stopping:
+        prov["stopping"] = dict(stopping)
     prov.update(provenance or {})
-    return SensitivityTable(
+    table = SensitivityTable(
         metric=metric.name,
         statistic=metric.statistic,
-        loss=_loss_name(metric, calibration),
+        loss=_loss_name(metric, model, calibration),
         candidates=[q.name for q in candidates],
         layers=rows,
         calibration_samples=calibration.samples if calibration is not None else 0,
@@ -269,6 +278,8 @@ def analyse(
         ties=tie_groups,
         provenance=prov,
     )
+    table.warnings = table_warnings(table)
+    return table
 
 
 def _fit_static_batch(calibration: Calibration, size: int) -> dict[str, int]:
@@ -390,6 +401,32 @@ def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, 
             report(0.0, message)
 
 
+def _damage_bounds(metric, stat, q, w, quantized, damage) -> tuple[float, float] | None:
+    """The metric's damage at the ends of the statistic's 95% interval (None when it is exact)."""
+    half = stat.ci_halfwidth
+    if half is None or not math.isfinite(half):
+        return None
+    hi = float(metric.damage(dataclasses.replace(stat, mean=stat.mean + half), q, w, quantized))
+    lo = float(metric.damage(dataclasses.replace(stat, mean=stat.mean - half), q, w, quantized))
+    if hi == lo and half > 0 and stat.mean != 0:  # a damage that does not read the mean (fisher)
+        return damage * (1 + half / abs(stat.mean)), damage * max(1 - half / abs(stat.mean), 0.0)
+    return hi, lo
+
+
+def _set_damage_ci(rows: list[CandidateRow], bounds, candidates: Sequence[Quantizer], stat) -> None:
+    """`damage_ci` = half the spread between the interval's ends, each end made monotone along the
+    ladders as the damage is, so redraws keep more bits never worse (solver.confidence)."""
+    if any(b is None for b in bounds):
+        return
+    ends = []
+    for k in (0, 1):
+        tmp = [dataclasses.replace(r, raw_damage=b[k]) for r, b in zip(rows, bounds)]
+        enforce_monotone(tmp, candidates)
+        ends.append([t.damage for t in tmp])
+    for row, hi, lo in zip(rows, *ends):
+        row.damage_ci = max(hi - lo, 0.0) / 2
+
+
 def enforce_monotone(rows: list[CandidateRow], candidates: Sequence[Quantizer]) -> None:
     """Running minimum of damage in ascending weight bits along each ladder (see module docstring)."""
     ladders: dict[str, list[int]] = defaultdict(list)
@@ -402,9 +439,8 @@ def enforce_monotone(rows: list[CandidateRow], candidates: Sequence[Quantizer]) 
             rows[i].damage = best
 
 
-def _loss_name(metric: Metric, calibration: Calibration | None) -> str:
+def _loss_name(metric: Metric, model: nn.Module, calibration: Calibration | None) -> str:
     if not metric.needs_data or calibration is None:
         return "none"
-    if calibration.targets is not None:
-        return "cross_entropy"
-    return f"{getattr(metric, 'output_loss', 'kl')}_label_free"
+    label_free = uses_label_free(model, calibration, getattr(metric, "loss", "auto"))
+    return loss_name(label_free, getattr(metric, "output_loss", "kl"))

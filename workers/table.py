@@ -4,8 +4,18 @@ Plain data with a JSON form (`to_dict` / `from_dict`) so it can be stored, serve
 `to_problem` turns it into the solver's input. Nothing here imports torch.
 
 Backward compatible: the fields added with costs and units (`bops`, `latency_ms`, `macs`,
-`shared_with`, `groups`, `ties`, `provenance`) are optional in `from_dict`, so tables stored
-before them still parse (and give a problem with bytes only and no ties, as before).
+`shared_with`, `groups`, `ties`, `provenance`) and with confidence (`damage_ci`, `warnings`) are
+optional in `from_dict`, so tables stored before them still parse (and give a problem with bytes
+only and no ties, and plans with confidence 1.0, as before).
+
+Warnings (`table_warnings`): a number the table cannot stand behind is flagged, never silently
+used. Each is {code, layer (None for the whole analysis), message, values}:
+- negative_trace / negative_statistic: the estimate is below 0 (the cross-entropy Hessian away
+  from a minimum is indefinite); its damage was clamped to 0.
+- ci_straddles_zero: the 95% interval holds 0 (not for label-free losses, whose every probe is ≥ 0),
+  so the damage may be 0 or up to the upper end.
+- not_converged: the layer had not met the metric's stopping rule when probing ended.
+- stopped_early: the analysis hit max_probes or max_seconds before its target (it still succeeded).
 """
 
 from __future__ import annotations
@@ -14,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from solver.problem import Option, Problem, Unit
+from solver.problem import Option, Problem, Unit, problem_to_dict
 
-__all__ = ["CandidateRow", "LayerRow", "SensitivityTable"]
+__all__ = ["CandidateRow", "LayerRow", "SensitivityTable", "table_warnings"]
 
 TABLE_VERSION = 1
 
@@ -29,7 +39,9 @@ class CandidateRow:
     monotonicity rule (more bits never predicted worse along a ladder) raised or lowered it.
     `perturbation` is ‖Q(W) − W‖²; `bytes` is exact (packed weights plus scales / offsets).
     `bops` = MACs × w_bits × a_bits for one calibration sample and `latency_ms` the user's or the
-    roofline figure (workers.costs); None when not measured.
+    roofline figure (workers.costs); None when not measured. `damage_ci` is the 95% half-width of
+    `damage` from the metric's sampling error (None for exact metrics); solver.confidence redraws
+    from it.
     """
 
     candidate: str
@@ -40,6 +52,7 @@ class CandidateRow:
     perturbation: float
     bops: float | None = None
     latency_ms: float | None = None
+    damage_ci: float | None = None
 
 
 @dataclass
@@ -73,7 +86,8 @@ class SensitivityTable:
 
     `groups`: unit name → layer names for units of several layers (layers not listed are their
     own unit); `ties`: lists of layer names that must take one candidate; `provenance`: seeds,
-    device, batch size used, calibration caps, cost model (JSON-able, for people)."""
+    device, batch size used, calibration caps, cost model (JSON-able, for people); `warnings`:
+    see the module docstring."""
 
     metric: str
     statistic: str
@@ -84,6 +98,7 @@ class SensitivityTable:
     groups: dict[str, list[str]] = field(default_factory=dict)
     ties: list[list[str]] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerRow:
         for row in self.layers:
@@ -115,6 +130,7 @@ class SensitivityTable:
                             perturbation=float(c["perturbation"]),
                             bops=_optional_float(c.get("bops")),
                             latency_ms=_optional_float(c.get("latency_ms")),
+                            damage_ci=_optional_float(c.get("damage_ci")),
                         )
                         for c in raw["candidates"]
                     ]
@@ -145,6 +161,7 @@ class SensitivityTable:
                 groups={str(k): [str(n) for n in v] for k, v in dict(data.get("groups") or {}).items()},
                 ties=[[str(n) for n in group] for group in data.get("ties") or []],
                 provenance=dict(data.get("provenance") or {}),
+                warnings=[dict(w) for w in data.get("warnings") or []],
             )
         except KeyError as exc:
             raise ValueError(f"{exc.args[0]}: required") from exc
@@ -178,6 +195,64 @@ class SensitivityTable:
             if len(names) > 1 and tuple(names) not in ties:
                 ties.append(tuple(names))
         return Problem(units=tuple(units), ties=tuple(ties))
+
+
+    def halfwidths(self) -> dict[str, dict[str, float]]:
+        """Unit → candidate → 95% half-width of its damage, for solver.confidence. A group's is the
+        sum of its layers' (as if their errors moved together: never narrower than the truth)."""
+        unit_of = {name: unit for unit, members in self.groups.items() for name in members}
+        out: dict[str, dict[str, float]] = {}
+        for row in self.layers:
+            for c in row.candidates:
+                if c.damage_ci is not None:
+                    cell = out.setdefault(unit_of.get(row.name, row.name), {})
+                    cell[c.candidate] = cell.get(c.candidate, 0.0) + c.damage_ci
+        return out
+
+    def stored_problem(self) -> dict[str, Any]:
+        """The problem as stored for re-solves: the solver's JSON format plus the `uncertainty`
+        (half-widths) a plan's confidence needs and the analysis's `warnings` every plan shows
+        (problem_from_dict ignores both)."""
+        return {**problem_to_dict(self.to_problem()), "uncertainty": self.halfwidths(), "warnings": self.warnings}
+
+
+_LABEL_FREE = ("kl_label_free", "mse_label_free")
+
+
+def table_warnings(table: SensitivityTable) -> list[dict[str, Any]]:
+    """The table's warnings (module docstring), layer ones in layer order, then the analysis's."""
+    out: list[dict[str, Any]] = []
+    what = "Hessian trace" if table.statistic == "hessian_trace" else table.statistic.replace("_", " ")
+    stopping = dict(table.provenance.get("stopping") or {})
+    for row in table.layers:
+        values = {"mean": row.mean, "ci_halfwidth": row.ci_halfwidth, "samples": row.samples}
+        spread = f" ± {row.ci_halfwidth:.3g}" if row.ci_halfwidth is not None else ""
+        if row.mean < 0:
+            code = "negative_trace" if table.statistic == "hessian_trace" else "negative_statistic"
+            out.append(_warning(code, row.name, values,
+                f"{row.name}: {what} {row.mean:.3g}{spread} is negative under the {table.loss} loss; its damage was"
+                " set to 0 (no second-order harm predicted). The default label-free loss has a PSD Hessian."))
+        elif row.ci_halfwidth is not None and row.mean - row.ci_halfwidth < 0 and table.loss not in _LABEL_FREE:
+            out.append(_warning("ci_straddles_zero", row.name, values,
+                f"{row.name}: the 95% interval of its {what} ({row.mean:.3g}{spread}) includes 0 under the"
+                f" {table.loss} loss: its damage may be 0 or up to {row.mean + row.ci_halfwidth:.3g} per unit."))
+        if not row.converged:
+            reason = stopping.get("reason", "its cap")
+            out.append(_warning("not_converged", row.name, {**values, "reason": reason},
+                f"{row.name}: its estimate had not met the stopping rule when probing ended ({reason})."))
+    if stopping.get("reason") in ("max_probes", "max_seconds"):
+        values = {k: stopping.get(k) for k in ("reason", "probes", "seconds", "confidence", "rule")}
+        target = "a decided plan" if stopping.get("rule") == "decision" else "every layer's CI target"
+        conf = stopping.get("confidence")
+        detail = f"; plan confidence {conf:.0%}" if isinstance(conf, int | float) else ""
+        out.append(_warning("stopped_early", None, values,
+            f"the analysis stopped at {stopping['reason']} ({stopping.get('probes')} probes,"
+            f" {stopping.get('seconds') or 0:.0f} s) before {target}{detail}; it succeeded with what it had."))
+    return out
+
+
+def _warning(code: str, layer: str | None, values: dict[str, Any], message: str) -> dict[str, Any]:
+    return {"code": code, "layer": layer, "message": message, "values": values}
 
 
 def _optional_float(value: Any) -> float | None:

@@ -59,7 +59,8 @@ def test_hf_directory_with_text_calibration(client, tmp_path):
         time.sleep(0.3)
     assert state["status"] == "succeeded", state["error"]
     table = client.get(f"/v1/analyses/{analysis_id}/table").json()
-    assert table["provenance"]["loss"] == "cross_entropy"  # next-token loss on the tokenized text
+    # next-token targets from the tokenized text, but a language model's default loss is label-free
+    assert table["provenance"]["loss"] == "kl_label_free"
     assert len(table["layers"]) >= 5
     plan = client.post(f"/v1/analyses/{analysis_id}/plans", json={"budget": {"average_bits": 6}})
     assert plan.status_code == 201, plan.text

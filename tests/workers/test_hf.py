@@ -75,7 +75,8 @@ def test_llama_analysis_on_text_calibration(dirs, tmp_path):
                     "min_probes": 2, "max_probes": 4, "probe_batch": 2},
     })
     assert json.loads(json.dumps(out)) == out
-    assert out["loss"] == "cross_entropy" and out["calibration_samples"] == 3
+    # next-token targets, but a language model's default loss is label-free (PSD Gauss-Newton Hessian)
+    assert out["loss"] == "kl_label_free" and out["calibration_samples"] == 3
     calib = out["provenance"]["calibration"]
     assert calib["format"] == "jsonl" and calib["sequence_length"] == 12 and calib["tokens"] == 36
     assert calib["targets"] == "next_token" and calib["truncated"] is True

@@ -26,7 +26,7 @@ def test_analysis_job_end_to_end(files):
     progress = []
     out = run_analysis_job(
         {"model": files["model"], "dataset_path": files["labelled"], "candidates": ["int2", "int4", "int8", "int4_asym_g4"],
-         "metric": "hutchinson", "seed": 7, "options": {"batch_size": 16, "tolerance": 0.2}},
+         "metric": "hutchinson", "seed": 7, "options": {"batch_size": 16, "tolerance": 0.2, "stop": "ci"}},
         lambda fraction, message: progress.append((fraction, message)),
     )
     assert json.loads(json.dumps(out)) == out

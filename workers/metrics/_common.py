@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from workers.errors import AnalysisError, DatasetError
-from workers.metrics._loss import OUTPUT_LOSSES, CalibrationLoss
+from workers.metrics._loss import LOSSES, OUTPUT_LOSSES, CalibrationLoss
 
 if TYPE_CHECKING:
     from workers.metrics._base import MetricContext
@@ -40,6 +40,11 @@ def check_positive_ints(options: Any, *names: str) -> None:
 def check_output_loss(output_loss: Any) -> None:
     if output_loss not in OUTPUT_LOSSES:
         raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}")
+
+
+def check_loss(loss: Any) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"options.loss: must be one of {', '.join(LOSSES)}, got {loss!r}")
 
 
 def calibrated_params(metric: str, ctx: MetricContext) -> list[nn.Parameter]:

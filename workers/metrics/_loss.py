@@ -1,9 +1,15 @@
 """The loss the data-driven metrics differentiate: the calibration-set mean, batch by batch.
 
-With targets it is cross-entropy. Without, it is label-free output matching against the float
-model's own outputs at the weights it had when this object was built (θ₀): KL(p_θ₀ ‖ p_θ) over the
-last output dimension ("kl", for classifiers) or ½‖f_θ − f_θ₀‖² ("mse", for other outputs). Both
-have zero gradient at θ₀ and a Gauss-Newton (positive semi-definite) Hessian there.
+Label-free output matching against the float model's own outputs at the weights it had when this
+object was built (θ₀): KL(p_θ₀ ‖ p_θ) over the last output dimension ("kl", for classifiers) or
+½‖f_θ − f_θ₀‖² ("mse", for other outputs). Both have zero gradient at θ₀ and a Gauss-Newton
+(positive semi-definite) Hessian there, so traces and damages are ≥ 0 by construction.
+
+Which loss (`options.loss`): "auto" (the default) is label-free unless the data has class targets
+for a classifier; a language model (a causal LM, or token-id inputs with one target per position)
+is label-free even with next-token targets, because the next-token cross-entropy of any real LM is
+far from a minimum and its Hessian is indefinite (negative traces). "cross_entropy" asks for the
+true cross-entropy Hessian (needs targets); "label_free" forces output matching.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from workers.data import Calibration
 from workers.errors import AnalysisError
 
 OUTPUT_LOSSES = ("kl", "mse")
+LOSSES = ("auto", "label_free", "cross_entropy")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -49,16 +56,44 @@ def output_of(model: nn.Module, x: torch.Tensor, batch: str) -> torch.Tensor:
     return out
 
 
+def is_language_model(model: nn.Module, calibration: Calibration) -> bool:
+    """A causal LM (workers.hf marks them), or token-id inputs with one target per position."""
+    if getattr(model, "bitplan_causal_lm", False):
+        return True
+    targets = calibration.targets
+    return bool(calibration.token_ids and targets is not None and targets.dim() > 1)
+
+
+def uses_label_free(model: nn.Module, calibration: Calibration, loss: str = "auto") -> bool:
+    """Whether `loss` (an `options.loss` value) differentiates output matching on this model and data;
+    ValueError for an unknown value or "cross_entropy" without targets."""
+    if loss not in LOSSES:
+        raise ValueError(f"options.loss: must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if loss == "cross_entropy":
+        if calibration.targets is None:
+            raise ValueError("options.loss: 'cross_entropy' needs a dataset with targets")
+        return False
+    if loss == "label_free" or calibration.targets is None:
+        return True
+    return is_language_model(model, calibration)
+
+
+def loss_name(label_free: bool, output_loss: str) -> str:
+    """The table's `loss` field: "cross_entropy", "kl_label_free" or "mse_label_free"."""
+    return f"{output_loss}_label_free" if label_free else "cross_entropy"
+
+
 class CalibrationLoss:
     """Yields one loss tensor per calibration batch; their sum is the dataset-mean loss."""
 
-    def __init__(self, model: nn.Module, calibration: Calibration, *, output_loss: str = "kl"):
+    def __init__(self, model: nn.Module, calibration: Calibration, *, output_loss: str = "kl", loss: str = "auto"):
         if output_loss not in OUTPUT_LOSSES:
             raise ValueError(f"options.output_loss: must be one of {', '.join(OUTPUT_LOSSES)}, got {output_loss!r}")
         self.model = model
         self.calibration = calibration
         self.output_loss = output_loss
-        self.label_free = calibration.targets is None
+        self.label_free = uses_label_free(model, calibration, loss)
+        self.name = loss_name(self.label_free, output_loss)
         self._references: list[torch.Tensor] = []
         if self.label_free:
             with torch.no_grad():

@@ -29,6 +29,7 @@ from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
     BatchedHvp,
     calibrated_params,
+    check_loss,
     check_output_loss,
     check_positive_ints,
     check_tolerance,
@@ -47,12 +48,14 @@ if TYPE_CHECKING:
 class Eigen(Metric):
     """Options: `tolerance` relative change of λ between iterations that ends a layer's iteration;
     `max_iterations` per layer; `layer_chunk` layers whose iterations share one batched backward
-    (memory grows with chunk × their weights); `output_loss` for label-free mode."""
+    (memory grows with chunk × their weights); `output_loss` for label-free mode; `loss` which loss
+    ("auto", "label_free", "cross_entropy"; see workers.metrics._loss)."""
 
     tolerance: float = 1e-3
     max_iterations: int = 100
     layer_chunk: int = 16
     output_loss: str = "kl"
+    loss: str = "auto"
 
     name: ClassVar[str] = "eigen"
     statistic: ClassVar[str] = "hessian_top_eigenvalue"
@@ -62,6 +65,7 @@ class Eigen(Metric):
         check_tolerance(self.tolerance)
         check_positive_ints(self, "max_iterations", "layer_chunk")
         check_output_loss(self.output_loss)
+        check_loss(self.loss)
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
         params = calibrated_params(self.name, ctx)
@@ -73,7 +77,7 @@ class Eigen(Metric):
         done = [False] * len(params)
         started = time.perf_counter()
         with grad_only_for(ctx.model, params):
-            loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
+            loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss, loss=self.loss)
             hvp = BatchedHvp(loss, params, self.name)
             for step in range(1, self.max_iterations + 1):
                 live = [i for i in range(len(params)) if not done[i]]

@@ -44,7 +44,7 @@ from torch import nn
 
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._common import Z95, calibrated_params, check_output_loss, grad_only_for, perturbation
+from workers.metrics._common import Z95, calibrated_params, check_loss, check_output_loss, grad_only_for, perturbation
 from workers.metrics._loss import CalibrationLoss, forward
 
 if TYPE_CHECKING:
@@ -58,11 +58,13 @@ _CE, _HALF_SQ, _LINEAR = "ce", "half_sq", "linear"
 class Fisher(Metric):
     """Options: `sample_chunk` per-sample gradients held at once; `exact_outputs` largest output
     width for the exact label-free Fisher (0: always draw pseudo-targets); `output_loss` for
-    label-free mode ("kl" or "mse")."""
+    label-free mode ("kl" or "mse"); `loss` which loss ("auto", "label_free", "cross_entropy";
+    see workers.metrics._loss)."""
 
     sample_chunk: int = 64
     exact_outputs: int = 64
     output_loss: str = "kl"
+    loss: str = "auto"
 
     name: ClassVar[str] = "fisher"
     statistic: ClassVar[str] = "fisher_trace"
@@ -74,6 +76,7 @@ class Fisher(Metric):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"options.{field_name}: must be an integer ≥ {low}, got {value!r}")
         check_output_loss(self.output_loss)
+        check_loss(self.loss)
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
         params = calibrated_params(self.name, ctx)
@@ -82,7 +85,7 @@ class Fisher(Metric):
         per_sample: list[list[torch.Tensor]] = [[] for _ in params]  # Σ_i g_si² per sample, for the CI
         drawn = False
         with grad_only_for(ctx.model, params):
-            loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
+            loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss, loss=self.loss)
             first, _ = next(ctx.calibration.batches())
             fast = _plain_linears(ctx.model, params, first[:3])
             slow = [i for i in range(len(params)) if i not in fast]
