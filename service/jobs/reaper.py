@@ -3,7 +3,9 @@
 Why everywhere: a worker killed with -9 cannot say so, and the machine it ran on may be gone. Any live
 process sharing the database notices its job's heartbeat went silent, puts the row back in the queue
 (each row by one conditional update, so concurrent reapers never both win) and offers it again. The
-same loop offers retries whose backoff has passed, so retries need no scheduler in the queue itself.
+same loop offers retries whose backoff has passed, so retries need no scheduler in the queue itself,
+and (where the back-end can tell, `lost`) queued rows whose queue message is gone: a Redis flushed or
+restarted without persistence forgets every message, and nothing else would ever offer those rows again.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ class Reaper:
         stale_after_s: float,
         interval_s: float,
         max_attempts: int | None = None,
+        lost: Callable[[], list[tuple[str, str]]] | None = None,
     ):
         self.database_url = database_url
         self.offer = offer
+        self.lost = lost
         self.stale_after = timedelta(seconds=stale_after_s)
         self.interval_s = interval_s
         self.max_attempts = max_attempts
@@ -51,6 +55,13 @@ class Reaper:
             for job_id in [*stale, *due]:
                 self.offer(kind, job_id)
                 offered.append((kind, job_id))
+        lost = [job for job in (self.lost() if self.lost else []) if job not in offered]
+        if lost:
+            log.warning("re-offering %d queued jobs whose queue message is gone: %s", len(lost),
+                        ", ".join(f"{k} {i}" for k, i in lost))
+        for kind, job_id in lost:
+            self.offer(kind, job_id)
+            offered.append((kind, job_id))
         return offered
 
     def start(self) -> None:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
+
+from sqlalchemy import select
 
 from service import store
 from service.config import Settings
+from service.db.models import utcnow
 from service.db.session import session_scope
 from service.jobs.base import JobQueue
 from service.jobs.reaper import Reaper
@@ -20,6 +24,12 @@ from service.jobs.reaper import Reaper
 log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "service.jobs.rq_tasks.run_job"
+_PENDING = ("queued", "started", "deferred", "scheduled")
+
+
+def rq_job_id(kind: str, job_id: str) -> str:
+    """One RQ job id per row, so the reaper can ask Redis whether a queued row's message still exists."""
+    return f"bitplan-{kind}-{job_id}"
 
 
 class RQQueue(JobQueue):
@@ -43,8 +53,9 @@ class RQQueue(JobQueue):
         self.job_timeout = settings.job_cpu_limit_s * 2 + 600
         self.reaper = Reaper(
             self.url, offer=self.enqueue, stale_after_s=settings.job_stale_after_s,
-            interval_s=settings.job_reaper_s, max_attempts=settings.job_max_attempts,
+            interval_s=settings.job_reaper_s, max_attempts=settings.job_max_attempts, lost=self.lost_jobs,
         )
+        self.lost_after = timedelta(seconds=settings.job_stale_after_s)
         self._queue = None
         self._lock = threading.Lock()
 
@@ -69,7 +80,7 @@ class RQQueue(JobQueue):
         try:
             self.rq_queue().enqueue(
                 JOB_FUNCTION, kind, job_id, job_timeout=self.job_timeout, result_ttl=3600, failure_ttl=7 * 86400,
-                description=f"{kind} {job_id}",
+                description=f"{kind} {job_id}", job_id=rq_job_id(kind, job_id),
             )
         except Exception:
             log.exception("could not enqueue %s %s on Redis; it stays queued and is offered again", kind, job_id)
@@ -79,6 +90,27 @@ class RQQueue(JobQueue):
                     store.defer_offer(s, kind=kind, job_id=job_id, delay_s=delay)
             except Exception:  # the database is down too: the next start offers every queued row
                 log.exception("could not mark %s %s to be offered again", kind, job_id)
+
+    def lost_jobs(self) -> list[tuple[str, str]]:
+        """Queued rows (not waiting for a backoff, older than the grace period) whose RQ job is gone or no
+        longer pending: the message was lost with Redis's memory. A row offered a moment ago is within the
+        grace period; one a worker is about to claim has its job `started`, so neither is offered twice."""
+        from rq.job import Job
+
+        cutoff = utcnow() - self.lost_after
+        candidates = []
+        for kind in store.JOB_KINDS:
+            rec = store.job_record(kind)
+            with session_scope(self.url) as s:
+                ids = s.scalars(select(rec.id).where(
+                    rec.status == "queued", rec.retry_at.is_(None), rec.created_at <= cutoff)).all()
+            candidates += [(kind, job_id) for job_id in ids]
+        if not candidates:
+            return []
+        queue = self.rq_queue()
+        jobs = Job.fetch_many([rq_job_id(k, i) for k, i in candidates], connection=queue.connection,
+                              serializer=queue.serializer)
+        return [c for c, job in zip(candidates, jobs) if job is None or job.get_status(refresh=False) not in _PENDING]
 
     def start(self) -> None:
         for kind in store.JOB_KINDS:

@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 
 from service.config import Settings
 
@@ -40,12 +41,31 @@ def _work(settings: Settings, *, burst: bool) -> int:
     rq = queue.rq_queue()
     worker = SimpleWorker([rq], connection=rq.connection, serializer=rq.serializer)
     queue.reaper.start()
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep_registered, args=(worker, stop, settings.job_reaper_s), daemon=True)
+    keeper.start()
     try:
         worker.work(burst=burst, logging_level="INFO")
     finally:
+        stop.set()
         queue.reaper.stop()
         runner.stop()
     return 0
+
+
+def _keep_registered(worker, stop: threading.Event, every: float) -> None:
+    """Register the worker again when Redis forgot it (flushed, or restarted without persistence): RQ
+    only refreshes the TTL of its registration, so without this /readyz and `rq info` would count no
+    worker while this one runs. A dead worker's key keeps its `death` field, so it is never revived."""
+    while not stop.wait(every):
+        if worker.birth_date is None:
+            continue  # work() has not registered yet
+        try:
+            if not worker.connection.exists(worker.key):
+                worker.register_birth()
+                log.warning("worker %s: registration was gone from Redis; registered again", worker.name)
+        except Exception:  # Redis down: the next tick tries again
+            pass
 
 
 def _supervise(*, burst: bool, concurrency: int) -> int:

@@ -117,12 +117,13 @@ class RedisServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_redis() -> RedisServer:
+def start_redis(port: int | None = None) -> RedisServer:
+    """A fresh redis-server; `port` to start one where a stopped one was (a restart that lost its memory)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server not found (Debian package 'redis-server')")
     root = Path(tempfile.mkdtemp(prefix="bitplan-redis-"))
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(root), "--daemonize", "no"],
