@@ -35,7 +35,7 @@ from solver.backends._mckp import Knapsack, _Hull
 from solver.backends.base import Backend, Outcome
 
 MAX_STATES = 300_000
-BEAM = 256
+BEAMS = (256, 4096, None)  # widths of the passes over the core; None: exact
 LP_ITERATIONS = 60
 
 
@@ -181,7 +181,9 @@ class TwoBudget:
             return Outcome(ob.choice, "optimal", self.value(ob.choice))
         bound = max(oa.bound, ob.bound)
 
-        mult = self.multipliers(a, b, hint)
+        # Plans count as meeting a limit up to FEAS_REL (see `fits`), so the relaxations get it too.
+        a_up, b_up = a + FEAS_REL * max(1.0, abs(a)), b + FEAS_REL * max(1.0, abs(b))
+        mult = self.multipliers(a_up, b_up, hint)
         if mult is None:
             return Outcome(None, "infeasible", np.inf)
         bound = max(bound, mult.bound)
@@ -200,11 +202,11 @@ class TwoBudget:
         rc = np.where(self.valid, self._obj0 + lam_a * self._ca0 + lam_b * self._cb0, np.inf)
         m = rc.min(axis=1)
         excess = rc - m[:, None]
-        lagr = float(m.sum()) - lam_a * a - lam_b * b
+        lagr = float(m.sum()) - lam_a * a_up - lam_b * b_up
         # A narrow (beam) pass over the core improves the incumbent cheaply, and a better incumbent
         # shrinks the core; then an exact pass proves it optimal or finds better. A beam pass that
         # never had to cut is exact too.
-        for beam in (BEAM, 16 * BEAM, None):
+        for beam in BEAMS:
             if deadline is not None and time.perf_counter() > deadline:
                 break
             if bound >= best_val - self.otol:

@@ -35,3 +35,15 @@ def synthetic_llm(
             opts.append(Option(f"int{b}", damage, costs))
         units.append(Unit(f"layer{i}", w, tuple(opts)))
     return Problem(tuple(units))
+
+
+LLAMA70B_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def scaled(problem: Problem, factor: float) -> Problem:
+    """The same table with every damage multiplied by `factor` (the optimum must not move)."""
+    units = tuple(
+        Unit(u.name, u.weights, tuple(Option(o.candidate, o.damage * factor, dict(o.costs)) for o in u.options))
+        for u in problem.units
+    )
+    return Problem(units, ties=problem.ties, pins=problem.pins, allowed=problem.allowed)
