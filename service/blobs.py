@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,31 @@ class BlobStore:
     @staticmethod
     def discard(staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)
+
+    def sweep_staging(self, older_than_s: float) -> int:
+        """Remove what killed uploads left behind: staging files and scratch folders, half-unpacked model
+        folders, untouched for `older_than_s`. A live upload writes (or is inspected) well within that."""
+        cutoff = time.time() - older_than_s
+        leftovers = []
+        staging = self.root / "staging"
+        if staging.is_dir():
+            leftovers += list(staging.iterdir())
+        unpacked = self.root.parent / "unpacked"
+        if unpacked.is_dir():
+            leftovers += [p for p in unpacked.iterdir() if ".tmp" in p.name]
+        removed = 0
+        for path in leftovers:
+            try:
+                if path.lstat().st_mtime >= cutoff:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+            except OSError:  # gone already (another process swept it) or in use: the next sweep retries
+                continue
+        return removed
 
     def unpacked(self, sha256: str, archive: Path | None = None) -> Path:
         """A zipped model directory unpacked beside the store (once per content), for loaders that need a folder."""

@@ -16,7 +16,7 @@ from service import store
 from service.config import Settings
 from service.db.session import session_scope
 from service.jobs.base import JobQueue
-from service.jobs.reaper import Reaper
+from service.jobs.reaper import Reaper, staging_sweeper
 from service.jobs.runner import JobRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class InlineQueue(JobQueue):
         self.reaper = Reaper(
             self.url, offer=self.enqueue, stale_after_s=settings.job_stale_after_s,
             interval_s=settings.job_reaper_s, max_attempts=settings.job_max_attempts,
+            sweep=staging_sweeper(settings),
         )
         self._pending: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []

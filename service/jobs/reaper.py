@@ -10,6 +10,7 @@ restarted without persistence forgets every message, and nothing else would ever
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +20,13 @@ from service import store
 from service.db.session import session_scope
 
 log = logging.getLogger(__name__)
+
+
+def staging_sweeper(settings) -> Callable[[], int]:
+    """The blob store's sweep of killed uploads' leftovers, older than settings.staging_grace_s."""
+    from service.blobs import BlobStore
+
+    return functools.partial(BlobStore(settings.data_dir / "blobs").sweep_staging, settings.staging_grace_s)
 
 
 class Reaper:
@@ -31,10 +39,12 @@ class Reaper:
         interval_s: float,
         max_attempts: int | None = None,
         lost: Callable[[], list[tuple[str, str]]] | None = None,
+        sweep: Callable[[], object] | None = None,
     ):
         self.database_url = database_url
         self.offer = offer
         self.lost = lost
+        self.sweep = sweep  # housekeeping on the same tick: killed uploads' staging files
         self.stale_after = timedelta(seconds=stale_after_s)
         self.interval_s = interval_s
         self.max_attempts = max_attempts
@@ -65,6 +75,7 @@ class Reaper:
         return offered
 
     def start(self) -> None:
+        self._housekeeping()  # at start, then on every tick
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="bitplan-reaper", daemon=True)
         self._thread.start()
@@ -75,9 +86,18 @@ class Reaper:
             self._thread.join(timeout=10)
             self._thread = None
 
+    def _housekeeping(self) -> None:
+        if self.sweep is None:
+            return
+        try:
+            self.sweep()
+        except Exception:  # a file system hiccup: the next tick sweeps again
+            log.exception("staging sweep failed")
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
                 self.run_once()
             except Exception:  # a failed sweep is retried at the next tick
                 log.exception("reaper sweep failed")
+            self._housekeeping()

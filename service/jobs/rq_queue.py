@@ -19,7 +19,7 @@ from service.config import Settings
 from service.db.models import utcnow
 from service.db.session import session_scope
 from service.jobs.base import JobQueue
-from service.jobs.reaper import Reaper
+from service.jobs.reaper import Reaper, staging_sweeper
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class RQQueue(JobQueue):
         self.reaper = Reaper(
             self.url, offer=self.enqueue, stale_after_s=settings.job_stale_after_s,
             interval_s=settings.job_reaper_s, max_attempts=settings.job_max_attempts, lost=self.lost_jobs,
+            sweep=staging_sweeper(settings),
         )
         self.lost_after = timedelta(seconds=settings.job_stale_after_s)
         self._queue = None
