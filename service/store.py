@@ -1,4 +1,8 @@
-"""Data access: keyword-only functions over a Session. Routes and jobs call these, never raw queries."""
+"""Data access: keyword-only functions over a Session. Routes and jobs call these, never raw queries.
+
+Ownership: every lookup and list takes `owned_by`, the one owner whose rows the caller may see
+(service.api.security.Caller.sees), or None for every owner (admins, no auth, jobs). A row of
+another owner is NotFound, exactly like a row that does not exist, so ids reveal nothing."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.models import (
@@ -21,12 +26,16 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_KINDS: dict[str, type[JobColumns]] = {"analysis": AnalysisRecord, "evaluation": EvaluationRecord}
 
 
-def _get(session: Session, record: type[Any], kind: str, record_id: str) -> Any:
-    """The row of `record` with this id; NotFound naming `kind` when there is none."""
+def _get(session: Session, record: type[Any], kind: str, record_id: str, owned_by: str | None = None) -> Any:
+    """The row of `record` with this id; NotFound naming `kind` when there is none or it is another owner's."""
     rec = session.get(record, record_id)
-    if rec is None:
+    if rec is None or (owned_by is not None and rec.owned_by != owned_by):
         raise NotFound(kind, record_id)
     return rec
+
+
+def _visible(stmt, record: type[Any], owned_by: str | None):
+    return stmt if owned_by is None else stmt.where(record.owned_by == owned_by)
 
 
 def save(session: Session, rec: Any) -> Any:
@@ -36,30 +45,41 @@ def save(session: Session, rec: Any) -> Any:
     return rec
 
 
-def get_model(session: Session, *, model_id: str) -> ModelRecord:
-    return _get(session, ModelRecord, "model", model_id)
+def get_model(session: Session, *, model_id: str, owned_by: str | None = None) -> ModelRecord:
+    return _get(session, ModelRecord, "model", model_id, owned_by)
 
 
-def get_dataset(session: Session, *, dataset_id: str) -> DatasetRecord:
-    return _get(session, DatasetRecord, "dataset", dataset_id)
+def get_dataset(session: Session, *, dataset_id: str, owned_by: str | None = None) -> DatasetRecord:
+    return _get(session, DatasetRecord, "dataset", dataset_id, owned_by)
 
 
-def get_analysis(session: Session, *, analysis_id: str) -> AnalysisRecord:
-    return _get(session, AnalysisRecord, "analysis", analysis_id)
+def get_analysis(session: Session, *, analysis_id: str, owned_by: str | None = None) -> AnalysisRecord:
+    return _get(session, AnalysisRecord, "analysis", analysis_id, owned_by)
 
 
-def get_plan(session: Session, *, plan_id: str) -> PlanRecord:
-    return _get(session, PlanRecord, "plan", plan_id)
+def get_plan(session: Session, *, plan_id: str, owned_by: str | None = None) -> PlanRecord:
+    return _get(session, PlanRecord, "plan", plan_id, owned_by)
 
 
-def list_analyses(session: Session, *, limit: int = 100) -> list[AnalysisRecord]:
+def list_analyses(session: Session, *, limit: int = 100, owned_by: str | None = None) -> list[AnalysisRecord]:
     stmt = select(AnalysisRecord).order_by(AnalysisRecord.created_at.desc()).limit(limit)
-    return list(session.scalars(stmt))
+    return list(session.scalars(_visible(stmt, AnalysisRecord, owned_by)))
 
 
-def list_plans(session: Session, *, analysis_id: str) -> list[PlanRecord]:
+def list_plans(session: Session, *, analysis_id: str, owned_by: str | None = None) -> list[PlanRecord]:
     stmt = select(PlanRecord).where(PlanRecord.analysis_id == analysis_id).order_by(PlanRecord.created_at)
-    return list(session.scalars(stmt))
+    return list(session.scalars(_visible(stmt, PlanRecord, owned_by)))
+
+
+def sibling_analyses(session: Session, *, analysis: AnalysisRecord, owned_by: str | None = None) -> list[AnalysisRecord]:
+    """Other succeeded analyses of the same model and data (proxy quality compares their tables)."""
+    stmt = select(AnalysisRecord).where(
+        AnalysisRecord.model_id == analysis.model_id,
+        AnalysisRecord.dataset_id == analysis.dataset_id,
+        AnalysisRecord.id != analysis.id,
+        AnalysisRecord.status == "succeeded",
+    )
+    return list(session.scalars(_visible(stmt, AnalysisRecord, owned_by)))
 
 
 def job_record(kind: str) -> type[JobColumns]:
@@ -70,8 +90,8 @@ def job_record(kind: str) -> type[JobColumns]:
         raise ValueError(f"kind: unknown job kind {kind!r}; valid kinds: {', '.join(JOB_KINDS)}") from None
 
 
-def get_job(session: Session, *, kind: str, job_id: str) -> Any:
-    return _get(session, job_record(kind), kind, job_id)
+def get_job(session: Session, *, kind: str, job_id: str, owned_by: str | None = None) -> Any:
+    return _get(session, job_record(kind), kind, job_id, owned_by)
 
 
 def claim_job(session: Session, *, kind: str, job_id: str) -> str | None:
@@ -231,11 +251,11 @@ def release_due_retries(session: Session, *, kind: str) -> list[str]:
     return released
 
 
-def request_cancel(session: Session, *, kind: str, job_id: str) -> Any:
+def request_cancel(session: Session, *, kind: str, job_id: str, owned_by: str | None = None) -> Any:
     """Queued → cancelled at once; running → cancel requested (its runner ends it within seconds).
     Cancelling a cancelled job is a no-op; a finished one is a Conflict."""
     rec_cls = job_record(kind)
-    rec = get_job(session, kind=kind, job_id=job_id)
+    rec = get_job(session, kind=kind, job_id=job_id, owned_by=owned_by)
     result = session.execute(
         update(rec_cls)
         .where(rec_cls.id == job_id, rec_cls.status == "queued")
@@ -261,15 +281,29 @@ def find_frontier(session: Session, *, analysis_id: str, cost: str, points: int)
     return session.scalars(stmt).first()
 
 
+def save_frontier(session: Session, *, frontier: FrontierRecord) -> FrontierRecord:
+    """Store a computed frontier; when a concurrent request stored the same one first, that one."""
+    session.add(frontier)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return find_frontier(session, analysis_id=frontier.analysis_id, cost=frontier.cost,
+                             points=frontier.points_requested)
+    return frontier
+
+
 # Evaluations: measured plans and frontier points (the job kind "evaluation").
 
 
-def get_evaluation(session: Session, *, evaluation_id: str) -> EvaluationRecord:
-    return get_job(session, kind="evaluation", job_id=evaluation_id)
+def get_evaluation(session: Session, *, evaluation_id: str, owned_by: str | None = None) -> EvaluationRecord:
+    return get_job(session, kind="evaluation", job_id=evaluation_id, owned_by=owned_by)
 
 
-def list_evaluations(session: Session, *, analysis_id: str, target: str | None = None) -> list[EvaluationRecord]:
+def list_evaluations(
+    session: Session, *, analysis_id: str, target: str | None = None, owned_by: str | None = None
+) -> list[EvaluationRecord]:
     stmt = select(EvaluationRecord).where(EvaluationRecord.analysis_id == analysis_id)
     if target is not None:
         stmt = stmt.where(EvaluationRecord.target == target)
-    return list(session.scalars(stmt.order_by(EvaluationRecord.created_at)))
+    return list(session.scalars(_visible(stmt, EvaluationRecord, owned_by).order_by(EvaluationRecord.created_at)))

@@ -20,12 +20,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import tokens
 from service.config import Settings
+from service.db.models import LOCAL_OWNER
 from service.db.session import session_scope
 from service.errors import Forbidden, Unauthorized
 
 __all__ = [
-    "Principal", "ANONYMOUS", "is_loopback", "auth_required", "AuthenticationMiddleware",
-    "get_principal", "require_scope", "require_method_scope",
+    "Principal", "ANONYMOUS", "Caller", "is_loopback", "auth_required", "AuthenticationMiddleware",
+    "get_principal", "get_caller", "require_scope", "require_method_scope",
 ]
 
 # Shown in the OpenAPI document ("Authorize" in /docs); checking happens in the dependencies below.
@@ -127,6 +128,25 @@ def get_principal(request: Request, _=Depends(bearer_scheme)) -> Principal:
         raise Unauthorized(f"authorization: {getattr(request.state, 'auth_error', None) or 'missing bearer token'}",
                            error="invalid_token" if request.headers.get("authorization") else "")
     return principal
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whose data a request works on. `owner` stamps what it creates; `sees` is the owner its lookups
+    are limited to (None: every owner's rows, for admins and for a server without auth, where
+    everything belongs to the one local owner). `token_id` is the token a long response (an event
+    stream) re-checks, None when the server does not require one."""
+
+    owner: str
+    sees: str | None
+    token_id: str | None
+
+
+def get_caller(request: Request, principal: Principal = Depends(get_principal)) -> Caller:
+    if not request.app.state.auth_required:
+        return Caller(owner=LOCAL_OWNER, sees=None, token_id=None)
+    owner = principal.token_id or LOCAL_OWNER  # with auth on a principal always has a token
+    return Caller(owner=owner, sees=None if principal.has("admin") else owner, token_id=principal.token_id)
 
 
 def require_scope(scope: str):

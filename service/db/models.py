@@ -42,7 +42,18 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime()}
 
 
-class ModelRecord(Base):
+# The owner of everything made while auth is off (and of rows older than owners): one local user.
+LOCAL_OWNER = "local"
+
+
+class Owned:
+    """Who a row belongs to: the id of the token that made it, or LOCAL_OWNER. Only its owner and
+    admins ever see it (service.store's lookups take the caller's owner); everyone else gets 404."""
+
+    owned_by: Mapped[str] = mapped_column(String(32), index=True, default=LOCAL_OWNER, server_default=LOCAL_OWNER)
+
+
+class ModelRecord(Owned, Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -53,10 +64,12 @@ class ModelRecord(Base):
     hyperparams: Mapped[dict[str, Any] | None]
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     layers: Mapped[list[Any]]
+    # What one call takes (workers.models.input_signature), for the submit-time check (service.compat).
+    inputs: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class DatasetRecord(Base):
+class DatasetRecord(Owned, Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -67,6 +80,7 @@ class DatasetRecord(Base):
     input_shape: Mapped[list[Any]]
     input_dtype: Mapped[str] = mapped_column(String(20))
     has_targets: Mapped[bool]
+    max_token_id: Mapped[int | None] = mapped_column(BigInteger)  # largest integer input; None for float / text
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -98,7 +112,7 @@ class JobColumns:
     token_id: Mapped[str | None] = mapped_column(String(32), index=True)  # who submitted it (per-token limits)
 
 
-class AnalysisRecord(JobColumns, Base):
+class AnalysisRecord(Owned, JobColumns, Base):
     __tablename__ = "analyses"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -113,7 +127,7 @@ class AnalysisRecord(JobColumns, Base):
     problem: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
 
 
-class PlanRecord(Base):
+class PlanRecord(Owned, Base):
     __tablename__ = "plans"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -131,8 +145,9 @@ class PlanRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class FrontierRecord(Base):
-    """A computed frontier of an analysis, kept so the dashboard and clients never recompute it."""
+class FrontierRecord(Owned, Base):
+    """A computed frontier of an analysis, kept so the dashboard and clients never recompute it; it
+    belongs to the analysis's owner (one stored frontier per request, whoever asked first)."""
 
     __tablename__ = "frontiers"
     __table_args__ = (UniqueConstraint("analysis_id", "cost", "points_requested", name="uq_frontier_request"),)
@@ -146,7 +161,7 @@ class FrontierRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class EvaluationRecord(JobColumns, Base):
+class EvaluationRecord(Owned, JobColumns, Base):
     """Measured truth, a job like an analysis: one plan measured with its baselines (`target` "plan"),
     or K points of a stored frontier measured in one job (`target` "frontier").
 

@@ -42,7 +42,10 @@ def test_concurrent_jobs_per_token_are_limited(tmp_path, digits):
         r = c.post("/v1/analyses", json=body)
         assert r.status_code == 429 and r.headers["retry-after"] == "10"
         assert r.json()["field"] == "token" and "limit 2" in r.json()["detail"]
-        assert c.post("/v1/analyses", json=body, headers=bearer(two)).status_code == 202  # another token
+        c.headers.update(bearer(two))  # another token, with its own model and data (one's are not its to use)
+        body = {"model_id": upload_model(c, digits).json()["id"],
+                "dataset_id": upload_dataset(c, digits.calibration_path).json()["id"]}
+        assert c.post("/v1/analyses", json=body).status_code == 202
 
 
 def test_declared_oversize_bodies_are_refused_before_reading(tmp_path, digits):

@@ -22,9 +22,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
+def live_server(settings: Settings, *, run_jobs: bool = True) -> Iterator[str]:
     settings.host, settings.port = "127.0.0.1", free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, run_jobs=run_jobs), host=settings.host, port=settings.port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from sqlalchemy.orm import Session
 
-from service import catalog, planning, store
+from service import catalog, compat, planning, store
 from service.api.deps import get_queue, get_session, get_settings
 from service.api.limits import check_active_jobs
-from service.api.security import Principal, get_principal
+from service.api.security import Caller, Principal, get_caller, get_principal
 from service.api.routes.plans import plan_out
 from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut
 from service.config import Settings
@@ -40,16 +40,19 @@ def create_analysis(
     queue: JobQueue = Depends(get_queue),
     settings: Settings = Depends(get_settings),
     principal: Principal = Depends(get_principal),
+    caller: Caller = Depends(get_caller),
 ) -> AnalysisOut:
     check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
-    store.get_model(session, model_id=body.model_id)
-    dataset = store.get_dataset(session, dataset_id=body.dataset_id) if body.dataset_id else None
+    model = store.get_model(session, model_id=body.model_id, owned_by=caller.sees)
+    dataset = (store.get_dataset(session, dataset_id=body.dataset_id, owned_by=caller.sees)
+               if body.dataset_id else None)
     candidates = catalog.check_candidates(body.candidates)
     catalog.check_metric(body.metric, has_dataset=dataset is not None)
+    compat.check_dataset_fits(model.inputs, dataset, body.options)  # before anything is queued
     rec = AnalysisRecord(
         model_id=body.model_id, dataset_id=body.dataset_id, candidates=candidates, metric=body.metric,
         seed=body.seed, options=dict(body.options), status="queued", progress=0.0, message="queued", attempts=0,
-        token_id=principal.token_id,
+        token_id=principal.token_id, owned_by=caller.owner,
     )
     submit_job(session, queue, response, "analysis", rec, "/v1/analyses")
     return analysis_out(rec)
@@ -65,36 +68,49 @@ def submit_job(session: Session, queue: JobQueue, response: Response, kind: str,
 
 
 @router.get("", response_model=list[AnalysisOut])
-def list_analyses(limit: int = 100, session: Session = Depends(get_session)) -> list[AnalysisOut]:
+def list_analyses(
+    limit: int = 100, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> list[AnalysisOut]:
+    """The caller's analyses, newest first (an admin's: everyone's)."""
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit", "must be between 1 and 1000")
-    return [analysis_out(r) for r in store.list_analyses(session, limit=limit)]
+    return [analysis_out(r) for r in store.list_analyses(session, limit=limit, owned_by=caller.sees)]
 
 
 @router.get("/{analysis_id}", response_model=AnalysisOut)
-def get_analysis(analysis_id: str, session: Session = Depends(get_session)) -> AnalysisOut:
-    return analysis_out(store.get_analysis(session, analysis_id=analysis_id))
+def get_analysis(
+    analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> AnalysisOut:
+    rec = store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
+    out = analysis_out(rec)
+    if rec.status == "succeeded":
+        out.warnings = list(getattr(planning.problem_for(rec.id, lambda: rec.problem), "warnings", ()))
+    return out
 
 
-def succeeded_analysis(session: Session, analysis_id: str) -> AnalysisRecord:
-    """The analysis, or 409 when its table is not there yet (queued, running, failed)."""
-    rec = store.get_analysis(session, analysis_id=analysis_id)
+def succeeded_analysis(session: Session, analysis_id: str, caller: Caller) -> AnalysisRecord:
+    """The caller's analysis (404 for another owner's), or 409 when its table is not there yet."""
+    rec = store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     if rec.status != "succeeded":
         raise Conflict(f"analysis {analysis_id} is {rec.status}, not succeeded" + (f": {rec.error}" if rec.error else ""))
     return rec
 
 
 @router.get("/{analysis_id}/table", response_model=TableOut)
-def get_table(analysis_id: str, session: Session = Depends(get_session)) -> TableOut:
-    rec = succeeded_analysis(session, analysis_id)
-    return TableOut(analysis_id=rec.id, metric=rec.metric, **catalog.table_view(rec.table))
+def get_table(
+    analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> TableOut:
+    rec = succeeded_analysis(session, analysis_id, caller)
+    return TableOut(analysis_id=rec.id, metric=rec.metric, warnings=(rec.table or {}).get("warnings") or [],
+                    **catalog.table_view(rec.table))
 
 
 @router.post("/{analysis_id}/plans", status_code=201, response_model=PlanOut)
 def create_plan(
-    analysis_id: str, body: PlanIn, response: Response, session: Session = Depends(get_session)
+    analysis_id: str, body: PlanIn, response: Response, session: Session = Depends(get_session),
+    caller: Caller = Depends(get_caller),
 ) -> PlanOut:
-    rec = succeeded_analysis(session, analysis_id)
+    rec = succeeded_analysis(session, analysis_id, caller)
     problem = planning.problem_for(rec.id, lambda: rec.problem)
     budget = body.budget.model_dump(exclude_none=True)
     budgets = planning.budgets_from(problem, budget)
@@ -103,6 +119,7 @@ def create_plan(
         analysis_id=rec.id, budget=budget, assignment=dict(plan.assignment), total_bytes=plan.costs.get("bytes", 0.0),
         average_bits=plan.average_bits(problem), predicted_damage=plan.damage, costs=dict(plan.costs),
         solver_status=plan.status, gap=plan.gap, backend=plan.backend, solve_seconds=plan.solve_seconds,
+        owned_by=caller.owner,
     )
     store.save(session, prec)
     response.headers["Location"] = f"/v1/plans/{prec.id}"
@@ -110,7 +127,9 @@ def create_plan(
 
 
 @router.get("/{analysis_id}/plans", response_model=list[PlanOut])
-def list_plans(analysis_id: str, session: Session = Depends(get_session)) -> list[PlanOut]:
-    rec = succeeded_analysis(session, analysis_id)
+def list_plans(
+    analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> list[PlanOut]:
+    rec = succeeded_analysis(session, analysis_id, caller)
     problem = planning.problem_for(rec.id, lambda: rec.problem)
-    return [plan_out(p, problem) for p in store.list_plans(session, analysis_id=analysis_id)]
+    return [plan_out(p, problem) for p in store.list_plans(session, analysis_id=analysis_id, owned_by=caller.sees)]

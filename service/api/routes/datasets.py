@@ -12,6 +12,7 @@ from service.api.security import Caller, get_caller
 from service.api.routes.uploading import keep_if_valid, stage_upload
 from service.api.schemas import DatasetOut
 from service.blobs import BlobStore
+from service.compat import max_integer_input
 from service.config import Settings
 from service.db.models import DatasetRecord
 from service.errors import InvalidInput
@@ -26,7 +27,7 @@ def dataset_out(rec: DatasetRecord) -> DatasetOut:
     return DatasetOut(
         id=rec.id, name=rec.name, sha256=rec.sha256, size_bytes=rec.size_bytes, samples=rec.samples,
         input_shape=rec.input_shape, input_dtype=rec.input_dtype, has_targets=rec.has_targets,
-        created_at=rec.created_at,
+        max_token_id=rec.max_token_id, created_at=rec.created_at,
     )
 
 
@@ -56,9 +57,11 @@ async def upload_dataset(
         else:
             raise InvalidInput("file", "expected safetensors or .npz with 'inputs' (and optional 'targets'), "
                                        "or text: JSONL with a \"text\" field per line, or plain lines")
+        # Integer inputs are token ids: their largest is checked against a model's vocabulary at submit.
+        max_token_id = await run_in_threadpool(max_integer_input, staged.path, kind)
     rec = DatasetRecord(
         name=name or file.filename or "dataset", sha256=staged.sha256, size_bytes=staged.size, samples=samples,
-        input_shape=list(shape), input_dtype=dtype, has_targets=has_targets,
+        input_shape=list(shape), input_dtype=dtype, has_targets=has_targets, max_token_id=max_token_id,
     )
     rec.owned_by = caller.owner
     await run_in_threadpool(store.save, session, rec)  # never the session on the event loop

@@ -19,7 +19,7 @@ from service.api.routes.analyses import submit_job, succeeded_analysis
 from service.api.routes.frontiers import get_frontier
 from service.api.routes.jobs_routes import EVENT_STREAM_DOC, Sessions, job_events
 from service.api.schemas import EvaluationIn, EvaluationOut, FrontierEvaluationIn, Progress
-from service.api.security import Principal, get_principal
+from service.api.security import Caller, Principal, get_caller, get_principal
 from service.config import Settings
 from service.db.models import EvaluationRecord
 from service.errors import InvalidInput
@@ -57,17 +57,19 @@ def evaluate_plan(
     queue: JobQueue = Depends(get_queue),
     settings: Settings = Depends(get_settings),
     principal: Principal = Depends(get_principal),
+    caller: Caller = Depends(get_caller),
 ) -> EvaluationOut:
     """Measure the plan, and the baselines at its bytes: uniform, greedy and the plain HAWQ-v3 formula
     (when the analysis is a Hutchinson one)."""
     check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
-    plan = store.get_plan(session, plan_id=plan_id)
-    analysis = succeeded_analysis(session, plan.analysis_id)
-    store.get_dataset(session, dataset_id=body.dataset_id)
+    plan = store.get_plan(session, plan_id=plan_id, owned_by=caller.sees)
+    analysis = succeeded_analysis(session, plan.analysis_id, caller)
+    store.get_dataset(session, dataset_id=body.dataset_id, owned_by=caller.sees)
     rec = EvaluationRecord(
         target="plan", analysis_id=analysis.id, plan_id=plan.id, dataset_id=body.dataset_id,
         request={"baselines": body.baselines, "options": body.options.model_dump(exclude_none=True)},
         status="queued", progress=0.0, message="queued", attempts=0, token_id=principal.token_id,
+        owned_by=caller.owner,
     )
     return _submit(session, queue, response, rec)
 
@@ -81,15 +83,16 @@ def evaluate_frontier(
     queue: JobQueue = Depends(get_queue),
     settings: Settings = Depends(get_settings),
     principal: Principal = Depends(get_principal),
+    caller: Caller = Depends(get_caller),
 ) -> EvaluationOut:
     """Measure `k` evenly spaced points of the stored frontier (computed and stored now if needed) and
     the rank agreement of their predicted damage with the measured loss."""
     check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
-    analysis = succeeded_analysis(session, analysis_id)
-    store.get_dataset(session, dataset_id=body.dataset_id)
+    analysis = succeeded_analysis(session, analysis_id, caller)
+    store.get_dataset(session, dataset_id=body.dataset_id, owned_by=caller.sees)
     stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
     if stored is None:  # the frontier endpoint computes and stores it (cost checked, races handled there)
-        get_frontier(analysis.id, cost=body.cost, points=body.points, session=session)
+        get_frontier(analysis.id, cost=body.cost, points=body.points, session=session, caller=caller)
         stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
     chosen = evaluations.choose_frontier_points(stored.data, body.k)
     if not chosen:
@@ -101,13 +104,16 @@ def evaluate_frontier(
             "options": body.options.model_dump(exclude_none=True), "points": chosen,
         },
         status="queued", progress=0.0, message="queued", attempts=0, token_id=principal.token_id,
+        owned_by=caller.owner,
     )
     return _submit(session, queue, response, rec)
 
 
 @router.get("/v1/evaluations/{evaluation_id}", response_model=EvaluationOut)
-def get_evaluation(evaluation_id: str, session: Session = Depends(get_session)) -> EvaluationOut:
-    rec = store.get_evaluation(session, evaluation_id=evaluation_id)
+def get_evaluation(
+    evaluation_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> EvaluationOut:
+    rec = store.get_evaluation(session, evaluation_id=evaluation_id, owned_by=caller.sees)
     costs = store.get_plan(session, plan_id=rec.plan_id).costs if rec.plan_id else None
     return evaluation_out(rec, plan_costs=costs, full=True)
 
@@ -118,23 +124,28 @@ def evaluation_events(
     request: Request,
     sessions: Sessions = Depends(get_session_factory),
     settings: Settings = Depends(get_settings),
+    caller: Caller = Depends(get_caller),
 ) -> StreamingResponse:
     """Server-Sent Events: `evaluation` events on every change of status or progress, then `end`."""
-    return job_events(request, sessions, settings, kind="evaluation", job_id=evaluation_id)
+    return job_events(request, sessions, settings, caller, kind="evaluation", job_id=evaluation_id)
 
 
 @router.post("/v1/evaluations/{evaluation_id}/cancel", status_code=202, response_model=EvaluationOut)
-def cancel_evaluation(evaluation_id: str, session: Session = Depends(get_session)) -> EvaluationOut:
+def cancel_evaluation(
+    evaluation_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> EvaluationOut:
     """Queued: cancelled at once. Running: cancel requested, cancelled within seconds. Finished: 409."""
-    return evaluation_out(store.request_cancel(session, kind="evaluation", job_id=evaluation_id))
+    return evaluation_out(store.request_cancel(session, kind="evaluation", job_id=evaluation_id, owned_by=caller.sees))
 
 
 @router.get("/v1/analyses/{analysis_id}/evaluations", response_model=list[EvaluationOut])
-def list_evaluations(analysis_id: str, session: Session = Depends(get_session)) -> list[EvaluationOut]:
+def list_evaluations(
+    analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> list[EvaluationOut]:
     """Every evaluation of the analysis with its measured points (no full results: follow links.self)."""
-    store.get_analysis(session, analysis_id=analysis_id)
+    store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     out = []
-    for rec in store.list_evaluations(session, analysis_id=analysis_id):
+    for rec in store.list_evaluations(session, analysis_id=analysis_id, owned_by=caller.sees):
         costs = store.get_plan(session, plan_id=rec.plan_id).costs if rec.plan_id else None
         out.append(evaluation_out(rec, plan_costs=costs))
     return out

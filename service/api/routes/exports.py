@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.jobs.child import model_source
 from service import evaluations, exports, store
 from service.api.deps import get_session
-from service.db.models import AnalysisRecord
+from service.api.security import Caller, get_caller
 from service.errors import InvalidInput
 
 router = APIRouter(tags=["exports"])
@@ -27,8 +26,9 @@ def export_plan(
     request: Request,
     format: str = Query("json", description="json, gptqmodel, llmcompressor, nncf, hawq or safetensors"),
     session: Session = Depends(get_session),
+    caller: Caller = Depends(get_caller),
 ) -> Response:
-    rec = store.get_plan(session, plan_id=plan_id)
+    rec = store.get_plan(session, plan_id=plan_id, owned_by=caller.sees)
     analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
     model = store.get_model(session, model_id=analysis.model_id)
     settings = request.app.state.settings
@@ -43,18 +43,13 @@ def export_plan(
 
 
 @router.get("/v1/analyses/{analysis_id}/proxy-quality")
-def proxy_quality(analysis_id: str, session: Session = Depends(get_session)) -> dict[str, Any]:
-    analysis = store.get_analysis(session, analysis_id=analysis_id)
-    siblings = session.scalars(
-        select(AnalysisRecord).where(
-            AnalysisRecord.model_id == analysis.model_id,
-            AnalysisRecord.dataset_id == analysis.dataset_id,
-            AnalysisRecord.id != analysis.id,
-            AnalysisRecord.status == "succeeded",
-        )
-    ).all()
+def proxy_quality(
+    analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> dict[str, Any]:
+    analysis = store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
+    siblings = store.sibling_analyses(session, analysis=analysis, owned_by=caller.sees)
     # Plan level: predicted damage vs measured loss across the points of each frontier evaluation.
-    measured = store.list_evaluations(session, analysis_id=analysis.id, target="frontier")
+    measured = store.list_evaluations(session, analysis_id=analysis.id, target="frontier", owned_by=caller.sees)
     frontier = evaluations.frontier_agreements(measured)
     try:
         per_layer = exports.proxy_quality_for(analysis, siblings)

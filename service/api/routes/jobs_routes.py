@@ -23,6 +23,7 @@ from service import store
 from service.api.deps import get_session, get_session_factory, get_settings
 from service.api.routes.analyses import analysis_out
 from service.api.schemas import AnalysisOut
+from service.api.security import Caller, get_caller
 from service.config import Settings
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
@@ -31,14 +32,16 @@ Sessions = Callable[[], AbstractContextManager[Session]]
 
 
 @router.post("/{analysis_id}/cancel", status_code=202, response_model=AnalysisOut)
-def cancel_analysis(analysis_id: str, session: Session = Depends(get_session)) -> AnalysisOut:
+def cancel_analysis(
+    analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
+) -> AnalysisOut:
     """Queued: cancelled at once. Running: cancel requested, cancelled within seconds. Finished: 409."""
-    return analysis_out(store.request_cancel(session, kind="analysis", job_id=analysis_id))
+    return analysis_out(store.request_cancel(session, kind="analysis", job_id=analysis_id, owned_by=caller.sees))
 
 
-def _snapshot(sessions: Sessions, kind: str, job_id: str) -> dict:
+def _snapshot(sessions: Sessions, kind: str, job_id: str, caller: Caller) -> dict:
     with sessions() as s:
-        rec = store.get_job(s, kind=kind, job_id=job_id)
+        rec = store.get_job(s, kind=kind, job_id=job_id, owned_by=caller.sees)
         return {
             "id": rec.id, "status": rec.status, "progress": round(rec.progress, 4), "message": rec.message,
             "attempts": rec.attempts, "error": rec.error,
@@ -46,14 +49,14 @@ def _snapshot(sessions: Sessions, kind: str, job_id: str) -> dict:
 
 
 async def _events(
-    request: Request, sessions: Sessions, kind: str, job_id: str, poll_s: float, keepalive_s: float
+    request: Request, sessions: Sessions, kind: str, job_id: str, caller: Caller, poll_s: float, keepalive_s: float
 ) -> AsyncIterator[str]:
     last: dict | None = None
     last_sent = time.monotonic()
     seq = 0
     yield "retry: 2000\n\n"
     while True:
-        snap = await run_in_threadpool(_snapshot, sessions, kind, job_id)
+        snap = await run_in_threadpool(_snapshot, sessions, kind, job_id, caller)
         if snap != last:
             seq += 1
             last, last_sent = snap, time.monotonic()
@@ -86,20 +89,24 @@ def analysis_events(
     request: Request,
     sessions: Sessions = Depends(get_session_factory),
     settings: Settings = Depends(get_settings),
+    caller: Caller = Depends(get_caller),
 ) -> StreamingResponse:
     """Server-Sent Events: `analysis` events (status, progress, message) on every change, `: keep-alive`
     comments while nothing changes, and an `end` event after a terminal state."""
-    return job_events(request, sessions, settings, kind="analysis", job_id=analysis_id)
+    return job_events(request, sessions, settings, caller, kind="analysis", job_id=analysis_id)
 
 
 EVENT_STREAM_DOC = {200: {"content": {"text/event-stream": {}}, "description": "one event per change; ends when done"}}
 
 
-def job_events(request: Request, sessions: Sessions, settings: Settings, *, kind: str, job_id: str) -> StreamingResponse:
-    """The event stream of one job of any kind; 404 before the stream starts when it does not exist."""
-    _snapshot(sessions, kind, job_id)
+def job_events(
+    request: Request, sessions: Sessions, settings: Settings, caller: Caller, *, kind: str, job_id: str
+) -> StreamingResponse:
+    """The event stream of one job of any kind; 404 before the stream starts when it does not exist or
+    is another owner's."""
+    _snapshot(sessions, kind, job_id, caller)
     return StreamingResponse(
-        _events(request, sessions, kind, job_id, settings.job_poll_s, settings.sse_keepalive_s),
+        _events(request, sessions, kind, job_id, caller, settings.job_poll_s, settings.sse_keepalive_s),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

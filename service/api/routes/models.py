@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import get_blobs, get_session, get_settings
+from service.api.security import Caller, get_caller
 from service.api.routes.uploading import keep_if_valid, stage_upload
 from service.api.schemas import ModelOut
 from service.blobs import BlobStore
@@ -32,7 +33,8 @@ def model_out(rec: ModelRecord) -> ModelOut:
     return ModelOut(
         id=rec.id, name=rec.name, sha256=rec.sha256, format=rec.format, architecture=rec.architecture,
         hyperparams=rec.hyperparams, size_bytes=rec.size_bytes,
-        parameters=sum(int(l["parameters"]) for l in rec.layers), layers=rec.layers, created_at=rec.created_at,
+        parameters=sum(int(l["parameters"]) for l in rec.layers), layers=rec.layers, inputs=rec.inputs,
+        created_at=rec.created_at,
     )
 
 
@@ -62,6 +64,7 @@ async def upload_model(
     settings: Settings = Depends(get_settings),
     blobs: BlobStore = Depends(get_blobs),
     session: Session = Depends(get_session),
+    caller: Caller = Depends(get_caller),
 ) -> ModelOut:
     architecture, hyperparams = _parse_spec(spec)
     staged = await stage_upload(file, blobs, settings)
@@ -88,17 +91,18 @@ async def upload_model(
             path = staged.path
             if fmt == "hf":  # the loader needs a folder; jobs unpack the stored archive again on demand
                 path = await run_in_threadpool(unpack_hf, staged.path, Path(scratch) / "model")
-            layers = await run_in_threadpool(
+            inspected = await run_in_threadpool(
                 inspect_upload, settings, path=path, fmt=fmt, architecture=architecture, hyperparams=hyperparams
             )
     rec = ModelRecord(
         name=name or file.filename or "model", sha256=staged.sha256, format=fmt, architecture=architecture,
-        hyperparams=hyperparams, size_bytes=staged.size, layers=layers,
+        hyperparams=hyperparams, size_bytes=staged.size, layers=inspected.layers, inputs=inspected.inputs,
     )
+    rec.owned_by = caller.owner
     await run_in_threadpool(store.save, session, rec)  # never the session on the event loop
     return model_out(rec)
 
 
 @router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, session: Session = Depends(get_session)) -> ModelOut:
-    return model_out(store.get_model(session, model_id=model_id))
+def get_model(model_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)) -> ModelOut:
+    return model_out(store.get_model(session, model_id=model_id, owned_by=caller.sees))

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from service import planning, store
 from service.api.deps import get_session
+from service.api.security import Caller, get_caller
 from service.api.schemas import LayerChoice, PlanOut
 from service.db.models import PlanRecord
 from solver import Problem
@@ -27,11 +28,12 @@ def plan_out(rec: PlanRecord, problem: Problem) -> PlanOut:
                 "solve_seconds": rec.solve_seconds},
         layers=layers, created_at=rec.created_at,
         links={"self": f"/v1/plans/{rec.id}", "analysis": f"/v1/analyses/{rec.analysis_id}"},
+        **planning.plan_report(rec.id, problem, rec.budget, rec.assignment),
     )
 
 
 @router.get("/{plan_id}", response_model=PlanOut)
-def get_plan(plan_id: str, session: Session = Depends(get_session)) -> PlanOut:
-    rec = store.get_plan(session, plan_id=plan_id)
+def get_plan(plan_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)) -> PlanOut:
+    rec = store.get_plan(session, plan_id=plan_id, owned_by=caller.sees)
     analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
     return plan_out(rec, planning.problem_for(analysis.id, lambda: analysis.problem))

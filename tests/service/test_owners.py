@@ -1,0 +1,125 @@
+"""Owners: with two submit+read tokens over real HTTP, neither sees, builds on, cancels or follows the
+other's models, datasets, analyses, plans, frontiers, evaluations and exports (404, as if absent);
+lists hold only one's own; admins see everything. On SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from service import tokens
+from service.config import Settings
+from service.db.session import session_scope
+from tests.utils.live_server import live_server
+from tests.utils.service_factories import bearer
+from tests.utils.synthetic import finish_analysis
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request, tmp_path):
+    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, auth="on", _env_file=None)
+    with live_server(settings, run_jobs=False) as base:  # analyses stay queued until the test finishes them
+        yield base, settings
+
+
+def _client(base: str, settings: Settings, *scopes: str, name: str) -> httpx.Client:
+    with session_scope(settings.resolved_database_url) as s:
+        secret = tokens.create_token(s, name=name, scopes=list(scopes)).secret
+    return httpx.Client(base_url=base, timeout=60, headers=bearer(secret))
+
+
+def _upload(http: httpx.Client, digits) -> tuple[dict, dict]:
+    import json
+
+    with open(digits.weights_path, "rb") as f:
+        spec = {"architecture": digits.architecture, "hyperparams": digits.hyperparams}
+        model = http.post("/v1/models", files={"file": ("m.safetensors", f)}, data={"spec": json.dumps(spec)})
+    with open(digits.calibration_path, "rb") as f:
+        dataset = http.post("/v1/datasets", files={"file": ("d.safetensors", f)})
+    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
+    return model.json(), dataset.json()
+
+
+def _problem_for(model: dict) -> dict:
+    units = []
+    for i, layer in enumerate(model["layers"]):
+        n = int(layer["parameters"])
+        units.append({"name": layer["name"], "weights": n, "options": [
+            {"candidate": f"int{b}", "damage": (i + 1) * 4.0 ** -b, "costs": {"bytes": n * b / 8 + n / 32}}
+            for b in (4, 8)]})
+    return {"version": 1, "units": units}
+
+
+def _missing(r: httpx.Response) -> None:
+    assert r.status_code == 404, (r.request.method, r.request.url.path, r.status_code, r.text)
+
+
+def test_two_tokens_never_see_or_touch_each_others_work(server, digits):
+    base, settings = server
+    url = settings.resolved_database_url
+    a = _client(base, settings, "read", "submit", name="alice")
+    b = _client(base, settings, "read", "submit", name="bob")
+    admin = _client(base, settings, "admin", name="ops")
+    with a, b, admin:
+        model_a, data_a = _upload(a, digits)
+        model_b, data_b = _upload(b, digits)
+
+        # Models and datasets: invisible to the other, and not to be built on.
+        _missing(b.get(f"/v1/models/{model_a['id']}"))
+        _missing(b.get(f"/v1/datasets/{data_a['id']}"))
+        r = b.post("/v1/analyses", json={"model_id": model_a["id"], "dataset_id": data_b["id"]})
+        _missing(r)
+        assert r.json()["field"] == "model_id"
+        r = b.post("/v1/analyses", json={"model_id": model_b["id"], "dataset_id": data_a["id"]})
+        _missing(r)
+        assert r.json()["field"] == "dataset_id"
+
+        analysis_a = a.post("/v1/analyses", json={"model_id": model_a["id"], "dataset_id": data_a["id"]}).json()
+        analysis_b = b.post("/v1/analyses", json={"model_id": model_b["id"], "dataset_id": data_b["id"]}).json()
+        aid = analysis_a["id"]
+        _missing(b.get(f"/v1/analyses/{aid}"))
+        _missing(b.get(f"/v1/analyses/{aid}/events"))
+        _missing(b.post(f"/v1/analyses/{aid}/cancel"))
+        assert [x["id"] for x in a.get("/v1/analyses").json()] == [aid]
+        assert [x["id"] for x in b.get("/v1/analyses").json()] == [analysis_b["id"]]
+        assert {x["id"] for x in admin.get("/v1/analyses").json()} == {aid, analysis_b["id"]}
+
+        finish_analysis(url, aid, _problem_for(model_a))
+        plan = a.post(f"/v1/analyses/{aid}/plans", json={"budget": {"average_bits": 6}})
+        assert plan.status_code == 201, plan.text
+        pid = plan.json()["id"]
+        assert a.get(f"/v1/analyses/{aid}/frontier", params={"points": 3}).status_code == 200
+
+        # Analyses, plans, frontiers, exports: the other token gets 404 on every read and every build.
+        for path in (f"/v1/analyses/{aid}/table", f"/v1/analyses/{aid}/plans", f"/v1/analyses/{aid}/frontier",
+                     f"/v1/analyses/{aid}/evaluations", f"/v1/analyses/{aid}/proxy-quality",
+                     f"/v1/plans/{pid}", f"/v1/plans/{pid}/export"):
+            _missing(b.get(path))
+        _missing(b.post(f"/v1/analyses/{aid}/plans", json={"budget": {"average_bits": 6}}))
+        _missing(b.post(f"/v1/plans/{pid}/evaluations", json={"dataset_id": data_b["id"]}))
+        _missing(b.post(f"/v1/analyses/{aid}/frontier/evaluations", json={"dataset_id": data_b["id"], "points": 3}))
+        r = a.post(f"/v1/plans/{pid}/evaluations", json={"dataset_id": data_b["id"]})  # the other's data
+        _missing(r)
+        assert r.json()["field"] == "dataset_id"
+
+        evaluation = a.post(f"/v1/plans/{pid}/evaluations", json={"dataset_id": data_a["id"]})
+        assert evaluation.status_code == 202, evaluation.text
+        eid = evaluation.json()["id"]
+        frontier_eval = a.post(f"/v1/analyses/{aid}/frontier/evaluations",
+                               json={"dataset_id": data_a["id"], "points": 3, "k": 2})
+        assert frontier_eval.status_code == 202, frontier_eval.text
+        _missing(b.get(f"/v1/evaluations/{eid}"))
+        _missing(b.get(f"/v1/evaluations/{eid}/events"))
+        _missing(b.post(f"/v1/evaluations/{eid}/cancel"))
+
+        # The owner keeps full use of all of it; an admin sees it too.
+        assert [p["id"] for p in a.get(f"/v1/analyses/{aid}/plans").json()] == [pid]
+        assert {e["id"] for e in a.get(f"/v1/analyses/{aid}/evaluations").json()} == {eid, frontier_eval.json()["id"]}
+        assert a.get(f"/v1/plans/{pid}/export").status_code == 200
+        for path in (f"/v1/models/{model_a['id']}", f"/v1/datasets/{data_a['id']}", f"/v1/plans/{pid}",
+                     f"/v1/evaluations/{eid}", f"/v1/analyses/{aid}/table"):
+            assert a.get(path).status_code == 200, path
+            assert admin.get(path).status_code == 200, path
+        assert a.post(f"/v1/evaluations/{eid}/cancel").json()["status"] == "cancelled"
+        assert b.post(f"/v1/analyses/{analysis_b['id']}/cancel").json()["status"] == "cancelled"
