@@ -4,6 +4,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 BITPLAN_DATA_DIR=/data
 # Point PIP_EXTRA_INDEX_URL at a CPU-only torch index to keep the image small.
 ARG PIP_EXTRA_INDEX_URL=""
 RUN useradd --create-home --uid 1000 bitplan && mkdir /data && chown bitplan /data
+# The job sandbox (service.jobs.sandbox); it needs user namespaces from the container runtime.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 RUN pip install --no-cache-dir "torch==2.13.0"
 COPY pyproject.toml README.md ./
