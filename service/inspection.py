@@ -4,6 +4,7 @@ process): the upload is the only file it can see, its answer comes back on stdou
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,19 @@ from service.jobs.sandbox import Sandbox, sandbox_mode_for
 from service.redact import redact_paths
 
 
+@dataclass(frozen=True)
+class Inspection:
+    """What the child found: the layer inventory, and what one call of the model takes (None: unknown)."""
+
+    layers: list[dict[str, Any]]
+    inputs: dict[str, Any] | None
+
+
 def inspect_upload(
     settings: Settings, *, path: Path, fmt: str, architecture: str | None, hyperparams: dict | None
-) -> list[dict[str, Any]]:
-    """Build / load the model in a child and return its layer inventory; InvalidInput naming the field."""
+) -> Inspection:
+    """Build / load the model in a child and return its layer inventory and input signature;
+    InvalidInput naming the field."""
     source = {"format": fmt, "path": str(path), "architecture": architecture, "hyperparams": hyperparams}
     limits = Limits(settings.job_memory_limit_mb, settings.job_cpu_limit_s, wall_s=settings.inspect_timeout_s)
     sandbox = Sandbox(read_only=[path]) if sandbox_mode_for(settings.sandbox) else None
@@ -35,4 +45,4 @@ def inspect_upload(
         raise InvalidInput(result.get("field") or "file", redact_paths(result["error"]))
     if not result["layers"]:
         raise InvalidInput("file", "the model has no quantizable layers (Linear / Conv / Embedding)")
-    return result["layers"]
+    return Inspection(result["layers"], result.get("inputs"))

@@ -25,6 +25,10 @@ class ModelOut(BaseModel):
     size_bytes: int
     parameters: int = Field(description="Quantizable weights over all layers.")
     layers: list[LayerOut]
+    inputs: dict[str, Any] | None = Field(
+        None, description='What one call takes: {"takes": "tensor", "shape" (null: any size; first = batch), "dtype",'
+                          ' "static_batch"} or {"takes": "token_ids", "vocab_size", "max_positions"}; datasets are'
+                          ' checked against it when an analysis is submitted.')
     created_at: datetime
 
 
@@ -37,6 +41,7 @@ class DatasetOut(BaseModel):
     input_shape: list[int]
     input_dtype: str
     has_targets: bool
+    max_token_id: int | None = Field(None, description="Largest value of integer inputs (token ids); null otherwise.")
     created_at: datetime
 
 
@@ -50,7 +55,7 @@ class AnalysisIn(BaseModel):
     )
     metric: str = Field("hutchinson", min_length=1, max_length=50)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    options: dict[str, float | int | str | bool] = Field(
+    options: dict[str, float | int | str | bool | list[float]] = Field(
         default_factory=dict, description="Metric options, e.g. tolerance, max_probes, batch_size."
     )
 
@@ -58,6 +63,32 @@ class AnalysisIn(BaseModel):
 class Progress(BaseModel):
     fraction: float
     message: str
+
+
+class WarningOut(BaseModel):
+    """A number the analysis cannot fully stand behind, machine-readable (workers.table)."""
+
+    code: str = Field(description="negative_trace, negative_statistic, ci_straddles_zero, not_converged,"
+                                  " stopped_early, low_confidence, confidence_unavailable")
+    layer: str | None = Field(None, description="The layer or unit it is about; null for the whole analysis or plan.")
+    message: str
+    values: dict[str, Any] = Field(default_factory=dict)
+
+
+class UncertainUnit(BaseModel):
+    unit: str
+    share: float = Field(description="Share of redraws that disagree with the plan and give this unit another candidate.")
+
+
+class PlanConfidence(BaseModel):
+    """Share of redraws of every unit's damage (from its sampling distribution) whose re-solved
+    optimum is this plan, or one within `tolerance` of its damage; 1.0 with `exact` for exact metrics."""
+
+    confidence: float
+    redraws: int
+    tolerance: float
+    exact: bool
+    uncertain_units: list[UncertainUnit]
 
 
 class AnalysisOut(BaseModel):
@@ -76,6 +107,9 @@ class AnalysisOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     links: dict[str, str]
+    warnings: list[WarningOut] | None = Field(
+        None, description="A succeeded analysis's warnings (GET /v1/analyses/{id}; null in lists and before success)."
+    )
 
 
 class CandidateCell(BaseModel):
@@ -99,6 +133,7 @@ class TableOut(BaseModel):
     metric: str
     layers: list[TableRow]
     provenance: dict[str, Any]
+    warnings: list[WarningOut] = Field(default_factory=list)
 
 
 class BudgetIn(BaseModel):
@@ -175,6 +210,8 @@ class PlanOut(BaseModel):
     layers: list[LayerChoice]
     created_at: datetime
     links: dict[str, str]
+    confidence: PlanConfidence | None = Field(None, description="How sure the plan is (null if it could not be computed).")
+    warnings: list[WarningOut] = Field(default_factory=list, description="The analysis's warnings and the plan's own.")
 
 
 class ErrorOut(BaseModel):
