@@ -22,7 +22,9 @@ from service.errors import NotFound
 SCOPES = ("read", "submit", "admin")
 _PREFIX_LEN = 8
 
-__all__ = ["SCOPES", "IssuedToken", "create_token", "verify_token", "list_tokens", "revoke_token", "parse_scopes"]
+__all__ = [
+    "SCOPES", "IssuedToken", "create_token", "verify_token", "is_live", "list_tokens", "revoke_token", "parse_scopes",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ def verify_token(session: Session, *, secret: str) -> ApiTokenRecord | None:
     if not hmac.compare_digest(expected, _hash(secret)) or rec is None or rec.revoked_at is not None:
         return None
     return rec
+
+
+def is_live(session: Session, *, token_id: str) -> bool:
+    """Whether the token still exists unrevoked: long responses re-ask this while they run."""
+    revoked = session.execute(select(ApiTokenRecord.revoked_at).where(ApiTokenRecord.id == token_id)).first()
+    return revoked is not None and revoked[0] is None
 
 
 def list_tokens(session: Session, *, include_revoked: bool = False) -> list[ApiTokenRecord]:

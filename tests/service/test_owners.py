@@ -1,18 +1,22 @@
 """Owners: with two submit+read tokens over real HTTP, neither sees, builds on, cancels or follows the
 other's models, datasets, analyses, plans, frontiers, evaluations and exports (404, as if absent);
-lists hold only one's own; admins see everything. On SQLite and on PostgreSQL."""
+lists hold only one's own; admins see everything. On SQLite and on PostgreSQL. And a token's open
+event stream ends once the token is revoked."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
 
 from service import tokens
 from service.config import Settings
+from service.db.models import AnalysisRecord
 from service.db.session import session_scope
 from tests.utils.live_server import live_server
 from tests.utils.service_factories import bearer
-from tests.utils.synthetic import finish_analysis
+from tests.utils.synthetic import finish_analysis, problem_dict, stored_analysis
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -123,3 +127,30 @@ def test_two_tokens_never_see_or_touch_each_others_work(server, digits):
             assert admin.get(path).status_code == 200, path
         assert a.post(f"/v1/evaluations/{eid}/cancel").json()["status"] == "cancelled"
         assert b.post(f"/v1/analyses/{analysis_b['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_an_open_event_stream_ends_when_its_token_is_revoked(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", auth="on", sse_keepalive_s=0.2, job_poll_s=0.2, _env_file=None)
+    with live_server(settings, run_jobs=False) as base:
+        with session_scope(settings.resolved_database_url) as s:
+            issued = tokens.create_token(s, name="watcher", scopes=["read"])
+            token_id, secret = issued.record.id, issued.secret
+            admin = tokens.create_token(s, name="ops", scopes=["admin"]).secret
+        analysis_id = stored_analysis(settings.resolved_database_url, problem_dict(2))
+        with session_scope(settings.resolved_database_url) as s:  # a queued job of the watcher's: no end in sight
+            rec = s.get(AnalysisRecord, analysis_id)
+            rec.status, rec.owned_by = "queued", token_id
+        with httpx.Client(base_url=base, timeout=30) as http:
+            with http.stream("GET", f"/v1/analyses/{analysis_id}/events", headers=bearer(secret)) as stream:
+                lines = stream.iter_lines()
+                assert next(line for line in lines if line.startswith("event:")) == "event: analysis"
+                revoked = http.delete(f"/v1/tokens/{token_id}", headers=bearer(admin))
+                assert revoked.status_code == 200, revoked.text
+                after = []
+                for line in lines:  # a stream that goes on would only send keep-alives from here
+                    after.append(line)
+                    assert len(after) < 200, "the stream kept going after its token was revoked"
+            assert "event: error" in after
+            error = json.loads(after[after.index("event: error") + 1].removeprefix("data: "))
+            assert error["field"] == "authorization" and "revoked" in error["detail"]
+            assert http.get(f"/v1/analyses/{analysis_id}/events", headers=bearer(secret)).status_code == 401

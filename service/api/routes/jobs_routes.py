@@ -1,6 +1,7 @@
 """/v1/analyses/{id}/cancel and /v1/analyses/{id}/events: acting on and following a running job.
 
-`job_events` serves the stream of every job kind (evaluations use it too).
+`job_events` serves the stream of every job kind (evaluations use it too). Each poll also re-checks the
+caller's token, so revoking a token ends its open streams within one poll interval.
 
 Cancel only writes the request into the row; whichever process runs the job (an API runner thread or a
 `bitplan worker` anywhere) polls its row and ends the child's process group. The event stream polls the
@@ -19,12 +20,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from service import store
+from service import store, tokens
 from service.api.deps import get_session, get_session_factory, get_settings
 from service.api.routes.analyses import analysis_out
 from service.api.schemas import AnalysisOut
 from service.api.security import Caller, get_caller
 from service.config import Settings
+from service.errors import Unauthorized
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
@@ -40,7 +42,10 @@ def cancel_analysis(
 
 
 def _snapshot(sessions: Sessions, kind: str, job_id: str, caller: Caller) -> dict:
+    """The job's state; Unauthorized once the caller's token is revoked."""
     with sessions() as s:
+        if caller.token_id is not None and not tokens.is_live(s, token_id=caller.token_id):
+            raise Unauthorized("authorization: the token was revoked")
         rec = store.get_job(s, kind=kind, job_id=job_id, owned_by=caller.sees)
         return {
             "id": rec.id, "status": rec.status, "progress": round(rec.progress, 4), "message": rec.message,
@@ -56,7 +61,11 @@ async def _events(
     seq = 0
     yield "retry: 2000\n\n"
     while True:
-        snap = await run_in_threadpool(_snapshot, sessions, kind, job_id, caller)
+        try:
+            snap = await run_in_threadpool(_snapshot, sessions, kind, job_id, caller)
+        except Unauthorized as exc:  # the stream ends; reconnecting gets the 401
+            yield f"event: error\ndata: {json.dumps({'detail': exc.message, 'field': 'authorization'})}\n\n"
+            return
         if snap != last:
             seq += 1
             last, last_sent = snap, time.monotonic()
