@@ -198,3 +198,46 @@ def test_child_environment_is_an_allowlist(monkeypatch):
     env = child_env()
     assert "BITPLAN_DATABASE_URL" not in env and "SOME_TOKEN" not in env
     assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def _job_commands(job_id: str) -> list[list[str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if "service.jobs.child" in cmd and job_id in cmd:
+                found.append(cmd)
+    return found
+
+
+@needs_sandbox
+def test_analysis_of_a_pt2_model_runs_in_the_sandbox(client, tmp_path):
+    import time
+
+    import torch
+    from safetensors.torch import save as save_tensors
+
+    archive = tiny_pt2(tmp_path / "ok.pt2")
+    model = post_model(client, archive.read_bytes(), None, filename="ok.pt2")
+    assert model.status_code == 201, model.text
+    data = save_tensors({"inputs": torch.randn(32, 8), "targets": torch.randint(0, 3, (32,))})
+    dataset = client.post("/v1/datasets", files={"file": ("d.safetensors", data)})
+    assert dataset.status_code == 201, dataset.text
+    r = client.post("/v1/analyses", json={"model_id": model.json()["id"], "dataset_id": dataset.json()["id"],
+                                          "options": {"min_probes": 64, "max_probes": 64, "probe_batch": 8}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    commands: list[list[str]] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        commands += _job_commands(job_id)
+        body = client.get(f"/v1/analyses/{job_id}").json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.05)
+    assert body["status"] == "succeeded", body["error"]
+    assert commands, "never saw the job's process"
+    assert any(os.path.basename(cmd[0]) == "bwrap" and "--unshare-all" in cmd for cmd in commands), commands
