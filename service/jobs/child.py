@@ -203,6 +203,11 @@ def run_job(kind: str, job_id: str) -> int:
         if is_transient(exc):
             print(f"transient: {message}", file=sys.stderr)
             return TRANSIENT_EXIT
+        from workers.errors import WorkersError  # torch-free
+
+        if is_out_of_memory(exc) and not isinstance(exc, WorkersError):  # the analysis's own says what to cap
+            message += (" (out of memory: the job process may use BITPLAN_JOB_MEMORY_LIMIT_MB of address space;"
+                        " raise it, or lower options.batch_size / options.max_length)")
         emit(out, {"outcome": "failed", "error": message})
         return 0
     emit(out, {"outcome": "succeeded", "outputs": outputs})

@@ -107,17 +107,17 @@ def test_killed_job_process_is_retried_after_backoff(make_harness):
     assert restarted >= 4.0
 
 
-def test_transient_failures_stop_after_max_attempts(make_harness, request):
+def test_out_of_memory_is_final_at_the_first_attempt(make_harness, request):
     if "rq" in request.node.callspec.id:
         pytest.skip("same runner code on both back-ends; the rq retry path is covered by the killed-process test")
-    # 256 MB of address space cannot map torch (or OpenBLAS's buffers): every attempt fails the same
-    # transient way, a machine limit rather than bad input.
+    # 256 MB of address space cannot map torch (or OpenBLAS's buffers): a retry with the same limit would
+    # fail the same way (issue 10: out of memory is never retried unchanged), so the job fails at once
+    # saying which limit to raise.
     h = make_harness(job_memory_limit_mb=256, job_max_attempts=2, job_retry_backoff_s=0.2)
     final = wait_done(h.client, h.submit(SMALL)["id"], timeout=60)
     assert final["status"] == "failed"
-    assert final["attempts"] == 2
-    assert "attempt 2 of 2" in final["error"]
-    assert "failed to map segment" in final["error"] or "memory" in final["error"].lower(), final["error"]
+    assert final["attempts"] == 1
+    assert "BITPLAN_JOB_MEMORY_LIMIT_MB" in final["error"], final["error"]
 
 
 def test_bad_input_fails_at_once(make_harness, request):
