@@ -79,3 +79,14 @@ def test_names_and_grammar():
     with pytest.raises(ValueError, match="not a GGUF type"):
         parse_candidate("gguf_Q4_K")
     assert parse_candidate("gguf_q4_k_a8").activation_bits == 8
+
+
+def test_chunked_passes_give_the_same_bytes(monkeypatch):
+    import workers.quantizers._gguf as g
+
+    torch.manual_seed(2)
+    w = torch.randn(7, 768)
+    whole = {n: parse_candidate(n).quantize(w) for n in ("gguf_q3_k", "gguf_q8_0")}
+    monkeypatch.setattr(g, "_CHUNK", 2)
+    for name, want in whole.items():
+        assert torch.equal(parse_candidate(name).quantize(w), want)

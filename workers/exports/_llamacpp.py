@@ -15,7 +15,7 @@ architecture is read from the Hugging Face directory's config.json (`model_type`
 What llama.cpp can hold: the gguf_* candidates (GGML types), fp16 / bf16, and layers left float
 (written F16). Other formats (INT with FP16 channel scales, FP8, NVFP4, OCP MX) have no GGML type and
 are refused, naming the layer. llama-quantize never quantizes position embeddings, token types or
-norms, so a quantized format there is refused too.
+norms: such a layer keeps the converter's type and the export's warning says how many bytes that adds.
 """
 
 from __future__ import annotations
@@ -127,12 +127,13 @@ def _rules(plan: ExportPlan) -> tuple[str, int, list[dict[str, str]], list[str]]
                     " map has none: llama.cpp's converter does not write it)"
                 )
             if _never_quantized(tensor):
-                if ggml_type not in _FLOAT_TYPES:
-                    raise ExportError(
-                        f"llamacpp: layer {module!r} ({tensor}) is planned {layer.candidate}, but llama-quantize never"
-                        " quantizes that tensor (it keeps the converter's type): plan it fp16 or leave it float"
-                    )
-                warnings.append(f"llamacpp: {tensor} keeps the converter's type (llama-quantize leaves it alone)")
+                # llama-quantize keeps such a tensor in the converter's type (F32 with --outtype f32)
+                extra = ""
+                if layer.candidate is not None and module == layer.name:
+                    grown = 4 * math.prod(layer.weight_shape) - layer.quantizer.bytes(layer.weight_shape)
+                    extra = f" instead of {layer.candidate}: the model is {grown} bytes larger than the plan"
+                warnings.append(f"llamacpp: layer {module!r} ({tensor}): llama-quantize never quantizes it, so it"
+                                f" keeps the converter's type (F32 with --outtype f32){extra}")
                 continue
             if any(rule["tensor"] == tensor for rule in rules):
                 continue  # two modules, one GGUF tensor

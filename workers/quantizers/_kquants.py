@@ -34,14 +34,6 @@ def _half_bytes(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=F32).astype("<f2").view(np.uint8).reshape(-1, 2)
 
 
-def _sum(x: np.ndarray) -> np.ndarray:
-    """Row sums in C's order (left to right, float32): numpy's pairwise sums can flip a scale choice."""
-    total = np.zeros(x.shape[0], dtype=F32)
-    for i in range(x.shape[1]):
-        total = (total + x[:, i]).astype(F32)
-    return total
-
-
 def _nearest(x: np.ndarray) -> np.ndarray:
     return np.rint(x).astype(np.int32)
 
@@ -52,106 +44,117 @@ def _signed_max(x: np.ndarray) -> np.ndarray:
     return np.take_along_axis(x, idx[:, None], axis=1)[:, 0]
 
 
+# The searches below work on blocks as columns, (n, blocks): a sum over axis 0 then runs in C's order
+# (numpy reduces a non-contiguous axis row after row; a contiguous one pairwise, which can flip a
+# scale choice), and each weight position is one contiguous row.
+def _cols(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.T, dtype=F32)
+
+
+def _sum(x: np.ndarray) -> np.ndarray:
+    return x.sum(axis=0, dtype=F32)
+
+
 def make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad):
-    """Asymmetric levels 0..nmax with a scale and a min per row: (scale, -min, L)."""
-    x = x.astype(F32)
-    w = weights.astype(F32)
-    mn = np.minimum(x.min(axis=1), F32(0))
-    mx = x.max(axis=1)
+    """Asymmetric levels 0..nmax with a scale and a min per row of x: (scale, -min, L)."""
+    x, w = _cols(x), _cols(weights)
+    mn = np.minimum(x.min(axis=0), F32(0))
+    mx = x.max(axis=0)
     sum_w = _sum(w)
     sum_x = _sum(w * x)
     flat = mx == mn
+    top = F32(nmax)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = np.where(flat, F32(0), F32(nmax) / (mx - mn)).astype(F32)
         scale = np.where(flat, F32(0), F32(1) / iscale).astype(F32)
-        L = np.clip(_nearest(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+        L = np.clip(np.rint(iscale * (x - mn)), F32(0), top)
 
         def error(s, m, levels):
-            diff = s[:, None] * levels + m[:, None] - x
+            diff = s * levels + m - x
             diff = np.abs(diff) if use_mad else diff * diff
             return _sum(w * diff)
 
-        best = error(scale, mn, L.astype(F32))
+        best = error(scale, mn, L)
         for step in range(nstep + 1):
             iscale = ((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)).astype(F32)
-            laux = np.clip(_nearest(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-            lf = laux.astype(F32)
-            sum_l = _sum(w * lf)
-            sum_l2 = _sum(w * lf * lf)
-            sum_xl = _sum(w * lf * x)
+            laux = np.clip(np.rint(iscale * (x - mn)), F32(0), top)
+            wl = w * laux
+            sum_l = _sum(wl)
+            sum_l2 = _sum(wl * laux)
+            sum_xl = _sum(wl * x)
             D = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
             positive = this_min > 0
             this_min = np.where(positive, F32(0), this_min).astype(F32)
             this_scale = np.where(positive, sum_xl / sum_l2, this_scale).astype(F32)
-            cur = error(this_scale, this_min, lf)
+            cur = error(this_scale, this_min, laux)
             better = (D > 0) & (cur < best) & ~flat
-            L = np.where(better[:, None], laux, L)
+            L = np.where(better, laux, L)
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale).astype(F32)
             mn = np.where(better, this_min, mn).astype(F32)
-    L = np.where(flat[:, None], 0, L)
+    L = np.where(flat, F32(0), L)
     scale = np.where(flat, F32(0), scale).astype(F32)
-    return scale, (-mn).astype(F32), L
+    return scale, (-mn).astype(F32), L.T.astype(np.int32)
 
 
 def make_q3_quants(x, nmax):
     """Symmetric levels -nmax..nmax-1 refined by coordinate descent (do_rmse): (scale, L + nmax)."""
-    x = x.astype(F32)
-    mx = _signed_max(x)
+    mx = _signed_max(x.astype(F32))
+    x = _cols(x)
     zero = np.abs(mx) < _EPS
+    lo, hi = F32(-nmax), F32(nmax - 1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = np.where(zero, F32(0), F32(-nmax) / mx).astype(F32)
-        L = np.clip(_nearest(iscale[:, None] * x), -nmax, nmax - 1)
+        L = np.clip(np.rint(iscale * x), lo, hi)
         w = x * x
-        lf = L.astype(F32)
-        sumlx = _sum(w * x * lf)
-        suml2 = _sum(w * lf * lf)
+        sumlx = _sum(w * x * L)
+        suml2 = _sum(w * L * L)
         for _ in range(5):  # a row with no change in a pass would not change in the next one either
-            for i in range(x.shape[1]):
-                xi, wi, li = x[:, i], w[:, i], L[:, i].astype(F32)
+            for i in range(x.shape[0]):
+                xi, wi, li = x[i], w[i], L[i]
                 slx = (sumlx - wi * xi * li).astype(F32)
                 sl2 = (suml2 - wi * li * li).astype(F32)
-                new_l = np.clip(_nearest(xi * sl2 / slx), -nmax, nmax - 1)
-                nl = new_l.astype(F32)
-                slx2 = (slx + wi * xi * nl).astype(F32)
-                sl22 = (sl2 + wi * nl * nl).astype(F32)
-                accept = (slx > 0) & (new_l != L[:, i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                L[:, i] = np.where(accept, new_l, L[:, i])
+                new_l = np.clip(np.rint(xi * sl2 / slx), lo, hi)
+                slx2 = (slx + wi * xi * new_l).astype(F32)
+                sl22 = (sl2 + wi * new_l * new_l).astype(F32)
+                accept = (slx > 0) & (new_l != li) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[i] = np.where(accept, new_l, li)
                 sumlx = np.where(accept, slx2, sumlx).astype(F32)
                 suml2 = np.where(accept, sl22, suml2).astype(F32)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0)).astype(F32)
-    return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L + nmax)
+    L = np.where(zero, F32(0), L + F32(nmax))
+    return np.where(zero, F32(0), scale).astype(F32), L.T.astype(np.int32)
 
 
 def make_qx_quants(x, nmax):
     """Symmetric levels with the best of 19 trial scales, weights x² (rmse_type 1): (scale, L + nmax)."""
-    x = x.astype(F32)
-    mx = _signed_max(x)
+    mx = _signed_max(x.astype(F32))
+    x = _cols(x)
     zero = np.abs(mx) < _EPS
     w = x * x
+    lo, hi = F32(-nmax), F32(nmax - 1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = np.where(zero, F32(0), F32(-nmax) / mx).astype(F32)
-        L = np.clip(_nearest(iscale[:, None] * x), -nmax, nmax - 1)
-        lf = L.astype(F32)
-        sumlx = _sum(w * x * lf)
-        suml2 = _sum(w * lf * lf)
+        L = np.clip(np.rint(iscale * x), lo, hi)
+        sumlx = _sum(w * x * L)
+        suml2 = _sum(w * L * L)
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
         best = (scale * sumlx).astype(F32)
         for step in range(-9, 10):
             if step == 0:
                 continue
             iscale = (-(F32(nmax) + F32(0.1) * F32(step)) / mx).astype(F32)
-            trial = np.clip(_nearest(iscale[:, None] * x), -nmax, nmax - 1)
-            tf = trial.astype(F32)
-            slx = _sum(w * x * tf)
-            sl2 = _sum(w * tf * tf)
+            trial = np.clip(np.rint(iscale * x), lo, hi)
+            slx = _sum(w * x * trial)
+            sl2 = _sum(w * trial * trial)
             better = (sl2 > 0) & (slx * slx > best * sl2) & ~zero
-            L = np.where(better[:, None], trial, L)
+            L = np.where(better, trial, L)
             scale = np.where(better, slx / sl2, scale).astype(F32)
             best = np.where(better, scale * slx, best).astype(F32)
-    return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L + nmax)
+    L = np.where(zero, F32(0), L + F32(nmax))
+    return np.where(zero, F32(0), scale).astype(F32), L.T.astype(np.int32)
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
@@ -227,7 +230,7 @@ def _scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
 def _q45_k(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     n = x.shape[0]
     sub = x.reshape(-1, 32).astype(F32)
-    av_x = np.sqrt(_sum(sub * sub) / F32(32)).astype(F32)
+    av_x = np.sqrt(_sum(_cols(sub * sub)) / F32(32)).astype(F32)
     weights = av_x[:, None] + np.abs(sub)
     scales, mins, L = make_qkx2_quants(sub, weights, nmax, rmin, 0.1, nstep, False)
     scales, mins, L = scales.reshape(n, 8), mins.reshape(n, 8), L.reshape(n, 8, 32)
