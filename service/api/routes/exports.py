@@ -24,7 +24,7 @@ router = APIRouter(tags=["exports"])
 def export_plan(
     plan_id: str,
     request: Request,
-    format: str = Query("json", description="json, gptqmodel, llmcompressor, nncf, hawq or safetensors"),
+    format: str = Query("json", description="json, llamacpp, llamacpp-types, gptqmodel, llmcompressor, nncf, hawq or safetensors"),
     session: Session = Depends(get_session),
     caller: Caller = Depends(get_caller),
 ) -> Response:
