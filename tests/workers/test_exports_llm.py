@@ -246,3 +246,23 @@ def test_checkpoint_stores_a_tied_weight_once_and_keeps_the_tie(models, kind):
     assert torch.equal(fresh.lm_head.weight, state[f"{embedding}.weight"])
     back = get_exporter("safetensors").read(exported.content, _names(plan))
     assert back[embedding] == weight_settings("gguf_q6_k") and back["lm_head"] is None
+
+
+def test_llamacpp_export_runs_without_torch(tmp_path):
+    """The API process answers config exports itself and never imports torch."""
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "num_hidden_layers": 1}))
+    code = (
+        "import json, sys\n"
+        "from workers.exports import ExportPlan, get_exporter\n"
+        "rows = [{'name': 'model.layers.0.mlp.down_proj', 'kind': 'linear', 'weight_shape': [64, 512]}]\n"
+        f"plan = ExportPlan.from_table({{'layers': rows}}, {{rows[0]['name']: 'gguf_q5_k'}}, model={{'format': 'hf',"
+        f" 'path': {str(tmp_path)!r}}})\n"
+        "body = json.loads(get_exporter('llamacpp').export(plan).content)\n"
+        "assert body['architecture'] == 'llama' and body['tensor_types'][0]['tensor'] == 'blk.0.ffn_down.weight'\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
