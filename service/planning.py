@@ -2,19 +2,37 @@
 
 Parsing a problem is the only per-request cost worth caching; a re-solve for a new budget then costs
 only the solver's own time, so a new budget never recomputes sensitivity.
+
+Confidence: the stored problem carries each unit's damage half-widths ("uncertainty") and the
+analysis's warnings (workers.table.stored_problem). Every plan reports how sure it is
+(solver.confidence: share of redrawn problems whose optimum agrees with it, the units that could
+flip it; 1.0 for exact metrics) and the analysis's warnings, plus `low_confidence` when the
+share is under 95%. Confidences are cached per plan: plans never change.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import InvalidInput
 from solver import Budget, Plan, Problem, average_bits_budget, problem_from_dict, solve
 from solver.backends import available_backends, get_backend
-from solver.errors import BackendUnavailable
+from solver.confidence import confidence
+from solver.errors import BackendUnavailable, SolverError
+
+CONFIDENT = 0.95
+
+
+@dataclass(frozen=True)
+class StoredProblem(Problem):
+    """An analysis's problem with what its plans report: per-unit damage half-widths and warnings."""
+
+    uncertainty: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    warnings: tuple[dict[str, Any], ...] = ()
 
 _CACHE_SIZE = 64
 _cache: OrderedDict[str, Problem] = OrderedDict()
@@ -28,7 +46,12 @@ def problem_for(analysis_id: str, problem_dict: Callable[[], dict[str, Any]]) ->
         if analysis_id in _cache:
             _cache.move_to_end(analysis_id)
             return _cache[analysis_id]
-    problem = problem_from_dict(problem_dict())
+    raw = problem_dict()
+    parsed = problem_from_dict(raw)
+    problem = StoredProblem(
+        units=parsed.units, ties=parsed.ties, pins=parsed.pins, allowed=parsed.allowed,
+        uncertainty=_uncertainty(raw.get("uncertainty")), warnings=tuple(dict(w) for w in raw.get("warnings") or []),
+    )
     with _lock:
         _cache[analysis_id] = problem
         while len(_cache) > _CACHE_SIZE:
@@ -68,3 +91,46 @@ def make_plan(problem: Problem, budgets: list[Budget], *, backend: str, time_lim
         return solve(problem, budgets, backend=backend, time_limit=time_limit)
     except BackendUnavailable as exc:  # auto's hand-over to an ILP that is not installed
         raise InvalidInput("backend", str(exc)) from exc
+
+
+def _uncertainty(raw: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(u): {str(c): float(h) for c, h in dict(row).items()} for u, row in raw.items()}
+
+
+_confidences: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_CONFIDENCE_CACHE = 4096
+
+
+def plan_report(plan_id: str | None, problem: Problem, budget: dict[str, Any], assignment: Mapping[str, str]) -> dict[str, Any]:
+    """{"confidence": {...}, "warnings": [...]} of a plan of `problem` made under the API `budget`
+    (see module docstring); cached by `plan_id` when given."""
+    with _lock:
+        if plan_id is not None and plan_id in _confidences:
+            _confidences.move_to_end(plan_id)
+            return _confidences[plan_id]
+    warnings = [dict(w) for w in getattr(problem, "warnings", ())]
+    uncertainty = getattr(problem, "uncertainty", None) or {}
+    try:
+        conf = confidence(problem, budgets_from(problem, budget), assignment, uncertainty).to_dict()
+    except (SolverError, ValueError, KeyError) as exc:  # e.g. a budget a re-solve cannot meet
+        conf = None
+        warnings.append({"code": "confidence_unavailable", "layer": None, "values": {},
+                         "message": f"plan confidence could not be computed: {exc}"})
+    if conf is not None and conf["confidence"] < CONFIDENT:
+        units = ", ".join(u["unit"] for u in conf["uncertain_units"][:5])
+        warnings.append({
+            "code": "low_confidence", "layer": None,
+            "values": {"confidence": conf["confidence"], "uncertain_units": [u["unit"] for u in conf["uncertain_units"]]},
+            "message": f"only {conf['confidence']:.0%} of redraws of the damage estimates agree with this plan"
+                       f" (target {CONFIDENT:.0%}); the units that could flip it: {units}. More probes"
+                       " (options.max_probes / max_seconds, or decide_at this budget) would settle it.",
+        })
+    report = {"confidence": conf, "warnings": warnings}
+    if plan_id is not None:
+        with _lock:
+            _confidences[plan_id] = report
+            while len(_confidences) > _CONFIDENCE_CACHE:
+                _confidences.popitem(last=False)
+    return report

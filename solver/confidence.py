@@ -69,7 +69,7 @@ class Confidence:
 def confidence(
     problem: Problem,
     budgets: Sequence[Budget],
-    plan: Plan,
+    plan: Plan | Mapping[str, str],
     halfwidths: Halfwidths,
     *,
     redraws: int = DEFAULT_REDRAWS,
@@ -78,7 +78,8 @@ def confidence(
     backend: str = "auto",
     stop_below: float | None = None,
 ) -> Confidence:
-    """Share of `redraws` redrawn problems whose optimum under `budgets` agrees with `plan`.
+    """Share of `redraws` redrawn problems whose optimum under `budgets` agrees with `plan` (a Plan
+    or its assignment, unit → candidate).
 
     `stop_below`: stop counting once the share can no longer reach it (a stopping rule only needs
     to know that); the returned confidence then counts the redraws done so far."""
@@ -86,12 +87,13 @@ def confidence(
         raise ValueError(f"redraws must be ≥ 1, got {redraws}")
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
+    assignment = plan.assignment if isinstance(plan, Plan) else dict(plan)
     spread = _spread(problem, halfwidths)
     if not spread.any():
         return Confidence(1.0, 0, tolerance, exact=True)
     base = _damages(problem)
     rng = np.random.default_rng(seed)
-    chosen = [plan.assignment[u.name] for u in problem.units]
+    chosen = [assignment[u.name] for u in problem.units]
     index = [[o.candidate for o in u.options].index(c) for u, c in zip(problem.units, chosen)]
     allowed_misses = None if stop_below is None else math.floor((1.0 - stop_below) * redraws + 1e-9)
     dense = _dense(problem, base)
@@ -110,7 +112,7 @@ def confidence(
         other = solve(_with_damages(problem, drawn), budgets, backend=backend)
         kept = float(kept_all[r])
         regret = kept - other.damage
-        if other.assignment == plan.assignment or regret <= tolerance * max(other.damage, 0.0) + 1e-300:
+        if other.assignment == assignment or regret <= tolerance * max(other.damage, 0.0) + 1e-300:
             agree += 1
         else:
             misses += 1

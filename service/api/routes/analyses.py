@@ -10,7 +10,7 @@ from service.api.deps import get_queue, get_session, get_settings
 from service.api.limits import check_active_jobs
 from service.api.security import Caller, Principal, get_caller, get_principal
 from service.api.routes.plans import plan_out
-from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut
+from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut, WarningOut
 from service.config import Settings
 from service.db.models import AnalysisRecord, JobColumns, PlanRecord
 from service.errors import Conflict, InvalidInput
@@ -84,7 +84,8 @@ def get_analysis(
     rec = store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     out = analysis_out(rec)
     if rec.status == "succeeded":
-        out.warnings = list(getattr(planning.problem_for(rec.id, lambda: rec.problem), "warnings", ()))
+        stored = planning.problem_for(rec.id, lambda: rec.problem)
+        out.warnings = [WarningOut.model_validate(w) for w in getattr(stored, "warnings", ())]
     return out
 
 
