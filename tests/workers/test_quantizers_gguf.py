@@ -90,3 +90,11 @@ def test_chunked_passes_give_the_same_bytes(monkeypatch):
     monkeypatch.setattr(g, "_CHUNK", 2)
     for name, want in whole.items():
         assert torch.equal(parse_candidate(name).quantize(w), want)
+
+
+def test_ggml_mxfp4_rounds_ties_toward_zero_unlike_ocp_mx():
+    """Why gguf_mxfp4 is its own candidate: ggml's best_index_mxfp4 takes the first (smaller) of two
+    equally near E2M1 values; OCP MX (bitplan's mxfp4) rounds ties to even."""
+    w = torch.tensor([[6.0, 0.75, 1.75, 2.5, 3.5, 5.0, -0.75] + [0.0] * 25])
+    assert parse_candidate("gguf_mxfp4").quantize(w)[0, :7].tolist() == [6.0, 0.5, 1.5, 2.0, 3.0, 4.0, -0.5]
+    assert parse_candidate("mxfp4").quantize(w)[0, :7].tolist() == [6.0, 1.0, 2.0, 2.0, 4.0, 4.0, -1.0]

@@ -93,7 +93,8 @@ def _ggml_type(layer: ExportLayer, warnings: list[str]) -> str:
     if s["format"] in ("fp16", "bf16"):
         return {"fp16": "F16", "bf16": "BF16"}[s["format"]]
     if s["format"] != "gguf":
-        hint = " (gguf_mxfp4 is GGML's own MXFP4)" if s["format"] == "mx" else ""
+        hint = (" (GGML's MXFP4 rounds ties toward zero where OCP MX rounds them to even: gguf_mxfp4 measures it)"
+                if s["format"] == "mx" else "")
         raise ExportError(
             f"llamacpp: layer {layer.name!r} is {layer.candidate} ({describe(s)}); llama.cpp stores GGML block"
             f" types only: plan with gguf_* candidates{hint}"
