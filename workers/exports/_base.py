@@ -81,10 +81,12 @@ class Exporter(ABC):
     """One export format.
 
     Rules: stateless and thread-safe; `export` is pure (same plan, same bytes: keys sorted, no
-    timestamps) and raises `ExportError` when the plan cannot be written faithfully; `read` parses
-    exported content back into {layer: {"bits", "symmetric", "group_size", "strategy"}} (None for
-    layers left float / skipped), validating it with the target library's own schema when that
-    library is installed. `available()` is False when a library the export itself needs is missing;
+    timestamps) and raises `ExportError` naming the layer, its format and why when the plan cannot be
+    written faithfully; what the engine itself keeps in 16 bits (embeddings for GPTQ / vLLM) is
+    exported that way with a warning saying so. `read` parses exported content back into per-layer
+    settings as the format states them ("bits", "symmetric", "group_size", "strategy" for the config
+    formats, {"tensor", "ggml_type"} for llama.cpp; None for layers left float / skipped), validating
+    it with the target library's own schema or name map when that library is installed. `available()` is False when a library the export itself needs is missing;
     it never raises. `needs_model`: export opens the model (torch), so run it in a job process.
     """
 
