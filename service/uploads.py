@@ -325,6 +325,7 @@ def check_text(path: Path, *, field: str = "file", max_line_bytes: int = 10 * 10
 def check_pt2(path: Path, *, allowed: bool, sandboxed: bool, field: str = "file") -> None:
     """A .pt2 is accepted only where code formats are on, only with the sandbox, and only when it loads
     without pickle (workers.pt2.archive_problems: zip and JSON only, no torch in this process)."""
+    from workers.errors import ModelLoadError
     from workers.pt2 import archive_problems, refusal
 
     if not allowed:
@@ -334,7 +335,10 @@ def check_pt2(path: Path, *, allowed: bool, sandboxed: bool, field: str = "file"
     if not sandboxed:
         raise InvalidInput(field, ".pt2 archives are loaded only in the job sandbox, which is not available on this "
                                   "server (BITPLAN_SANDBOX=off or bubblewrap missing)")
-    problems = archive_problems(path)
+    try:
+        problems = archive_problems(path)
+    except ModelLoadError as exc:
+        raise InvalidInput(field, str(exc).removeprefix("model: ")) from exc
     if problems:
         raise InvalidInput(field, refusal(problems))
 

@@ -61,7 +61,8 @@ def _names(zf: zipfile.ZipFile) -> tuple[str, list[str]]:
     names = zf.namelist()
     tops = {n.split("/", 1)[0] for n in names}
     if len(tops) != 1 or not all("/" in n for n in names):
-        raise ModelLoadError("model: not a torch.export archive (expected one top folder holding archive_format)")
+        raise ModelLoadError("model: not a readable torch.export archive (expected one top folder holding "
+                             "archive_format)")
     top = tops.pop()
     return top + "/", [n[len(top) + 1:] for n in names]
 
@@ -90,7 +91,8 @@ def _expr_problem(expr: str) -> str | None:
 
 
 def archive_problems(path: str | Path) -> list[str]:
-    """Why this archive cannot be loaded without running code from it; [] when it can. No torch."""
+    """Why this archive cannot be loaded without running code from it; [] when it can. No torch.
+    ModelLoadError when it is no readable torch.export archive at all."""
     try:
         with zipfile.ZipFile(path) as zf:
             prefix, names = _names(zf)
@@ -136,10 +138,8 @@ def archive_problems(path: str | Path) -> list[str]:
                 elif key == "range_constraints" and isinstance(value, dict):
                     problems.extend(p for p in map(_expr_problem, value) if p)
             return problems
-    except ModelLoadError as exc:
-        return [str(exc).removeprefix("model: ")]
     except (zipfile.BadZipFile, OSError, KeyError) as exc:
-        return [f"not a readable zip archive ({exc})"]
+        raise ModelLoadError(f"model: not a readable torch.export archive ({exc})") from exc
 
 
 def refusal(problems: list[str]) -> str:
