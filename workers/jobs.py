@@ -18,7 +18,7 @@ __all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_a
 Report = Callable[[float, str], None]
 
 # request["options"] keys the analysis itself reads; every other key goes to the metric.
-#   batch_size    calibration mini-batch (halved automatically on out-of-memory)
+#   batch_size    largest calibration mini-batch (lowered to fit the free memory, halved on out-of-memory)
 #   max_samples   cap on calibration samples (text: windows, default 64)
 #   max_length    cap on sequence length (text: window length in tokens, default 128)
 #   device        "auto" (CUDA when available, else CPU) | "cpu" | "cuda" | "cuda:N"

@@ -283,8 +283,8 @@ def measure_pass_cost(
     """Fit PassCost from the metric's pass run on the grid {1, B} × {1, P} (P only for "hvp").
 
     B = P = 2 to start; while the (B, P) pass peaks below `grow_until` bytes both double (up to the
-    caps), so that the extrapolation starts from a pass big enough to stand out of the allocator's
-    page-level noise. A static-batch model runs at b = `static_batch` only."""
+    caps, and to 64 sample-probes), so that the extrapolation starts from a pass big enough to stand
+    out of the allocator's page-level noise. A static-batch model runs at b = `static_batch` only."""
     meter = PeakMeter(device)
     gen = torch.Generator().manual_seed(0)
     if device.type == "cpu":
@@ -302,7 +302,8 @@ def measure_pass_cost(
         big_b = static_batch or min(2, b_cap)
         big_p = min(2, p_cap) if hvp else 0
         peak = run(big_b, big_p)
-        while peak < grow_until and (big_b < b_cap or big_p < p_cap):
+        # Past 64 sample-probes a pass still under the target extrapolates to well under the budget.
+        while peak < grow_until and big_b * max(big_p, 1) < 64 and (big_b < b_cap or big_p < p_cap):
             next_b = big_b if static_batch else min(2 * big_b, b_cap)
             next_p = min(2 * big_p, p_cap) if hvp else 0
             try:
