@@ -135,8 +135,8 @@ def round_trip(values, ggml_type: str):
         part = blocks[start : start + _CHUNK]
         if ggml_type in QUANTIZE:
             data = QUANTIZE[ggml_type](part)
-        else:
-            data = gq.quantize(part, qtype)
+        else:  # gguf works 16 rows per numpy pass: long rows of many blocks keep the passes few
+            data = gq.quantize(part.reshape(-1, block * math.gcd(part.shape[0], 256)), qtype)
         out[start : start + _CHUNK] = gq.dequantize(data, qtype).reshape(part.shape)
     return out.reshape(values.shape)
 
