@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.client import ApiError, BitplanClient
-from service.commands import progress_line
+from service.commands import confidence_text, progress_line, warning_summary
 
 __all__ = ["BatchJob", "load_batch", "run_batch", "BatchError"]
 
@@ -213,24 +213,26 @@ def run_batch(client: BitplanClient, jobs: list[BatchJob], *, poll: float = 1.0,
 
 
 def summary_table(runs: list[_Run]) -> str:
-    rows = [("job", "status", "analysis", "budget", "bytes", "avg bits", "damage")]
+    rows = [("job", "status", "analysis", "budget", "bytes", "avg bits", "damage", "confidence", "warnings")]
     for run in runs:
         ident = run.state["id"] if run.state else "-"
         status = run.status
         if run.status != "succeeded":
             detail = (run.state or {}).get("error") or run.error or ""
-            rows.append((run.job.name, status, ident, detail[:60], "", "", ""))
+            rows.append((run.job.name, status, ident, detail[:60], "", "", "", "", ""))
             continue
         if not run.plans:
-            rows.append((run.job.name, status, ident, "(no budgets)", "", "", ""))
+            rows.append((run.job.name, status, ident, "(no budgets)", "", "", "", "",
+                         warning_summary((run.state or {}).get("warnings"))))
         for p in run.plans:
             budget = ", ".join(f"{k}={v:g}" for k, v in p["budget"].items())
             if "error" in p:
-                rows.append((run.job.name, "plan failed", ident, budget, p["error"][:60], "", ""))
+                rows.append((run.job.name, "plan failed", ident, budget, p["error"][:60], "", "", "", ""))
             else:
                 plan = p["plan"]
                 rows.append((run.job.name, status, ident, budget, f"{plan['total_bytes']:.0f}",
-                             f"{plan['average_bits']:.3f}", f"{plan['predicted_damage']:.4g}"))
+                             f"{plan['average_bits']:.3f}", f"{plan['predicted_damage']:.4g}", confidence_text(plan),
+                             warning_summary(plan.get("warnings"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

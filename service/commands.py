@@ -106,16 +106,49 @@ def status(args: argparse.Namespace) -> int:
     print(f"{state['id']}  {progress_line(state)}")
     if state.get("error"):
         print(f"error: {state['error']}")
+    for line in format_warnings(state.get("warnings")):
+        print(line)
     return 1 if state["status"] in ("failed", "cancelled") else 0
 
 
+def confidence_text(plan: dict[str, Any]) -> str:
+    """"97%", "100% (exact)", or "?" when the server could not compute it (or predates it)."""
+    conf = plan.get("confidence")
+    if not conf:
+        return "?"
+    return f"{conf['confidence']:.0%}" + (" (exact)" if conf.get("exact") else "")
+
+
+def warning_summary(warnings: list[dict[str, Any]] | None) -> str:
+    """Codes with counts, e.g. "negative_trace×9, stopped_early"; "" when there are none."""
+    counts: dict[str, int] = {}
+    for w in warnings or []:
+        counts[w["code"]] = counts.get(w["code"], 0) + 1
+    return ", ".join(code + (f"×{n}" if n > 1 else "") for code, n in counts.items())
+
+
+def format_warnings(warnings: list[dict[str, Any]] | None) -> list[str]:
+    return [f"warning [{w['code']}] {w['message']}" for w in warnings or []]
+
+
 def format_plan(plan: dict[str, Any]) -> str:
-    rows = [("layer", "candidate", "bytes", "damage")]
-    rows += [(l["layer"], l["candidate"], f"{l['bytes']:.0f}", f"{l['damage']:.4g}") for l in plan["layers"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    by_layer: dict[str, list[str]] = {}
+    for w in plan.get("warnings") or []:
+        if w.get("layer"):
+            by_layer.setdefault(w["layer"], []).append(w["code"])
+    rows = [("layer", "candidate", "bytes", "damage", "warnings")]
+    rows += [(l["layer"], l["candidate"], f"{l['bytes']:.0f}", f"{l['damage']:.4g}", ", ".join(by_layer.get(l["layer"], [])))
+             for l in plan["layers"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.append(f"total {plan['total_bytes']:.0f} bytes, {plan['average_bits']:.3f} bits/weight, predicted damage "
-                 f"{plan['predicted_damage']:.4g} ({plan['solver']['status']}); {plan['links']['self']}")
+                 f"{plan['predicted_damage']:.4g} ({plan['solver']['status']}), confidence {confidence_text(plan)};"
+                 f" {plan['links']['self']}")
+    conf = plan.get("confidence") or {}
+    if conf.get("uncertain_units") and conf["confidence"] < 1:
+        units = ", ".join(f"{u['unit']} ({u['share']:.0%})" for u in conf["uncertain_units"])
+        lines.append(f"units whose uncertainty could flip it: {units}")
+    lines += format_warnings(plan.get("warnings"))
     return "\n".join(lines)
 
 

@@ -47,8 +47,10 @@ def test_batch_runs_every_job_and_exit_code_reflects_failures(server, digits, tm
     assert code == 1, out  # the 10-byte budget cannot be met
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["job", "status", "analysis"]
+    assert lines[0].split()[-2:] == ["confidence", "warnings"]
     rows = [l for l in lines[2:] if l.startswith("four-and-eight")]
     assert len(rows) == 2 and all(" succeeded " in r for r in rows)
+    assert all(r.split()[7].endswith("%") for r in rows)  # each plan's confidence
     assert any("plan failed" in l for l in lines if l.startswith("impossible"))
     assert "four-and-eight" in err and "succeeded" in err  # progress lines, one per job state change
 
@@ -57,7 +59,7 @@ def test_batch_runs_every_job_and_exit_code_reflects_failures(server, digits, tm
     assert "succeeded" in capsys.readouterr().out
     assert main(["plan", analysis_id, "--bits", "6", "--url", url, "--token", token]) == 0
     out = capsys.readouterr().out
-    assert "bits/weight" in out and "optimal" in out
+    assert "bits/weight" in out and "optimal" in out and "confidence " in out
     assert main(["plan", analysis_id, "--bytes", "1", "--url", url, "--token", token]) == 1
     assert "budget" in capsys.readouterr().err
     assert main(["status", analysis_id, "--url", url]) == 1  # no token: 401
@@ -89,3 +91,23 @@ def test_batch_files_are_validated_naming_the_entry(tmp_path, digits):
     with pytest.raises(BatchError, match="job 1"):
         load_batch(bad)
     assert main(["batch", str(bad), "--url", "http://127.0.0.1:9"]) == 2
+
+
+def test_plan_table_shows_confidence_and_warnings_per_layer():
+    from service.commands import format_plan
+
+    plan = {"layers": [{"layer": "fc1", "candidate": "int4", "bytes": 40, "damage": 0.0},
+                       {"layer": "fc2", "candidate": "int8", "bytes": 80, "damage": 0.5}],
+            "total_bytes": 120, "average_bits": 5.0, "predicted_damage": 0.5, "solver": {"status": "optimal"},
+            "links": {"self": "/v1/plans/p1"},
+            "confidence": {"confidence": 0.8, "redraws": 64, "tolerance": 0.05, "exact": False,
+                           "uncertain_units": [{"unit": "fc2", "share": 0.2}]},
+            "warnings": [{"code": "negative_trace", "layer": "fc1", "message": "fc1: Hessian trace -3 is negative",
+                          "values": {}},
+                         {"code": "low_confidence", "layer": None, "message": "only 80% agree", "values": {}}]}
+    lines = format_plan(plan).splitlines()
+    assert lines[0].split() == ["layer", "candidate", "bytes", "damage", "warnings"]
+    assert lines[1].split()[-1] == "negative_trace" and len(lines[2].split()) == 4
+    assert "confidence 80%" in lines[3]
+    assert lines[4] == "units whose uncertainty could flip it: fc2 (20%)"
+    assert lines[5:] == ["warning [negative_trace] fc1: Hessian trace -3 is negative", "warning [low_confidence] only 80% agree"]
