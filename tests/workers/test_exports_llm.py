@@ -266,3 +266,48 @@ def test_llamacpp_export_runs_without_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------- every format × every target
+FORMATS = ["int4", "int4_asym_g128", "int8_tensor", "int5", "fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp4_e2m1_g32",
+           "mxfp4", "mxfp6_e2m3", "mxfp8_e5m2", "nvfp4", "fp16", "bf16", "gguf_q4_k", "gguf_mxfp4", "int8_a8",
+           "nvfp4_a4"]
+HOLDS = {  # what README's export table says each target holds; everything else is refused
+    "json": set(FORMATS),
+    "safetensors": set(FORMATS),
+    "llamacpp": {"fp16", "bf16", "gguf_q4_k", "gguf_mxfp4"},
+    "llamacpp-types": {"fp16", "bf16", "gguf_q4_k", "gguf_mxfp4"},
+    "llmcompressor": {"int4", "int4_asym_g128", "int8_tensor", "int5", "fp8_e4m3", "mxfp4", "mxfp6_e2m3", "nvfp4",
+                      "fp16", "bf16", "int8_a8", "nvfp4_a4"},
+    "gptqmodel": {"int4", "int4_asym_g128", "fp16", "bf16"},
+    "nncf": {"int4", "int5", "fp16", "bf16"},
+    "hawq": {"int4", "int4_asym_g128", "int8_tensor", "int5", "fp16", "bf16"},
+}
+LAYER = "model.layers.0.self_attn.q_proj"
+
+
+@pytest.mark.parametrize("target", list(HOLDS))
+def test_every_format_is_exported_or_refused_naming_the_layer(models, target):
+    source, rows, _ = models["llama"]
+    anchor = "gguf_q4_k" if target.startswith("llamacpp") else "int4"
+    for candidate in FORMATS:
+        assignment = {"model.layers.1.mlp.down_proj": anchor, LAYER: candidate}
+        plan = ExportPlan.from_table({"layers": rows}, assignment, model=source)
+        exporter = get_exporter(target)
+        if candidate not in HOLDS[target]:
+            with pytest.raises(ExportError, match=rf"{re.escape(LAYER)}'? \(?.*{candidate}"):
+                exporter.export(plan)
+            continue
+        exported = exporter.export(plan)
+        if target == "llamacpp-types":
+            names = [gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2).get_name(f"{LAYER}.weight", (".weight",))]
+            got = exporter.read(exported.content, names)[names[0]]
+        else:
+            got = exporter.read(exported.content, [LAYER])[LAYER]
+        want = weight_settings(candidate)
+        if target.startswith("llamacpp"):
+            assert got["ggml_type"] == want.get("ggml_type", {"fp16": "F16", "bf16": "BF16"}.get(candidate)), candidate
+        elif candidate in ("fp16", "bf16") and target not in ("json", "safetensors"):
+            assert got is None, (target, candidate)  # kept 16-bit: not quantized
+        else:
+            assert got["bits"] == want["bits"], (target, candidate)

@@ -75,10 +75,12 @@ def _gptq_settings(layer: ExportLayer) -> dict[str, Any] | None:
         return None
     if s["bits"] not in _GPTQ_BITS:
         raise ExportError(
-            f"gptqmodel: layer {layer.name!r} has {s['bits']} bits; GPTQ takes {', '.join(map(str, _GPTQ_BITS))}"
+            f"gptqmodel: layer {layer.name!r} is {layer.candidate} ({s['bits']} bits); GPTQ takes"
+            f" {', '.join(map(str, _GPTQ_BITS))}"
         )
     if s["strategy"] == "tensor":
-        raise ExportError(f"gptqmodel: layer {layer.name!r} is per-tensor; GPTQ is per channel or per group")
+        raise ExportError(f"gptqmodel: layer {layer.name!r} is {layer.candidate} (per tensor); GPTQ is per channel or"
+                          " per group")
     return {"bits": s["bits"], "group_size": s["group_size"] or -1, "sym": s["symmetric"]}
 
 
@@ -356,13 +358,13 @@ class NncfBitwidthPerScope(Exporter):
 
     def export(self, plan: ExportPlan) -> Export:
         pairs, warnings = [], []
-        schemes = set()
+        schemes: dict[tuple, ExportLayer] = {}  # scheme -> first layer with it
         unknown_types = False
         for layer in plan.layers:
             s = integer_settings("nncf", layer)
             if s is None:
                 continue
-            schemes.add((s["symmetric"], s["strategy"], s["group_size"]))
+            schemes.setdefault((s["symmetric"], s["strategy"], s["group_size"]), layer)
             pairs.append([s["bits"], self._scope(plan, layer)])
             unknown_types |= any(
                 ".".join(layer.name.split(".")[: i + 1]) not in plan.module_types
@@ -371,13 +373,16 @@ class NncfBitwidthPerScope(Exporter):
         if not pairs:
             raise ExportError("nncf: the plan quantizes no layer")
         if len(schemes) > 1:
+            a, b = list(schemes.values())[:2]
             raise ExportError(
-                "nncf: bitwidth_per_scope sets bits only; the plan mixes symmetry or granularity"
-                f" ({len(schemes)} schemes), which one NNCF weights config cannot express"
+                f"nncf: layers {a.name!r} ({a.candidate}) and {b.name!r} ({b.candidate}) differ in symmetry or"
+                f" granularity ({len(schemes)} schemes); bitwidth_per_scope sets bits only, under one NNCF weights"
+                " config"
             )
-        symmetric, strategy, group = schemes.pop()
+        (symmetric, strategy, group), first = next(iter(schemes.items()))
         if strategy == "group":
-            raise ExportError("nncf: group-wise weight formats have no equivalent in this config")
+            raise ExportError(f"nncf: layer {first.name!r} is {first.candidate} (group-wise); NNCF's weights config"
+                              " is per channel or per tensor")
         if unknown_types:
             warnings.append("nncf: classes of intermediate modules unknown; scopes name them 'Module'")
         skipped = [layer.name for layer in plan.layers if integer_settings("nncf", layer) is None]
