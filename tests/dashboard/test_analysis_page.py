@@ -153,3 +153,32 @@ def test_plan_export_downloads_when_the_server_has_exports(page, server, digits_
         export.click()
     exported = json.loads(download.value.path().read_text())
     assert exported  # the export's own format is the exports tests' business; here: it arrives whole
+
+
+def test_warnings_and_plan_confidence_are_shown(page, server):
+    """An analysis whose table carries warnings shows them above the front; its plans show their
+    confidence and the warnings they inherit."""
+    from service.db.models import AnalysisRecord
+    from service.db.session import session_scope
+    from tests.utils.dashboard_factories import insert_synthetic_analysis
+
+    aid = insert_synthetic_analysis(server.settings.resolved_database_url, layers=6, points=10)
+    warning = {"code": "negative_trace", "layer": None, "message": "layer-0: Hessian trace -2 is negative", "values": {}}
+    with session_scope(server.settings.resolved_database_url) as session:
+        rec = session.get(AnalysisRecord, aid)
+        name = rec.table["layers"][0]["name"]
+        warning["layer"] = name
+        rec.table = {**rec.table, "warnings": [warning]}
+        rec.problem = {**rec.problem, "warnings": [warning]}
+    page.goto(f"/analyses/{aid}")
+    page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+    expect(page.locator("#warnings summary")).to_contain_text("1 warning: negative_trace")
+    expect(page.locator("#warnings li[data-code=negative_trace]")).to_contain_text("is negative")
+    page.fill("#budget-value", "4")
+    page.click("#budget-submit")
+    expect(page.locator("#plans li[data-plan]")).to_have_count(1)
+    with server.client() as http:
+        (plan,) = http.get(f"/v1/analyses/{aid}/plans").json()
+    expect(page.locator("#plans li[data-plan] .confidence")).to_have_text(
+        f"{round(plan['confidence']['confidence'] * 100)}%" + (" (exact)" if plan["confidence"]["exact"] else ""))
+    expect(page.locator("#plans li[data-plan] .warn")).to_contain_text("negative_trace")

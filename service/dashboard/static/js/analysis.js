@@ -5,8 +5,8 @@
 
 import { api, ApiError, request } from "./api.js";
 import {
-  FRONT_POINTS, axisFormat, axisOptions, buildChart, compareSummary, formatBytes, formatCount, formatSci,
-  heatStrips, layerRows, planLabel, proxyRows, ramp, selectionDocument, selectionFor, xValue,
+  FRONT_POINTS, axisFormat, axisOptions, buildChart, compareSummary, confidenceText, formatBytes, formatCount,
+  formatSci, heatStrips, layerRows, planLabel, proxyRows, ramp, selectionDocument, selectionFor, warningSummary, xValue,
 } from "./data.js";
 import { renderChart, renderLegend, renderStrips, showTooltip } from "./draw.js";
 import { announce, esc, saveBlob, saveJson, shortId } from "./dom.js";
@@ -91,7 +91,15 @@ function header(st) {
   const data = a.dataset_id ? `data ${d ? `<strong>${esc(d.name)}</strong> (${d.samples} samples)` : esc(shortId(a.dataset_id))}`
     : "no calibration data";
   return `<p class="lede">Model ${model} · ${data} · metric <strong>${esc(a.metric)}</strong> ·
-    candidates ${a.candidates.map(esc).join(", ")}</p>`;
+    candidates ${a.candidates.map(esc).join(", ")}</p>${warningsBlock((st.table || {}).warnings)}`;
+}
+
+/** The analysis's warnings (numbers it cannot fully stand behind), collapsed to their codes. */
+function warningsBlock(warnings) {
+  if (!warnings || !warnings.length) return "";
+  return `<details class="warnings" id="warnings" role="status"><summary>⚠ ${warnings.length} warning${warnings.length > 1 ? "s" : ""}:
+    ${esc(warningSummary(warnings))}</summary><ul>${warnings.map((w) =>
+      `<li data-code="${esc(w.code)}"><code>${esc(w.code)}</code> ${esc(w.message)}</li>`).join("")}</ul></details>`;
 }
 
 // ---- layout (once) and event wiring ---------------------------------------------------------
@@ -328,7 +336,8 @@ function renderPlans(root, st) {
   }
   list.innerHTML = st.plans.map((p) => `<li data-plan="${esc(p.id)}">
     <div><strong>${esc(planLabel(p))}</strong>
-    <span class="note">${esc(p.average_bits.toFixed(2))} bits · ${esc(formatBytes(p.total_bytes))} · damage ${esc(formatSci(p.predicted_damage))} · ${esc(p.solver.status)}</span></div>
+    <span class="note">${esc(p.average_bits.toFixed(2))} bits · ${esc(formatBytes(p.total_bytes))} · damage ${esc(formatSci(p.predicted_damage))} · ${esc(p.solver.status)} · confidence <span class="confidence">${esc(confidenceText(p))}</span></span>
+    ${(p.warnings || []).length ? `<span class="warn" title="${esc(p.warnings.map((w) => w.message).join("\n"))}">⚠ ${esc(warningSummary(p.warnings))}</span>` : ""}</div>
     <div class="buttons"><button type="button" data-act="show">Show</button>
     <button type="button" data-act="compare">Compare</button>
     <button type="button" data-act="json" aria-label="Download ${esc(planLabel(p))} as JSON">JSON</button></div></li>`).join("");

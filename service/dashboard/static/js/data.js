@@ -199,6 +199,20 @@ function buildMeasured(evaluations, axis, plans) {
            yTicks: niceTicks(lo, hi, 5).map((v) => ({ value: v, label: formatSci(v) })) };
 }
 
+/** "97%", "100% (exact)", or "?" when the server gave no confidence. */
+export function confidenceText(plan) {
+  const c = plan.confidence;
+  if (!c) return "?";
+  return `${Math.round(c.confidence * 100)}%${c.exact ? " (exact)" : ""}`;
+}
+
+/** Warning codes with counts ("negative_trace×9, stopped_early"); "" when there are none. */
+export function warningSummary(warnings) {
+  const counts = new Map();
+  for (const w of warnings || []) counts.set(w.code, (counts.get(w.code) || 0) + 1);
+  return [...counts].map(([code, n]) => (n > 1 ? `${code}×${n}` : code)).join(", ");
+}
+
 export function planLabel(plan) {
   const b = plan.budget || {};
   const what = b.average_bits !== undefined ? `${b.average_bits} bits` : b.bytes !== undefined ? formatBytes(b.bytes)
