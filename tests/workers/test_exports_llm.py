@@ -311,3 +311,19 @@ def test_every_format_is_exported_or_refused_naming_the_layer(models, target):
             assert got is None, (target, candidate)  # kept 16-bit: not quantized
         else:
             assert got["bits"] == want["bits"], (target, candidate)
+
+
+def test_gguf_round_trip_runs_along_the_rows_llama_cpp_stores(models):
+    """GPT-2's Conv1D stores (in, out); convert_hf_to_gguf.py writes it transposed, (out, in), so GGML
+    blocks run along the input dimension: bitplan's measured round trip must be that one."""
+    import torch
+
+    from workers.models import find_layers
+    from workers.quantizers import parse_candidate
+    from workers.quantizers._gguf import round_trip
+
+    info, weight = next((i, w) for i, w in find_layers(models["gpt2"][2]) if i.name.endswith("h.0.attn.c_attn"))
+    assert info.transposed and tuple(weight.shape) == (256, 768)
+    as_converted = weight.detach().t().contiguous()  # what the GGUF file holds, rows of 256 inputs
+    want = torch.from_numpy(round_trip(as_converted.numpy().reshape(-1), "Q4_K")).reshape(768, 256)
+    assert torch.equal(info.quantize(parse_candidate("gguf_q4_k"), weight), want.t())
