@@ -13,7 +13,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workers.exports._base import Export, ExportError, Exporter, ExportLayer, ExportPlan, describe, integer_settings, weight_settings
+from workers.exports._base import (
+    Export,
+    ExportError,
+    Exporter,
+    ExportLayer,
+    ExportPlan,
+    describe,
+    integer_settings,
+    weight_settings,
+)
 
 _JSON = "application/json"
 
