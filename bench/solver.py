@@ -4,7 +4,14 @@ Also the degenerate 500×5 table (many equal costs) whose frontier the previous 
 took minutes over, with byte costs (lattice DP) and float latencies (Pareto core DP), against the
 previous method kept selectable (`solver.backends._mckp.CORE_DP = False`).
 
+And two budgets (issue 16) on the Llama-70B-shaped 560×8 table with bytes and latency_ms: the
+100-point two-budget frontiers (frontier_2d on a 10 × 10 grid of limits, and a 100-point bytes
+frontier under a latency limit) against the same points solved one by one as MIPs (bitplan's own
+HiGHS layout in-process, no PuLP, so the fastest MIP here), sampled and extrapolated; every sampled
+point's damage compared.
+
 Run: python bench/solver.py [--cbc-sample 10] [--skip-highs] [--deg-points 200] [--old-deg-points 3]
+                            [--mip-sample 20] [--two-only]
 Prints one table. Single process, single thread; a few minutes at most.
 """
 
@@ -20,8 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from solver import Budget, Option, Problem, Unit, average_bits_budget, frontier, solve  # noqa: E402
-from tests.utils.llm_tables import synthetic_llm  # noqa: E402
+from solver import Budget, Option, Problem, Unit, average_bits_budget, frontier, frontier_2d, solve  # noqa: E402
+from solver._model import compile_problem  # noqa: E402
+from solver.backends import get_backend  # noqa: E402
+from tests.utils.llm_tables import LLAMA70B_BITS, synthetic_llm  # noqa: E402
 
 def degenerate(n_units: int, seed: int = 1, bits: tuple[int, ...] = (2, 3, 4, 6, 8)) -> Problem:
     """The frontier issue's shape: layers of only 256, 1024 or 4096 weights (integer byte costs
@@ -71,6 +80,8 @@ def main() -> None:
     parser.add_argument("--skip-highs", action="store_true", help="skip the HiGHS reference on 10,000 units")
     parser.add_argument("--deg-points", type=int, default=200, help="frontier points on the degenerate 500×5 table")
     parser.add_argument("--old-deg-points", type=int, default=3, help="points the previous B&B solves there (0: skip)")
+    parser.add_argument("--mip-sample", type=int, default=20, help="two-budget frontier points also solved as MIPs")
+    parser.add_argument("--two-only", action="store_true", help="only the two-budget section")
     args = parser.parse_args()
     rows: list[tuple[str, str]] = []
 
@@ -79,6 +90,9 @@ def main() -> None:
         print(f"  {name:<58} {value}", flush=True)
 
     print("bitplan solver benchmark (single thread)")
+    two_budgets(row, args.mip_sample)
+    if args.two_only:
+        return
     p = synthetic_llm(560, (2, 3, 4, 5, 6, 8), latency=False)
     budget = average_bits_budget(p, 4.25)
     solve(p, [budget])  # warm imports
@@ -178,6 +192,77 @@ def main() -> None:
         ref = solve(big, [b], backend="highs", time_limit=60)
         row("10,000×8, one plan @4.3 bits: HiGHS ILP (reference)", f"{(time.perf_counter() - t) * 1e3:8.1f} ms  status {ref.status}, damage {ref.damage:.12g}")
         row("  (bitplan − HiGHS) / HiGHS damage", f"{(big_plan.damage - ref.damage) / ref.damage:+.2e}")
+
+
+def mip(model, limits: dict[str, float]) -> tuple[float, float, str]:
+    """One point as a MIP: HiGHS on bitplan's layout, unchecked (what the back-end alone says)."""
+    t = time.perf_counter()
+    out = get_backend("highs", len(limits)).solve(model, model.damage, limits)
+    return time.perf_counter() - t, model.totals(out.choice)[0], out.status
+
+
+def best_within(points, limits: dict[str, float]) -> float:
+    """A frontier's optimum at `limits`: the least damage of its points that fit (each point is
+    optimal at its own costs and dropped points are dominated by kept ones)."""
+    fit = [q.damage for q in points if all(q.costs[n] <= v * (1 + 1e-10) for n, v in limits.items())]
+    return min(fit)
+
+
+def compare(row, label: str, seconds: float, points, cells: list[dict[str, float]], sample: int, model) -> None:
+    pick = np.unique(np.linspace(0, len(cells) - 1, min(sample, len(cells))).round().astype(int))
+    times, worse, better, claimed, gain = [], -np.inf, 0, 0, 0.0
+    for i in pick:
+        secs, damage, status = mip(model, cells[i])
+        times.append(secs)
+        ours = best_within(points, cells[i])
+        rel = (ours - damage) / abs(damage)
+        worse = max(worse, rel)
+        gain = min(gain, rel)
+        better += rel < -1e-12
+        claimed += rel < -1e-12 and status == "optimal"
+    per_point = float(np.mean(times))
+    optimal = all(q.status == "optimal" for q in points)
+    tol = max(q.tolerance for q in points)
+    abs_tol = max(q.tolerance * abs(q.damage) for q in points)
+    row(
+        f"{label}: bitplan",
+        f"{seconds:8.2f} s  ({len(points)} non-dominated plans, all optimal: {optimal}; tolerance ≤ {tol:.1e} relative, ≤ {abs_tol:.1e} absolute)",
+    )
+    row(
+        f"{label}: MIP (HiGHS) per point",
+        f"{per_point * len(cells):8.2f} s  (extrapolated from {len(pick)} of {len(cells)} points, mean {per_point * 1e3:.0f} ms)",
+    )
+    row("  ratio", f"{per_point * len(cells) / seconds:8.1f}×")
+    row("  sampled points: max (bitplan − MIP) / MIP damage", f"{worse:+.2e}  (> 0: bitplan worse)")
+    row(
+        "  sampled points where the MIP is worse",
+        f"{better} of {len(pick)}, by up to {-gain:.2e} relative; the MIP called {claimed} of them optimal",
+    )
+
+
+def two_budgets(row, sample: int) -> None:
+    p = synthetic_llm(560, LLAMA70B_BITS, seed=0)
+    model = compile_problem(p)
+    best = solve(p, [])
+    # frontier_2d's grid: each cost from its least achievable value to its value in the least-damage plan
+    lo = {c: sum(min(o.costs[c] for o in u.options) for u in p.units) for c in ("bytes", "latency_ms")}
+    axes = {c: np.linspace(lo[c], best.costs[c], 10) for c in lo}
+    t = time.perf_counter()
+    front = frontier_2d(p, ("bytes", "latency_ms"), (10, 10))
+    secs = time.perf_counter() - t
+    cells = [{"bytes": float(a), "latency_ms": float(b)} for a in axes["bytes"] for b in axes["latency_ms"]]
+    cells = [c for c in cells if any(all(q.costs[n] <= v * (1 + 1e-10) for n, v in c.items()) for q in front.points)]
+    compare(row, f"560×8 bytes+latency, {len(cells)}-cell frontier_2d", secs, front.points, cells, sample, model)
+
+    lat = Budget("latency_ms", 0.5 * best.costs["latency_ms"])
+    t = time.perf_counter()
+    front = frontier(p, "bytes", 100, budgets=[lat])
+    secs = time.perf_counter() - t
+    binding = sum(q.costs["latency_ms"] > (1 - 1e-4) * lat.limit for q in front.points)
+    grid = np.linspace(front.points[0].costs["bytes"], front.points[-1].costs["bytes"], 100)
+    cells = [{"bytes": float(b), "latency_ms": lat.limit} for b in grid]
+    label = f"560×8, 100-point bytes frontier, latency ≤ {lat.limit:.0f} ms ({binding} points bind it)"
+    compare(row, label, secs, front.points, cells, sample, model)
 
 
 if __name__ == "__main__":

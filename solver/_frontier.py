@@ -269,7 +269,9 @@ def frontier_2d(
     backend: str = "auto",
 ) -> Frontier2D:
     """Exact plans on an n × m grid of limits on two costs (each from its least achievable value to
-    its value in the least-damage plan); infeasible cells skipped, dominated plans dropped."""
+    its value in the least-damage plan); infeasible cells skipped, dominated plans dropped. With no
+    extra budget ("auto" or "mckp2") every cell is the exact two-budget knapsack's, one shared
+    instance, warm-started along each row."""
     n, m = grid
     if n < 1 or m < 1:
         raise ValueError(f"grid must be two positive counts, got {grid}")
@@ -283,10 +285,24 @@ def frontier_2d(
         cap = min((b.limit for b in budgets if b.cost == c), default=np.inf)
         axes.append(_grid(model.minimum(c), best.costs[c], cap, n if c == costs[0] else m))
     name = backend if backend == "auto" else get_backend(backend, len(extra) + 2).name
+    # No extra budget: one shared two-budget knapsack (its one-budget hulls serve every cell).
+    two = TwoBudget(model.cost(costs[0]), model.cost(costs[1]), model.damage, model.valid)
+    shared = not extra and name in ("auto", "mckp2")
+    tol = objective_tolerance(model.damage, model.valid)
     plans: list[Plan] = []
     for a in axes[0]:
-        prev = None
+        prev, hint = None, None
         for b in axes[1]:  # tightest first: each plan is a feasible warm start for the next cell
+            started = time.perf_counter()
+            if shared:
+                out = two.solve(float(a), float(b), start=prev, hint=hint)
+                if out.status == "infeasible":
+                    continue
+                if out.status == "optimal":
+                    hint = two.last_mu or hint
+                    prev = out.choice
+                    plans.append(model.plan(out.choice, backend="mckp2", started=started, tolerance=_rel(tol, out.choice, model)))
+                    continue
             try:
                 plan = solve_model(
                     model, {**extra, costs[0]: float(a), costs[1]: float(b)}, backend=name, start=prev

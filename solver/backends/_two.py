@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from solver._model import Model
-from solver.backends._ilp import FEAS_REL
+from solver.backends._ilp import FEAS_REL, fits
 from solver.backends._mckp import Knapsack, _Hull
 from solver.backends.base import Backend, Outcome
 
 MAX_STATES = 300_000
-BEAMS = (256, 4096, None)  # widths of the passes over the core; None: exact
+BEAMS = (64, 512, None)  # widths of the passes over the core; None: exact
 LP_ITERATIONS = 60
 
 
@@ -174,12 +174,16 @@ class TwoBudget:
             return Outcome(None, "infeasible", np.inf)
         if oa.status == "optimal" and self.fits(oa.choice, a, b):
             return Outcome(oa.choice, "optimal", self.value(oa.choice))
-        ob = self.kb.solve(b, start=best, time_limit=left())
-        if ob.status == "infeasible":
+        if not fits(self.kb.minimum_cost(), b):
             return Outcome(None, "infeasible", np.inf)
-        if ob.status == "optimal" and self.fits(ob.choice, a, b):
-            return Outcome(ob.choice, "optimal", self.value(ob.choice))
-        bound = max(oa.bound, ob.bound)
+        bound = max(oa.bound, self.kb.lagrangian_bound(b + FEAS_REL * max(1.0, abs(b))))
+        # Budget b alone is worth an exact solve only when its LP plan meets a (measured latencies
+        # off any lattice make that solve the dearer of the two).
+        if _lp_cost_of(self.kb, b, self._ca0) <= a + FEAS_REL * max(1.0, abs(a)):
+            ob = self.kb.solve(b, start=best, time_limit=left())
+            if ob.status == "optimal" and self.fits(ob.choice, a, b):
+                return Outcome(ob.choice, "optimal", self.value(ob.choice))
+            bound = max(bound, ob.bound)
 
         # Plans count as meeting a limit up to FEAS_REL (see `fits`), so the relaxations get it too.
         a_up, b_up = a + FEAS_REL * max(1.0, abs(a)), b + FEAS_REL * max(1.0, abs(b))
@@ -194,7 +198,6 @@ class TwoBudget:
         mu = self.mu_feasible
         for plan in (self._lp_plan(mu, a, b), self._lagrangian_plan(mu, a, b, left())):
             if plan is not None:
-                plan = _improve2(plan, self.ca, self.cb, self.obj, a, b)
                 val = self.value(plan)
                 if val < best_val:
                     best, best_val = plan, val
@@ -203,6 +206,11 @@ class TwoBudget:
         m = rc.min(axis=1)
         excess = rc - m[:, None]
         lagr = float(m.sum()) - lam_a * a_up - lam_b * b_up
+        if best is not None:  # local search among the options reduced-cost fixing leaves
+            mask = self.valid & (lagr + excess < best_val - self.otol)
+            mask[self.rows, best] = True
+            best = _improve2(best, self.ca, self.cb, self.obj, a, b, mask)
+            best_val = self.value(best)
         # A narrow (beam) pass over the core improves the incumbent cheaply, and a better incumbent
         # shrinks the core; then an exact pass proves it optimal or finds better. A beam pass that
         # never had to cut is exact too.
@@ -212,10 +220,12 @@ class TwoBudget:
             if bound >= best_val - self.otol:
                 return Outcome(best, "optimal", best_val)
             status, choice = self._core_pass(a, b, rc, excess, lagr, best_val - self.otol, beam, deadline)
-            if choice is not None:
-                val = self.value(choice)
-                if val < best_val:
-                    best, best_val = choice, val
+            if choice is not None and self.value(choice) < best_val:
+                if status == "beam":
+                    mask = self.valid & (lagr + excess < self.value(choice) - self.otol)
+                    mask[self.rows, choice] = True
+                    choice = _improve2(choice, self.ca, self.cb, self.obj, a, b, mask)
+                best, best_val = choice, self.value(choice)
             if status in ("optimal", "none"):
                 if best is None:
                     return Outcome(None, "infeasible", np.inf)
@@ -288,23 +298,59 @@ class TwoBudget:
         return status, choice
 
 
-def _improve2(opts: np.ndarray, ca, cb, d, a: float, b: float, rounds: int = 16) -> np.ndarray:
-    """Local search on a choice meeting both limits: the best single move that still fits, while
-    one lowers the objective. Heuristic only."""
+def _lp_cost_of(ks: Knapsack, limit: float, other: np.ndarray) -> float:
+    """Total of `other` in the LP optimum of knapsack `ks` at `limit` (its fractional group counted
+    by its fraction)."""
+    hull = ks.root_hull
+    rows = np.arange(other.shape[0])
+    resid = limit - hull.base_cost
+    k = int(np.searchsorted(hull.cum_dc, resid, side="right"))
+    counts = np.bincount(hull.row[:k], minlength=rows.size)
+    x = hull.vertices[rows, counts]
+    total = float(other[rows, x].sum())
+    if k < hull.row.size:
+        r = int(hull.row[k])
+        theta = (resid - (hull.cum_dc[k - 1] if k else 0.0)) / hull.dc[k]
+        total += theta * (other[r, hull.vertices[r, counts[r] + 1]] - other[r, x[r]])
+    return total
+
+
+def _improve2(opts: np.ndarray, ca, cb, d, a: float, b: float, mask=None, rounds: int = 64) -> np.ndarray:
+    """Local search on a choice meeting both limits: the best single move that still fits, else
+    the best pair of moves in two groups (one spends what the other frees), while one lowers the
+    objective. `mask`: the options moves may go to (those reduced-cost fixing left). Heuristic."""
     rows = np.arange(opts.size)
     opts = opts.copy()
+    allowed = np.isfinite(d) if mask is None else mask & np.isfinite(d)
     ta, tb = float(ca[rows, opts].sum()), float(cb[rows, opts].sum())
     for _ in range(rounds):
         da = ca - ca[rows, opts][:, None]
         db = cb - cb[rows, opts][:, None]
         dd = d - d[rows, opts][:, None]
-        single = np.where((da <= a - ta) & (db <= b - tb) & (dd < 0), dd, np.inf)
+        fa, fb = a - ta, b - tb
+        single = np.where(allowed & (da <= fa) & (db <= fb) & (dd < 0), dd, np.inf)
         r, j = np.unravel_index(np.argmin(single), single.shape)
-        if not single[r, j] < 0:
+        if single[r, j] < 0:
+            ta, tb = ta + da[r, j], tb + db[r, j]
+            opts[r] = j
+            continue
+        gr, gj = np.nonzero(allowed & (dd < 0))  # moves that gain, then moves that free budget
+        sr, sj = np.nonzero(allowed & ((da < 0) | (db < 0)) & (dd >= 0))
+        if gr.size == 0 or sr.size == 0 or gr.size * sr.size > 2_000_000:
             break
-        ta += da[r, j]
-        tb += db[r, j]
-        opts[r] = j
+        tot_d = dd[gr, gj][:, None] + dd[sr, sj][None, :]
+        fine = (
+            (da[gr, gj][:, None] + da[sr, sj][None, :] <= fa)
+            & (db[gr, gj][:, None] + db[sr, sj][None, :] <= fb)
+            & (gr[:, None] != sr[None, :])
+            & (tot_d < 0)
+        )
+        if not fine.any():
+            break
+        g, k = np.unravel_index(np.argmin(np.where(fine, tot_d, np.inf)), fine.shape)
+        for rr, jj in ((gr[g], gj[g]), (sr[k], sj[k])):
+            ta, tb = ta + ca[rr, jj] - ca[rr, opts[rr]], tb + cb[rr, jj] - cb[rr, opts[rr]]
+            opts[rr] = jj
     return opts
 
 
