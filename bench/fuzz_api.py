@@ -33,23 +33,33 @@ def main() -> int:
             headers = bearer(issue_token(client, "admin", name="fuzz"))
             ids = seed_objects(client, headers, digits)
         with make_client(Path(tmp), run_jobs=False, **settings) as client:
-            operations = len(client.app.openapi()["paths"]) or 1
+            operations = sum(len(methods) for methods in client.app.openapi()["paths"].values()) or 1
             per_op = max(1, -(-args.cases // operations))
             started = time.monotonic()
-            report = fuzz_app(client.app, headers=headers, examples=per_op, heavy_examples=max(1, per_op // 2),
-                              seed=args.seed, ids=ids)
+            counts: dict[str, int] = {}
+            server_errors: list[str] = []
+            failures: dict[str, str] = {}
+            seeds = []
+            while sum(counts.values()) < args.cases:  # rounds with fresh seeds until the count is reached
+                report = fuzz_app(client.app, headers=headers, examples=per_op, heavy_examples=max(1, per_op // 2),
+                                  seed=None if args.seed is None else args.seed + len(seeds), ids=ids)
+                seeds.append(report.seed)
+                for label, count in report.counts.items():
+                    counts[label] = counts.get(label, 0) + count
+                server_errors += report.server_errors
+                failures.update(report.failures)
             elapsed = time.monotonic() - started
-    print(f"seed {report.seed}: {report.total} cases over {len(report.counts)} operations in {elapsed:.0f} s "
-          f"({per_op} per operation, {max(1, per_op // 2)} for {', '.join(HEAVY)})")
-    for label, count in sorted(report.counts.items()):
+    print(f"seeds {seeds}: {sum(counts.values())} cases over {len(counts)} operations in {elapsed:.0f} s "
+          f"({per_op} per operation and round, {max(1, per_op // 2)} for {', '.join(HEAVY)})")
+    for label, count in sorted(counts.items()):
         print(f"  {count:6d}  {label}")
-    print(f"server errors: {len(report.server_errors)}")
-    for line in report.server_errors[:20]:
+    print(f"server errors: {len(server_errors)}")
+    for line in server_errors[:20]:
         print("  " + line)
-    print(f"operations with a failed check: {len(report.failures)}")
-    for label, failure in report.failures.items():
+    print(f"operations with a failed check: {len(failures)}")
+    for label, failure in failures.items():
         print(f"  {label}: {failure[:800]}")
-    return 1 if report.server_errors or report.failures else 0
+    return 1 if server_errors or failures else 0
 
 
 if __name__ == "__main__":
