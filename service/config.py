@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_token: int = Field(8, ge=1, description="Queued + running jobs (analyses and evaluations) one token may have.")
     idempotency_ttl_s: int = Field(24 * 3600, ge=60, description="How long an Idempotency-Key is remembered.")
     api_threads: int = Field(
-        40, ge=2, le=1000, description="Threads the API runs blocking route work on; its database pool is sized to match."
+        16, ge=2, le=1000,
+        description="Threads the API runs blocking route work on; its database pool is sized to match. Route work "
+                    "is mostly Python under one GIL, so more threads add contention, not throughput (bench/api_load.py).",
     )
     db_pool_timeout_s: float = Field(
         5.0, gt=0, description="Longest wait for a database connection before the request is answered 503."
