@@ -72,3 +72,13 @@ def test_over_the_in_flight_limit_is_503_with_retry_after_at_once(tmp_path):
                 held.sendall(body)
                 assert held.recv(1024).startswith(b"HTTP/1.1 201")  # the held upload completes
                 assert http.get("/v1/analyses").status_code == 200
+
+
+def test_the_database_pool_follows_the_api_threads(tmp_path):
+    from service.db.session import RESERVED_CONNECTIONS, get_engine
+    from tests.utils.service_factories import make_client
+
+    with make_client(tmp_path, run_jobs=False, api_threads=6, db_pool_timeout_s=2) as c:
+        pool = get_engine(c.app.state.settings.resolved_database_url).pool
+        assert (pool.size(), pool._max_overflow, pool._timeout) == (6, RESERVED_CONNECTIONS, 2)
+        assert c.get("/healthz").status_code == 200
