@@ -2,8 +2,8 @@
 
 Options dominated in the objective and every limited cost are dropped (they can never be needed),
 groups left with one option are fixed, each group's least objective and cost are subtracted (the
-"exactly one" row makes that a constant) and rows are scaled to unit magnitude so solver
-tolerances act relatively.
+"exactly one" row makes that a constant), rows are scaled to unit magnitude and the objective by
+the LP bound of its optimum, so solver tolerances act relatively to the answer's own size.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def layout(model: Model, objective: np.ndarray, limits: Mapping[str, float]) -> 
     gmin = np.where(keep, obj, np.inf).min(axis=1)
     col_obj = obj[col_group, col_option] - gmin[col_group]
     shift_obj += gmin[free].sum()
-    scale = float(col_obj.max()) if col_obj.size and col_obj.max() > 0 else 1.0
+    scale = _objective_scale(model, objective, limits, float(shift_obj), col_obj)
 
     coef = np.zeros((len(names), col_group.size))
     upper = np.zeros(len(names))
@@ -103,6 +103,20 @@ def layout(model: Model, objective: np.ndarray, limits: Mapping[str, float]) -> 
         row_coef=coef,
         row_upper=upper,
     )
+
+
+def _objective_scale(model: Model, objective: np.ndarray, limits: Mapping[str, float], shift: float, col_obj) -> float:
+    """What the shifted objective is divided by: the LP bound of the optimum over the shift when
+    that is clearly positive, else the largest column. Solvers' optimality tolerances are absolute;
+    scaled by the largest column (a 2-bit option's damage), a plan 1e-4 worse than the optimum at
+    16-bit damages was within them (issue 16), scaled by the optimum's own size it is not."""
+    from solver.backends._mckp import Knapsack  # _mckp imports this module
+
+    top = float(col_obj.max()) if col_obj.size and col_obj.max() > 0 else 1.0
+    est = -np.inf
+    for name, limit in limits.items():
+        est = max(est, Knapsack(model.cost(name), objective, model.valid).lagrangian_bound(limit) - shift)
+    return est if np.isfinite(est) and est > 1e-9 * top else top
 
 
 def violation(model: Model, choice: np.ndarray, limits: Mapping[str, float]) -> dict[str, float]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from solver import Budget, Option, Problem, Unit, average_bits_budget, frontier, frontier_2d, solve
 from solver._model import compile_problem
-from solver.backends import _REGISTRY, _two, register
+from solver.backends import _REGISTRY, _two, get_backend, register
 from solver.backends._two import TwoBudget, _core, _undominated3
 from solver.backends.base import Backend, Outcome
 from tests.utils.llm_tables import LLAMA70B_BITS, scaled, synthetic_llm
@@ -42,6 +42,17 @@ def test_non_binding_second_budget_gives_the_one_budget_optimum(factor):
         assert plan.status == "optimal"
         assert plan.gap <= plan.tolerance <= 1e-9
         assert plan.damage <= alone.damage * (1 + 1e-12), (backend, plan.damage, alone.damage)
+
+
+@pytest.mark.parametrize("name", ["highs", "cbc"])
+def test_ilp_objective_scaled_to_the_optimum_finds_it_unchecked(name):
+    """The ILP layout divides the objective by the LP bound of its optimum, not by the largest
+    column, so the solver's absolute tolerances no longer let the 2e-7-worse plan through."""
+    problem, size, latency, alone = _llama_case()
+    model = compile_problem(problem)
+    out = get_backend(name, 2).solve(model, model.damage, {"bytes": size.limit, "latency_ms": latency.limit})
+    assert out.status == "optimal"
+    assert model.totals(out.choice)[0] <= alone.damage * (1 + 1e-12)
 
 
 class _Liar(Backend):
