@@ -17,7 +17,9 @@ Speed: most redraws agree, and that can be proven without solving. For one budge
 or allowed subsets, the Lagrangian dual g(λ) = Σ_u min_c (d'_uc + λ·cost_uc) − λ·limit is a lower
 bound on the redraw's optimum D* for every λ ≥ 0 (weak duality); when the plan's redrawn damage is
 within the tolerance of that bound it is within the tolerance of D* too, and no solve is needed.
-Only the redraws this test cannot settle are solved exactly.
+Only the redraws this test cannot settle are solved exactly. Small problems (at most
+ENUMERATE_LIMIT plans, no ties, pins or allowed subsets) are instead solved for every redraw at once
+by enumerating all plans, exact for any number of budgets.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from solver.problem import Budget, Option, Problem, Unit
 __all__ = ["Confidence", "DEFAULT_REDRAWS", "DEFAULT_TOLERANCE", "Halfwidths", "average_bits_grid", "confidence"]
 
 Z95 = 1.96
+ENUMERATE_LIMIT = 4096
 DEFAULT_REDRAWS = 64
 DEFAULT_TOLERANCE = 0.05
 
@@ -100,6 +103,16 @@ def confidence(
     z_all = rng.standard_normal((redraws, len(problem.units)))
     drawn_all = np.maximum(dense[None, :, :] + z_all[:, :, None] * spread[None, :, :] / Z95, 0.0)
     kept_all = drawn_all[:, np.arange(len(index)), index].sum(axis=1)
+    enumerated = _enumerate(problem, budgets, drawn_all, kept_all, index, tolerance)
+    if enumerated is not None:
+        agree_mask, others = enumerated
+        flips: dict[str, int] = {}
+        for r in np.flatnonzero(~agree_mask):
+            for u, j, k in zip(problem.units, index, others[r]):
+                if j != k:
+                    flips[u.name] = flips.get(u.name, 0) + 1
+        shares = {u: n / redraws for u, n in sorted(flips.items(), key=lambda kv: (-kv[1], kv[0]))}
+        return Confidence(float(agree_mask.mean()), redraws, tolerance, shares)
     proven = _proven(problem, budgets, drawn_all, kept_all, tolerance)
     agree = misses = done = 0
     flips: dict[str, int] = {}
@@ -153,6 +166,31 @@ def _spread(problem: Problem, halfwidths: Halfwidths) -> np.ndarray:
                 raise ValueError(f"half-width of unit {u.name!r} candidate {o.candidate!r} must be finite and ≥ 0")
             out[i, j] = h
     return out
+
+
+def _enumerate(problem, budgets, drawn, kept, index, tolerance):
+    """(agrees per redraw, the redraw's optimal option indices) by trying every plan at once, or
+    None when there are too many plans or ties / pins / allowed subsets to honour."""
+    sizes = [len(u.options) for u in problem.units]
+    if problem.ties or problem.pins or problem.allowed or math.prod(sizes) > ENUMERATE_LIMIT:
+        return None
+    grids = np.stack([g.ravel() for g in np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij")], axis=1)
+    feasible = np.ones(len(grids), dtype=bool)
+    for b in budgets:
+        cost = np.zeros(len(grids))
+        for i, u in enumerate(problem.units):
+            cost += np.array([o.costs.get(b.cost, 0.0) for o in u.options])[grids[:, i]]
+        feasible &= cost <= b.limit * (1 + 1e-9) + 1e-9
+    if not feasible.any():
+        return None
+    grids = grids[feasible]
+    totals = np.zeros((len(drawn), len(grids)))
+    for i in range(len(sizes)):
+        totals += drawn[:, i, :][:, grids[:, i]]
+    best = totals.argmin(axis=1)
+    optimum = totals[np.arange(len(drawn)), best]
+    agree = kept - optimum <= tolerance * np.maximum(optimum, 0.0) + 1e-300
+    return agree, grids[best]
 
 
 def _dense(problem: Problem, base: list[np.ndarray]) -> np.ndarray:

@@ -66,8 +66,28 @@ def test_same_inputs_same_confidence_and_early_stop_is_marked():
     a = confidence(p, budgets, plan.assignment, halfwidths(p, 0.5), tolerance=0.0)
     b = confidence(p, budgets, plan, halfwidths(p, 0.5), tolerance=0.0)
     assert a == b
+
+
+def test_early_stop_is_marked():
+    """Eight units (6561 plans): solved redraw by redraw, so the count can stop early."""
+    p = problem([10.0, 11.0, 10.5, 9.5, 10.2, 10.7, 9.9, 1000.0])
+    budgets = [average_bits_budget(p, 4.0)]
+    plan = solve(p, budgets)
     early = confidence(p, budgets, plan, halfwidths(p, 0.5), tolerance=0.0, stop_below=0.95)
-    assert not early.complete and early.redraws < 64
+    assert not early.complete and early.redraws < 64 and early.confidence < 0.95
+
+
+@pytest.mark.parametrize("bits", [3.0, 14 / 3, 6.0])
+def test_enumerating_small_problems_matches_solving_each_redraw(monkeypatch, bits):
+    import solver.confidence as module
+
+    p = problem([10.0, 11.0, 30.0, 1000.0])
+    budgets = [average_bits_budget(p, bits)]
+    plan = solve(p, budgets)
+    fast = confidence(p, budgets, plan, halfwidths(p, 0.4), tolerance=0.01)
+    monkeypatch.setattr(module, "ENUMERATE_LIMIT", 0)
+    slow = confidence(p, budgets, plan, halfwidths(p, 0.4), tolerance=0.01)
+    assert fast == slow
 
 
 def test_two_budgets_are_solved_redraw_by_redraw():
