@@ -162,7 +162,14 @@ def test_confidence_interval_is_over_groups_of_samples():
               for i in range(0, 64, 16)]
     m2 = sum(parts2) / 4
     assert row.ci_halfwidth == pytest.approx(1.96 * math.sqrt(sum((p - m2) ** 2 for p in parts2) / 12), rel=1e-9)
-    assert 0 < half
+    # each candidate carries its own half-width (int3's, not int2's relative width applied to it);
+    # alone on its ladder, so the monotone repair of the interval's ends does not bind; the lower
+    # end is clamped at 0 (a damage is never negative), so the half-spread is taken from there
+    assert half > 0
+    alone = gn_table(model, Calibration(x, None, batch_size=64), ["int3"], groups=4).layer("fc1")
+    expected = (mean + half - max(0.0, mean - half)) / 2
+    assert alone.candidate("int3").damage_ci == pytest.approx(expected, rel=1e-6)
+    assert half != pytest.approx(row.ci_halfwidth / row.mean * mean, rel=1e-2)
 
 
 def test_close_to_the_measured_loss_change_for_small_perturbations():
@@ -196,3 +203,17 @@ def test_options_are_checked():
         get_metric("gauss_newton", {"candidate_batch": 0})
     with pytest.raises(ValueError, match="^options.output_loss: must be one of kl, mse"):
         get_metric("gauss_newton", {"output_loss": "l1"})
+
+
+def test_linearised_form_is_the_output_loss_of_the_linearised_change():
+    """For a linear model the network is its own linearisation: the form equals measured loss_delta."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 5)).eval()
+    cal = Calibration(torch.randn(20, 6) * 3, None, batch_size=8)
+    lin = gn_table(model, cal, form="linearised")
+    quad = gn_table(model, cal)
+    measured = analyse(model, cal, parse_candidates(CANDIDATES), get_metric("loss_delta"))
+    for q in CANDIDATES:
+        got = lin.layers[0].candidate(q).raw_damage
+        assert got == pytest.approx(measured.layers[0].candidate(q).raw_damage, rel=1e-4)
+        assert got != pytest.approx(quad.layers[0].candidate(q).raw_damage, rel=1e-3)

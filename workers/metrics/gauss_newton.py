@@ -40,24 +40,38 @@ from torch import nn
 
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._common import Z95, calibrated_params, check_output_loss, check_positive_ints, grad_only_for
-from workers.metrics._loss import forward, model_device
+from workers.metrics._common import (
+    Z95,
+    calibrated_params,
+    check_loss,
+    check_output_loss,
+    check_positive_ints,
+    grad_only_for,
+)
+from workers.metrics._loss import forward, model_device, uses_label_free
 
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
 
-__all__ = ["GaussNewton", "output_quadratic", "reverse_jvp"]
+__all__ = ["FORMS", "GaussNewton", "output_quadratic", "reverse_jvp", "row_losses"]
+
+FORMS = ("quadratic", "linearised")
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class GaussNewton(Metric):
-    """Options: `output_loss` for label-free mode ("kl" or "mse"); `groups` of calibration samples
+    """Options: `loss` ("auto", "label_free" or "cross_entropy", as for the other metrics; the
+    Gauss-Newton matrix of cross-entropy is that of "kl"); `output_loss` for label-free mode ("kl"
+    or "mse"); `form` ("quadratic": ½ΔzᵀHΔz, or "linearised": the output loss at z₀ + JΔW, equal
+    to second order); `groups` of calibration samples
     the confidence interval is computed over; `candidate_batch` candidates whose tangents share one
     vectorised forward-mode pass (memory: that many copies of the activations after the layer)."""
 
+    loss: str = "auto"
     output_loss: str = "kl"
+    form: str = "quadratic"
     groups: int = 16
     candidate_batch: int = 8
 
@@ -66,7 +80,10 @@ class GaussNewton(Metric):
     needs_data: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        check_loss(self.loss)
         check_output_loss(self.output_loss)
+        if self.form not in FORMS:
+            raise ValueError(f"options.form: must be one of {', '.join(FORMS)}, got {self.form!r}")
         check_positive_ints(self, "groups", "candidate_batch")
         if self.groups < 2:
             raise ValueError("options.groups: at least 2 groups are needed for a confidence interval")
@@ -74,7 +91,8 @@ class GaussNewton(Metric):
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
         params = calibrated_params(self.name, ctx)
         calibration = ctx.calibration
-        kind = "kl" if calibration.targets is not None else self.output_loss
+        label_free = uses_label_free(ctx.model, calibration, self.loss)
+        kind = self.output_loss if label_free else "kl"  # cross-entropy's Hessian in the logits is KL's
         samples = calibration.samples
         per_sample = [torch.zeros(len(ctx.candidates), samples, dtype=torch.float64) for _ in params]
         rows = 0
@@ -96,7 +114,7 @@ class GaussNewton(Metric):
                     for lo in range(0, len(ctx.candidates), self.candidate_batch):
                         tangents = deltas[i][lo : lo + self.candidate_batch]
                         dz = products(i, x, tangents)
-                        q = output_quadratic(dz, reference, kind)  # (k, n, rows per sample) summed below
+                        q = row_losses(dz, reference, kind, self.form)  # (k, n, rows per sample) summed below
                         per_sample[i][lo : lo + len(tangents), start : start + n] = q.reshape(len(tangents), n, -1).sum(
                             dim=2, dtype=torch.float64
                         ).cpu()
@@ -123,7 +141,7 @@ class GaussNewton(Metric):
                     ci_halfwidth=half[worst] if worst is not None else 0.0,
                     samples=min(self.groups, samples),
                     converged=True,
-                    extra={"damage": damage, "ci": half},
+                    extra={"damage": damage, "ci": half, "worst": worst},
                 )
             )
         ctx.report(1.0, f"gauss_newton: {len(params)} layers × {len(ctx.candidates)} candidates, {samples} samples")
@@ -132,10 +150,18 @@ class GaussNewton(Metric):
     def damage(
         self, stat: LayerStatistic, candidate: Quantizer, weight: torch.Tensor, quantized: torch.Tensor
     ) -> float:
+        """The measured d(l, c). A statistic moved by k of its half-widths (how the analysis reads a
+        damage's confidence interval) moves d(l, c) by k of that candidate's own half-widths."""
         try:
-            return stat.extra["damage"][candidate.name]
+            value = stat.extra["damage"][candidate.name]
+            half = stat.extra["ci"][candidate.name]
         except KeyError:
             raise AnalysisError(f"gauss_newton: candidate {candidate.name!r} was not measured") from None
+        worst = stat.extra.get("worst")
+        base, spread = stat.extra["damage"].get(worst, stat.mean), stat.extra["ci"].get(worst, 0.0)
+        if stat.mean == base or not (spread > 0 and math.isfinite(spread) and math.isfinite(half)):
+            return value
+        return max(0.0, value + (stat.mean - base) / spread * half)
 
 
 def _perturbations(info, weight: nn.Parameter, candidates: Sequence[Quantizer]) -> torch.Tensor:
@@ -146,17 +172,29 @@ def _perturbations(info, weight: nn.Parameter, candidates: Sequence[Quantizer]) 
 
 
 def _damage_ci(values: torch.Tensor, per_row: float, groups: int) -> tuple[float, float]:
-    """½ · mean over rows of Δzᵀ H Δz, and the 95% half-width over `groups` consecutive groups of
-    samples (`values`: one summed quadratic form per sample)."""
+    """The mean over rows of the per-row damage, and the 95% half-width over `groups` consecutive
+    groups of samples (`values`: one sum over its rows per sample)."""
     n = values.numel()
-    value = 0.5 * float(values.sum()) / (n * per_row)
+    value = float(values.sum()) / (n * per_row)
     g = min(groups, n)
     if g < 2:
         return value, math.inf
-    parts = [0.5 * float(p.sum()) / (p.numel() * per_row) for p in torch.tensor_split(values, g)]
+    parts = [float(p.sum()) / (p.numel() * per_row) for p in torch.tensor_split(values, g)]
     mean = math.fsum(parts) / g
     var = math.fsum((p - mean) ** 2 for p in parts) / (g - 1)
     return value, Z95 * math.sqrt(var / g)
+
+
+def row_losses(dz: torch.Tensor, reference: torch.Tensor, kind: str, form: str) -> torch.Tensor:
+    """Per output row, the damage of the output change `dz` (k, *out) at the float outputs
+    `reference` (*out): ½ Δzᵀ H Δz ("quadratic"), or the output loss itself at z₀ + Δz
+    ("linearised": KL(p₀ ‖ softmax(z₀ + Δz)), or ½‖Δz‖² for "mse", where the two agree)."""
+    if form == "quadratic" or kind == "mse":
+        return 0.5 * output_quadratic(dz, reference, kind)
+    z0 = reference.to(torch.float32)
+    log_p = torch.log_softmax(z0, dim=-1)
+    log_q = torch.log_softmax(z0.to(dz.dtype) + dz, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0.0)
 
 
 def output_quadratic(dz: torch.Tensor, reference: torch.Tensor, kind: str) -> torch.Tensor:
