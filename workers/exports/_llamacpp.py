@@ -86,7 +86,7 @@ def gguf_name(name_map, module: str) -> str | None:
     return name_map.get_name(f"{module}.weight", try_suffixes=(".weight",))
 
 
-def _ggml_type(layer: ExportLayer, warnings: list[str]) -> str:
+def _ggml_type(layer: ExportLayer, notes: dict[tuple[str, ...], list[str]]) -> str:
     s = weight_settings(layer.candidate)
     if s is None:
         return "F16"
@@ -103,14 +103,25 @@ def _ggml_type(layer: ExportLayer, warnings: list[str]) -> str:
 
     stored = stored_type(s["ggml_type"], layer.weight_shape)
     if stored != s["ggml_type"]:
-        warnings.append(
-            f"llamacpp: layer {layer.name!r}: rows of {layer.weight_shape[-1]} weights are not a multiple of"
-            f" {s['group_size']}, so llama-quantize writes {stored}, not {s['ggml_type']} (bitplan measured {stored})"
-        )
+        notes.setdefault(("fallback", s["ggml_type"], stored, str(s["group_size"])), []).append(layer.name)
     if "activation_bits" in s:
-        warnings.append(f"llamacpp: layer {layer.name!r}: llama-quantize sets weight types only; activations are"
-                        " the engine's choice")
+        notes.setdefault(("activations",), []).append(layer.name)
     return stored
+
+
+def _said(notes: dict[tuple[str, ...], list[str]]) -> list[str]:
+    """One warning per kind of note, naming its first layers (a real model has hundreds)."""
+    out = []
+    for key, layers in notes.items():
+        named = ", ".join(repr(n) for n in layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+        if key[0] == "fallback":
+            _, asked, stored, block = key
+            out.append(f"llamacpp: {len(layers)} layer(s) ({named}) have rows that are not a multiple of {block}"
+                       f" weights: llama-quantize writes {stored} there, not {asked}, and bitplan measured {stored}")
+        else:
+            out.append(f"llamacpp: {len(layers)} layer(s) ({named}) name an activation width: llama-quantize sets"
+                       " weight types only; activations are the engine's choice")
+    return out
 
 
 def _rules(plan: ExportPlan) -> tuple[str, int, list[dict[str, str]], list[str]]:
@@ -118,8 +129,9 @@ def _rules(plan: ExportPlan) -> tuple[str, int, list[dict[str, str]], list[str]]
     name_map = _name_map(arch, blocks)
     rules: list[dict[str, str]] = []
     warnings: list[str] = []
+    notes: dict[tuple[str, ...], list[str]] = {}
     for layer in plan.layers:
-        ggml_type = _ggml_type(layer, warnings)
+        ggml_type = _ggml_type(layer, notes)
         for module in (layer.name, *layer.shared_with):
             tensor = gguf_name(name_map, module)
             if tensor is None:
@@ -138,8 +150,9 @@ def _rules(plan: ExportPlan) -> tuple[str, int, list[dict[str, str]], list[str]]
                 continue
             if any(rule["tensor"] == tensor for rule in rules):
                 continue  # two modules, one GGUF tensor
-            rules.append({"layer": module, "tensor": tensor, "pattern": _exact(tensor), "type": ggml_type})
-    return arch, blocks, rules, warnings
+            rules.append({"layer": module, "candidate": layer.candidate, "tensor": tensor, "pattern": _exact(tensor),
+                          "type": ggml_type})
+    return arch, blocks, rules, warnings + _said(notes)
 
 
 def _default_type(plan: ExportPlan, rules: list[dict[str, str]]) -> str:
