@@ -221,14 +221,26 @@ def _proven(
     lam_star = _multiplier(base, cost, budget.limit)
     if lam_star is None:
         return no
-    lams = np.concatenate([[0.0], lam_star * np.geomspace(1 / 16, 16, 33)]) if lam_star > 0 else np.array([0.0])
-    best = np.full(len(drawn), -np.inf)
-    chunk = max(1, int(4e6 // max(1, len(lams) * drawn.shape[1] * width)))
-    for start in range(0, len(drawn), chunk):
-        d = np.where(valid[None], drawn[start : start + chunk], np.inf)
-        lag = (d[:, None] + lams[None, :, None, None] * cost[None, None]).min(axis=3).sum(axis=2)
-        best[start : start + chunk] = (lag - lams[None, :] * budget.limit).max(axis=1)
-    return kept - best <= tolerance * np.maximum(best, 0.0)
+    d = np.where(valid[None], drawn, np.inf)
+
+    def bounds(rows: np.ndarray, lams: np.ndarray) -> np.ndarray:
+        out = np.full(len(rows), -np.inf)
+        chunk = max(1, int(4e6 // max(1, len(lams) * drawn.shape[1] * width)))
+        for start in range(0, len(rows), chunk):
+            part = d[rows[start : start + chunk]]
+            lag = (part[:, None] + lams[None, :, None, None] * cost[None, None]).min(axis=3).sum(axis=2)
+            out[start : start + chunk] = (lag - lams[None, :] * budget.limit).max(axis=1)
+        return out
+
+    # λ* first (it settles most redraws), then a wider grid of λ for the rest only.
+    everyone = np.arange(len(drawn))
+    best = bounds(everyone, np.array([lam_star]))
+    proven = kept - best <= tolerance * np.maximum(best, 0.0)
+    rest = np.flatnonzero(~proven)
+    if len(rest) and lam_star > 0:
+        wide = bounds(rest, np.concatenate([[0.0], lam_star * np.geomspace(1 / 16, 16, 33)]))
+        proven[rest] = kept[rest] - wide <= tolerance * np.maximum(wide, 0.0)
+    return proven
 
 
 def _multiplier(damage: np.ndarray, cost: np.ndarray, limit: float) -> float | None:
