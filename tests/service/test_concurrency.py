@@ -82,3 +82,20 @@ def test_the_database_pool_follows_the_api_threads(tmp_path):
         pool = get_engine(c.app.state.settings.resolved_database_url).pool
         assert (pool.size(), pool._max_overflow, pool._timeout) == (6, RESERVED_CONNECTIONS, 2)
         assert c.get("/healthz").status_code == 200
+
+
+def test_no_free_connection_is_a_quick_503_with_retry_after(tmp_path):
+    from service.db.session import RESERVED_CONNECTIONS, get_engine
+
+    settings = Settings(data_dir=tmp_path / "data", api_threads=2, db_pool_timeout_s=0.5, _env_file=None)
+    with live_server(settings, run_jobs=False) as base:
+        engine = get_engine(settings.resolved_database_url)  # the server's own pool (same process)
+        held = [engine.connect() for _ in range(2 + RESERVED_CONNECTIONS)]
+        try:
+            r = httpx.get(f"{base}/v1/analyses", timeout=HANG_S)
+            assert r.status_code == 503 and "retry-after" in r.headers
+            assert httpx.get(f"{base}/healthz", timeout=HANG_S).status_code == 200
+        finally:
+            for conn in held:
+                conn.close()
+        assert httpx.get(f"{base}/v1/analyses", timeout=HANG_S).status_code == 200
