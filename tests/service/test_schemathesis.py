@@ -11,7 +11,7 @@ import pytest
 from tests.utils.fuzzing import fuzz_app, seed_objects
 from tests.utils.service_factories import bearer, issue_token, make_client
 
-EXAMPLES, HEAVY_EXAMPLES = 100, 60
+EXAMPLES, HEAVY_EXAMPLES = 60, 40
 MIN_TOTAL = 1000
 
 
