@@ -26,6 +26,10 @@ Report = Callable[[float, str], None]
 #   latency_table {layer: {candidate: ms}} measured latencies (instead of `hardware`)
 #   grouping      "layer" | "block" | [name prefixes]: decision units
 #   ties          "auto" (tie fusable projections found in the traced pass) | "none"
+#   refine_bits   average bits: after the analysis, solve there and correct the plan for
+#                 interactions measured on the calibration data (workers.refine); the rounds,
+#                 predicted vs measured, land in the table's provenance["refinement"]
+#   refine_rounds rounds of that loop (one forward + backward each), default 3
 ANALYSIS_OPTIONS = {
     "batch_size": 256,
     "max_samples": None,
@@ -35,6 +39,8 @@ ANALYSIS_OPTIONS = {
     "latency_table": None,
     "grouping": "layer",
     "ties": "auto",
+    "refine_bits": None,
+    "refine_rounds": 3,
 }
 _REQUEST_FIELDS = ("model", "dataset_path", "candidates", "metric", "seed", "options")
 
@@ -100,6 +106,14 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
     dataset_path = request.get("dataset_path")
     if dataset_path is not None and (not isinstance(dataset_path, str) or not dataset_path):
         raise ValueError("dataset_path: must be a non-empty string or null")
+    refine_bits, refine_rounds = analysis_options["refine_bits"], analysis_options["refine_rounds"]
+    if refine_bits is not None:
+        if isinstance(refine_bits, bool) or not isinstance(refine_bits, int | float) or not 0 < refine_bits < 64:
+            raise ValueError(f"options.refine_bits: must be average bits per weight in (0, 64), got {refine_bits!r}")
+        if dataset_path is None:
+            raise ValueError("options.refine_bits: the refinement measures plans on calibration data: give a dataset")
+    if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or not 0 <= refine_rounds <= 20:
+        raise ValueError(f"options.refine_rounds: must be an integer in 0..20, got {refine_rounds!r}")
 
     from workers.metrics import get_metric
 
@@ -168,8 +182,29 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
         grouping=grouping,
         ties=ties,
     )
+    if refine_bits is not None:
+        started = time.perf_counter()
+        table.provenance["refinement"] = _refine(model, calibration, table, metric, refine_bits, refine_rounds, report)
+        timings["refine_s"] = time.perf_counter() - started
     timings["total_s"] = time.perf_counter() - total_started
     return {**table.to_dict(), "seed": seed, "timings": timings}
+
+
+def _refine(model, calibration, table, metric, bits: float, rounds: int, report: Report) -> dict[str, Any]:
+    """The refinement at `bits` as JSON; an unreachable budget is reported there, not raised (the
+    analysis itself succeeded)."""
+    from solver import InfeasibleBudget, average_bits_budget
+    from workers.refine import refine_plan
+
+    budget = average_bits_budget(table.to_problem(), float(bits))
+    try:
+        result = refine_plan(
+            model, calibration, table, [budget], rounds=rounds,
+            output_loss=getattr(metric, "output_loss", "kl"), report=lambda fraction, message: report(1.0, message),
+        )
+    except InfeasibleBudget as exc:
+        return {"average_bits": bits, "error": str(exc)}
+    return {"average_bits": bits, **result.to_dict()}
 
 
 def _max_positions(model) -> int | None:

@@ -90,3 +90,50 @@ def test_weights_are_left_unchanged_and_zero_rounds_only_measure_the_start(cnn):
     assert only.to_dict()["rounds"][0]["measured"] == only.measured
     with pytest.raises(ValueError, match="^options.refine_rounds: must be an integer ≥ 0"):
         refine_plan(model, cnn["calibration"], cnn["table"], [cnn["budget"]], rounds=-1)
+
+
+@pytest.fixture
+def mlp_files(tmp_path):
+    from tests.utils.workers_factories import MLP, save_dataset, save_model, trained_mlp
+
+    model, x, _ = trained_mlp()
+    return {
+        "model": {"format": "safetensors", "path": save_model(tmp_path / "m.safetensors", model),
+                  "architecture": "mlp", "hyperparams": MLP},
+        "data": save_dataset(tmp_path / "u.safetensors", x),
+    }
+
+
+def test_analysis_job_option_refines_a_plan_and_reports_its_rounds(mlp_files):
+    import json
+
+    from workers.jobs import run_analysis_job
+
+    request = {"model": mlp_files["model"], "dataset_path": mlp_files["data"], "metric": "gauss_newton",
+               "options": {"refine_bits": 6.0, "refine_rounds": 2}}  # scales make int2 4.7 b/w here
+    out = run_analysis_job(request)
+    assert json.loads(json.dumps(out)) == out
+    refinement = out["provenance"]["refinement"]
+    assert refinement["average_bits"] == 6.0 and 1 <= len(refinement["rounds"]) <= 3
+    assert refinement["measured"] == min(r["measured"] for r in refinement["rounds"])
+    assert all(r["predicted"] > 0 and r["measured"] > 0 for r in refinement["rounds"])
+    assert refinement["costs"]["bytes"] * 8 <= 6.0 * sum(layer["weights"] for layer in out["layers"])
+    assert "refine_s" in out["timings"]
+    low = run_analysis_job({**request, "options": {"refine_bits": 3.0}})
+    assert "budget cannot be met" in low["provenance"]["refinement"]["error"]
+
+
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        ({"refine_bits": -1}, "^options.refine_bits: must be average bits"),
+        ({"refine_bits": 3, "refine_rounds": 99}, "^options.refine_rounds: must be an integer in 0..20"),
+    ],
+)
+def test_analysis_job_refine_options_are_checked(mlp_files, options, pattern):
+    from workers.jobs import run_analysis_job
+
+    with pytest.raises(ValueError, match=pattern):
+        run_analysis_job({"model": mlp_files["model"], "dataset_path": mlp_files["data"], "options": options})
+    with pytest.raises(ValueError, match="^options.refine_bits: the refinement measures plans on calibration data"):
+        run_analysis_job({"model": mlp_files["model"], "metric": "mse", "options": {"refine_bits": 3}})
