@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from service.errors import (
     Conflict, Forbidden, InvalidInput, NotFound, StorageError, TooManyRequests, Unauthorized,
 )
+from service.redact import redact_paths
 from solver.errors import InfeasibleBudget, ProblemError
 
 
@@ -34,7 +35,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_: Request, exc: InvalidInput):
-        return JSONResponse(status_code=exc.status, content={"detail": str(exc), "field": exc.field, **exc.extra})
+        # Whatever check raised it, the text a user sees never holds a server path (service.redact).
+        return JSONResponse(status_code=exc.status,
+                            content={"detail": redact_paths(str(exc)), "field": exc.field, **exc.extra})
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound):
