@@ -37,6 +37,7 @@ from solver.backends.base import Backend, Outcome
 MAX_STATES = 300_000
 BEAMS = (64, 512, None)  # widths of the passes over the core; None: exact
 LP_ITERATIONS = 60
+NODE_LIMIT = 50_000  # per one-budget search inside (degenerate tables); past it only its bound is used
 
 
 @dataclass(frozen=True)
@@ -169,18 +170,21 @@ class TwoBudget:
             if self.valid[self.rows, start].all() and self.fits(start, a, b):
                 best, best_val = start.copy(), self.value(start)
 
-        oa = self.ka.solve(a, start=best, time_limit=left())
+        oa = self.ka.solve(a, start=best, time_limit=left(), node_limit=NODE_LIMIT)
         if oa.status == "infeasible":
             return Outcome(None, "infeasible", np.inf)
-        if oa.status == "optimal" and self.fits(oa.choice, a, b):
-            return Outcome(oa.choice, "optimal", self.value(oa.choice))
+        if oa.choice is not None and self.fits(oa.choice, a, b):
+            if oa.status == "optimal":
+                return Outcome(oa.choice, "optimal", self.value(oa.choice))
+            if self.value(oa.choice) < best_val:  # a search stopped at its node limit
+                best, best_val = oa.choice, self.value(oa.choice)
         if not fits(self.kb.minimum_cost(), b):
             return Outcome(None, "infeasible", np.inf)
         bound = max(oa.bound, self.kb.lagrangian_bound(b + FEAS_REL * max(1.0, abs(b))))
         # Budget b alone is worth an exact solve only when its LP plan meets a (measured latencies
         # off any lattice make that solve the dearer of the two).
         if _lp_cost_of(self.kb, b, self._ca0) <= a + FEAS_REL * max(1.0, abs(a)):
-            ob = self.kb.solve(b, start=best, time_limit=left())
+            ob = self.kb.solve(b, start=best, time_limit=left(), node_limit=NODE_LIMIT)
             if ob.status == "optimal" and self.fits(ob.choice, a, b):
                 return Outcome(ob.choice, "optimal", self.value(ob.choice))
             bound = max(bound, ob.bound)
@@ -261,7 +265,7 @@ class TwoBudget:
 
     def _lagrangian_plan(self, mu: float, a: float, b: float, time_limit) -> np.ndarray | None:
         obj = np.where(self.valid, self._obj0 + mu * self._cb0, np.inf)
-        out = Knapsack(self.ca, obj, self.valid).solve(a, time_limit=time_limit)
+        out = Knapsack(self.ca, obj, self.valid).solve(a, time_limit=time_limit, node_limit=NODE_LIMIT // 10)
         return out.choice if out.choice is not None and self.fits(out.choice, a, b) else None
 
     def _core_pass(self, a, b, rc, excess, lagr, target, beam, deadline):
