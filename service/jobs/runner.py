@@ -109,6 +109,10 @@ class JobRunner:
             if child.is_transient(exc):
                 return self._after_exit(kind, job_id, owner, TRANSIENT_EXIT, f"transient: {message}")
             return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": message})
+        missing = [Path(p).name for p in child.input_paths(payload) if not Path(p).exists()]
+        if missing:  # the sandbox could not even bind it: say so instead of retrying a child that cannot start
+            error = f"blob store: {', '.join(missing)} is missing (deleted from BITPLAN_DATA_DIR?)"
+            return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": error})
         sandbox = Sandbox(read_only=child.input_paths(payload)) if c.sandbox else None
         if sandbox is None and payload["request"]["model"]["format"] in CODE_FORMATS:
             error = ("model.format: a pt2 model is only ever loaded in the sandbox, which is switched off on this "

@@ -156,3 +156,20 @@ def test_bad_upload_messages_name_no_server_path(client):
     assert "has no *.safetensors weights" in detail
     assert "/tmp" not in detail and str(client.data_dir) not in detail and "staging" not in detail, detail
     assert_nothing_stored(client)
+
+
+def test_a_job_whose_blob_is_gone_fails_once_naming_no_path(client, digits):
+    from tests.utils.queue_factories import wait_done
+    from tests.utils.service_factories import upload_dataset, upload_model
+
+    model = upload_model(client, digits).json()
+    dataset = upload_dataset(client, digits.calibration_path).json()
+    blob = client.data_dir / "blobs" / dataset["sha256"][:2] / dataset["sha256"]
+    blob.unlink()
+    r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                          "options": {"min_probes": 8, "max_probes": 8}})
+    assert r.status_code == 202, r.text
+    final = wait_done(client, r.json()["id"], timeout=60)
+    assert final["status"] == "failed" and final["attempts"] == 1
+    assert f"{dataset['sha256']} is missing" in final["error"]
+    assert str(client.data_dir) not in final["error"] and "/tmp" not in final["error"]
