@@ -34,7 +34,7 @@ from solver.backends._ilp import FEAS_REL, fits
 from solver.backends._mckp import Knapsack, _Hull
 from solver.backends.base import Backend, Outcome
 
-MAX_STATES = 300_000
+MAX_STATES = 100_000
 BEAMS = (64, 512, None)  # widths of the passes over the core; None: exact
 LP_ITERATIONS = 60
 NODE_LIMIT = 50_000  # per one-budget search inside (degenerate tables); past it only its bound is used
