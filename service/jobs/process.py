@@ -62,6 +62,8 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     # Nothing persistent to write to, nothing to download: transformers and torch stay offline.
     env.update(HOME="/tmp", TMPDIR="/tmp", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
+    # The child imports this very copy of the project, installed or run from a checkout.
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env.update(extra or {})
     # One BLAS/OpenMP thread pool per job process; several jobs share the machine's cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1))))
