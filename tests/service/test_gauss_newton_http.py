@@ -1,0 +1,40 @@
+"""The gauss_newton metric and the refine_bits loop, chosen over HTTP like any other metric."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.service.test_plan_confidence import finished
+from tests.utils.service_factories import make_client, upload_dataset, upload_model
+
+
+@pytest.fixture
+def client(tmp_path):
+    with make_client(tmp_path) as c:
+        yield c
+
+
+def test_gauss_newton_analysis_with_refinement_over_http(client, digits):
+    model = upload_model(client, digits).json()
+    dataset = upload_dataset(client, digits.calibration_path).json()
+    r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"], "metric": "gauss_newton",
+                                          "options": {"refine_bits": 3.5, "refine_rounds": 2}})
+    assert r.status_code == 202, r.text
+    analysis = finished(client, r.json()["id"])
+    assert analysis["metric"] == "gauss_newton"
+    table = client.get(f"/v1/analyses/{analysis['id']}/table").json()
+    assert table["provenance"]["statistic"] == "max_quadratic_damage"
+    assert all(row["statistics"]["ci_halfwidth"] > 0 for row in table["layers"])
+    refinement = table["provenance"]["refinement"]
+    assert refinement["average_bits"] == 3.5
+    assert refinement["measured"] == min(r["measured"] for r in refinement["rounds"])
+    plan = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": {"average_bits": 4}})
+    assert plan.status_code == 201, plan.text
+    assert not plan.json()["confidence"]["exact"]  # the damages carry half-widths
+
+
+def test_unknown_metric_lists_gauss_newton(client, digits):
+    model = upload_model(client, digits).json()
+    r = client.post("/v1/analyses", json={"model_id": model["id"], "metric": "quadratic"})
+    assert r.status_code == 422
+    assert "metric" in r.text and "gauss_newton" in r.text
