@@ -209,7 +209,9 @@ def solve(
 
     Raises InfeasibleBudget (with each budgeted cost's minimum) when no plan meets them, and
     TimeLimitReached when the limit ends before any plan is found. `backend` is a registry name
-    or "auto" (the specialised knapsack for one budget, HiGHS otherwise, CBC as fallback).
+    or "auto" (the specialised knapsack for one budget, its two-budget extension for two, HiGHS
+    otherwise, CBC as fallback). An ILP's "optimal" is checked by bitplan's own methods first (see
+    `_checked`); `Plan.tolerance` states what "optimal" was proven to.
     """
     if isinstance(budgets, Budget):
         budgets = [budgets]
