@@ -429,6 +429,43 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
+# --------------------------------------------------------------------- gauss_newton cost (issue 11)
+def gauss_newton_cost(model: nn.Module, calibration: Calibration, candidates: list[str], *, title: str = "",
+                      options: dict | None = None, repeat: int = 3) -> dict[str, float]:
+    """Seconds of the gauss_newton metric's measure against one forward + backward of the calibration
+    loss over the same batches, printed side by side. Target (issue 11): ≤ 1 forward+backward per
+    candidate per batch, i.e. `per_layer_candidate` ≤ 1; `per_candidate` divides by candidates only
+    (the whole model's layers at once), the stricter reading. Self-contained: any model, any data."""
+    from workers.metrics import MetricContext
+
+    layers = find_layers(model)
+    quantizers = parse_candidates(candidates)
+    params = [w for _, w in layers]
+    with grad_only_for(model, params):
+        loss = CalibrationLoss(model, calibration)
+
+        def fwd_bwd() -> None:
+            for value in loss.batch_losses():
+                torch.autograd.grad(value, params, allow_unused=True)
+
+        fb = median_seconds(fwd_bwd, repeat=repeat)
+    metric = get_metric("gauss_newton", options or {})
+    ctx = MetricContext(model=model, layers=layers, calibration=calibration, candidates=quantizers, seed=0)
+    gn = median_seconds(lambda: metric.measure(ctx), repeat=max(1, repeat // 2))
+    n_layers, n_cands = len(layers), len(quantizers)
+    out = {
+        "measure_s": gn,
+        "fwd_bwd_s": fb,
+        "per_layer_candidate": gn / (fb * n_layers * n_cands),
+        "per_candidate": gn / (fb * n_cands),
+    }
+    print(f"{title or type(model).__name__}: gauss_newton measure {gn:.3f} s, fwd+bwd {fb:.4f} s over"
+          f" {len(calibration)} batch(es); {n_layers} layers × {n_cands} candidates →"
+          f" {out['per_layer_candidate']:.2f} fwd+bwd per layer × candidate per batch (target ≤ 1),"
+          f" {out['per_candidate']:.2f} per candidate (whole model)", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
