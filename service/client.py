@@ -135,10 +135,16 @@ class BitplanClient:
     def table(self, analysis_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/analyses/{analysis_id}/table"))
 
-    def plan(self, analysis_id: str, *, average_bits: float | None = None, bytes: float | None = None,
-             backend: str = "auto") -> dict[str, Any]:
-        budget = {k: v for k, v in {"average_bits": average_bits, "bytes": bytes}.items() if v is not None}
-        return self._post(f"/v1/analyses/{analysis_id}/plans", json_body={"budget": budget, "backend": backend})
+    def plan(self, analysis_id: str, *, avg_bits: float | None = None, bytes: float | None = None,
+             budget: dict[str, float] | None = None, backend: str = "auto",
+             average_bits: float | None = None) -> dict[str, Any]:
+        """Solve for a budget: `avg_bits` / `bytes`, and/or any `budget` mapping of cost words to limits
+        (e.g. {"latency_ms": 3}); `average_bits` is the alias of `avg_bits`."""
+        limits = dict(budget or {})
+        for word, value in (("avg_bits", avg_bits if avg_bits is not None else average_bits), ("bytes", bytes)):
+            if value is not None:
+                limits[word] = value
+        return self._post(f"/v1/analyses/{analysis_id}/plans", json_body={"budget": limits, "backend": backend})
 
     def get_plan(self, plan_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/plans/{plan_id}"))

@@ -12,6 +12,7 @@ share is under 95%. Confidences are cached per plan: plans never change.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -19,7 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import InvalidInput
-from solver import Budget, Plan, Problem, average_bits_budget, problem_from_dict, solve
+from solver import (
+    Budget, BudgetError, InfeasibleBudget, Plan, Problem, budgets_from_mapping, explain_infeasible, problem_from_dict,
+    solve,
+)
+from solver._budget import asked_budgets
 from solver.backends import available_backends, get_backend
 from solver.confidence import confidence
 from solver.errors import BackendUnavailable, SolverError
@@ -59,19 +64,27 @@ def problem_for(analysis_id: str, problem_dict: Callable[[], dict[str, Any]]) ->
     return problem
 
 
-def budgets_from(problem: Problem, budget: dict[str, Any]) -> list[Budget]:
-    """API budget fields → solver budgets. `average_bits` becomes bytes (scale overhead included)."""
-    budgets = []
-    for key, value in budget.items():
-        if value is None:
-            continue
-        if key == "average_bits":
-            budgets.append(average_bits_budget(problem, float(value)))
-        else:
-            if key not in problem.cost_names:
-                raise InvalidInput(f"budget.{key}", f"this analysis has no cost {key!r}; it has {list(problem.cost_names)}")
-            budgets.append(Budget(key, float(value)))
-    return budgets
+class AskedBudgets(list):
+    """Solver budgets that remember the words they were asked in, so an infeasible one is answered
+    in those words (an avg_bits budget in bits per weight, and bytes)."""
+
+    def __init__(self, budgets: list[Budget], asked: Mapping[str, float]):
+        super().__init__(budgets)
+        self.asked = dict(asked)
+
+
+def budgets_from(problem: Problem, budget: dict[str, Any]) -> AskedBudgets:
+    """API budget fields → solver budgets, by the solver's one budget parser (solver._budget):
+    `avg_bits` (alias `average_bits`) becomes bytes; an unknown word → 422 listing the valid ones."""
+    try:
+        return AskedBudgets(budgets_from_mapping(budget, problem), asked_budgets(budget))
+    except BudgetError as exc:
+        raise InvalidInput(f"budget.{exc.word}" if exc.word else "budget", str(exc)) from exc
+
+
+def finite(x: float | None) -> float | None:
+    """A solver number for JSON: None when absent or not finite (an unbounded bound)."""
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def check_backend(name: str, n_budgets: int = 1) -> None:
@@ -89,6 +102,11 @@ def make_plan(problem: Problem, budgets: list[Budget], *, backend: str, time_lim
     check_backend(backend, max(1, len(budgets)))
     try:
         return solve(problem, budgets, backend=backend, time_limit=time_limit)
+    except InfeasibleBudget as exc:
+        asked = getattr(budgets, "asked", None)
+        if asked:
+            raise explain_infeasible(exc, problem, asked) from exc
+        raise
     except BackendUnavailable as exc:  # auto's hand-over to an ILP that is not installed
         raise InvalidInput("backend", str(exc)) from exc
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from service.frontiers import compute_frontier
-from solver import InfeasibleBudget, SolverError, parse_budget, problem_from_dict, solve
+from solver import InfeasibleBudget, SolverError, explain_infeasible, parse_budget, problem_from_dict, solve
+from solver._budget import parse_budget_text
 
 
 def _load(path: str) -> dict:
@@ -29,10 +30,13 @@ def run_solve(path: str, *, budgets: list[str], frontier_points: int | None, cos
     out: dict = {}
     try:
         if parsed:
-            plan = solve(problem, parsed, backend=backend)
+            try:
+                plan = solve(problem, parsed, backend=backend)
+            except InfeasibleBudget as exc:
+                raise explain_infeasible(exc, problem, dict(parse_budget_text(t) for t in budgets)) from exc
             out["plan"] = {"assignment": plan.assignment, "damage": plan.damage, "costs": plan.costs,
-                           "status": plan.status, "gap": plan.gap, "backend": plan.backend,
-                           "solve_seconds": plan.solve_seconds}
+                           "status": plan.status, "gap": plan.gap, "tolerance": plan.tolerance,
+                           "backend": plan.backend, "solve_seconds": plan.solve_seconds}
         if frontier_points is not None:
             out["frontier"] = compute_frontier(problem, cost=cost, points=frontier_points, backend=backend)
     except InfeasibleBudget as exc:
@@ -51,7 +55,8 @@ def run_solve(path: str, *, budgets: list[str], frontier_points: int | None, cos
         for unit in problem.units:
             print(f"{unit.name:<40} {p['assignment'][unit.name]}")
         costs = ", ".join(f"{k} {v:.6g}" for k, v in p["costs"].items())
-        print(f"damage {p['damage']:.6g}; {costs}; {p['backend']} {p['status']} (gap {p['gap']:.2g}) "
+        proof = f"tolerance {p['tolerance']:.2g}" if p["tolerance"] is not None else f"gap {p['gap']:.2g}"
+        print(f"damage {p['damage']:.6g}; {costs}; {p['backend']} {p['status']} ({proof}) "
               f"in {p['solve_seconds'] * 1000:.1f} ms")
     if "frontier" in out:
         f = out["frontier"]

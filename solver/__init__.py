@@ -7,7 +7,7 @@ from solver._solve import TimeLimitReached, solve
 from solver.backends import available_backends, backend_names, get_backend, register
 from solver.backends.base import Backend
 from solver._baselines import greedy_plan, uniform_plans
-from solver._budget import parse_budget
+from solver._budget import AVG_BITS, BudgetError, budgets_from_mapping, explain_infeasible, parse_budget
 from solver._frontier import Frontier, Frontier2D, frontier, frontier_2d, lower_convex_hull
 from solver.search import ScoredPlan, search
 from solver.errors import BackendUnavailable, InfeasibleBudget, ProblemError, SolverError
@@ -43,6 +43,10 @@ __all__ = [
     "frontier",
     "greedy_plan",
     "parse_budget",
+    "AVG_BITS",
+    "BudgetError",
+    "budgets_from_mapping",
+    "explain_infeasible",
     "uniform_plans",
     "frontier_2d",
     "lower_convex_hull",

@@ -137,23 +137,33 @@ class TableOut(BaseModel):
 
 
 class BudgetIn(BaseModel):
-    """Upper limits: `bytes` or `average_bits` (bits per weight, scale overhead included), plus any
-    other cost the analysis has (e.g. `bops`, `latency_ms`) as `name: limit`."""
+    """Upper limits: `bytes` or `avg_bits` (bits per weight, scale overhead included; `average_bits`
+    is accepted as an alias), plus any other cost the analysis has (e.g. `bops`, `latency_ms`) as
+    `name: limit`. The words are the solver's (solver._budget), the same in the CLI and batch files."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": "number"}})
 
     bytes: float | None = Field(None, gt=0)
-    average_bits: float | None = Field(None, gt=0, le=64)
+    avg_bits: float | None = Field(None, gt=0, le=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "average_bits" in data:
+            if "avg_bits" in data:
+                raise ValueError("give avg_bits or its alias average_bits, not both")
+            data = {("avg_bits" if k == "average_bits" else k): v for k, v in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "BudgetIn":
         for name, value in (self.model_extra or {}).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name}: a budget limit must be a number > 0")
-        if self.bytes is not None and self.average_bits is not None:
-            raise ValueError("give bytes or average_bits, not both")
-        if self.bytes is None and self.average_bits is None and not self.model_extra:
-            raise ValueError("give at least one limit, e.g. average_bits or bytes")
+        if self.bytes is not None and self.avg_bits is not None:
+            raise ValueError("give bytes or avg_bits, not both (both limit the total bytes)")
+        if self.bytes is None and self.avg_bits is None and not self.model_extra:
+            raise ValueError("give at least one limit, e.g. avg_bits or bytes")
         return self
 
 
@@ -206,7 +216,12 @@ class PlanOut(BaseModel):
     average_bits: float
     predicted_damage: float
     costs: dict[str, float]
-    solver: dict[str, Any]
+    solver: dict[str, Any] = Field(description=(
+        "status: optimal (proven within `tolerance`, the proof's relative tolerance: no plan meeting the budget"
+        " has less damage than damage − tolerance·|damage|), feasible (meets the budget; an ILP back-end called"
+        " it optimal but bitplan could not confirm it within its tolerance: see `bound` and `gap`) or time_limit"
+        " (the best plan found; `bound` a proven lower bound, `gap` relative); gap, tolerance, bound (null when"
+        " not known), backend, solve_seconds."))
     layers: list[LayerChoice]
     created_at: datetime
     links: dict[str, str]
@@ -303,3 +318,30 @@ class EvaluationOut(BaseModel):
     links: dict[str, str]
 
     model_config = ConfigDict(populate_by_name=True)
+
+
+class ExportJobIn(BaseModel):
+    """An export built by a job: the formats that open the model (`safetensors`, the fake-quantized
+    checkpoint). Config formats answer at once from GET /v1/plans/{id}/export."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field(..., min_length=1, max_length=30)
+
+
+class ExportOut(BaseModel):
+    id: str
+    plan_id: str
+    format: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    size_bytes: int | None = Field(None, description="The file's size once the job succeeded.")
+    sha256: str | None = Field(None, description="The file's sha256 once the job succeeded.")
+    filename: str | None
+    warnings: list[str] = Field(default_factory=list, description="What the format could not express exactly.")
+    links: dict[str, str]

@@ -140,6 +140,10 @@ class PlanRecord(Owned, Base):
     costs: Mapped[dict[str, Any]]
     solver_status: Mapped[str] = mapped_column(String(20))
     gap: Mapped[float] = mapped_column(Float)
+    # The proof's relative tolerance (status optimal) and the lower bound (time_limit, feasible);
+    # NULL for plans stored before migration 0008 or when the solver gives none.
+    tolerance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bound: Mapped[float | None] = mapped_column(Float, nullable=True)
     backend: Mapped[str] = mapped_column(String(20))
     solve_seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -181,6 +185,23 @@ class EvaluationRecord(Owned, JobColumns, Base):
     request: Mapped[dict[str, Any]]
     result: Mapped[dict[str, Any] | None]
     rank_agreement: Mapped[dict[str, Any] | None]
+
+
+class ExportRecord(Owned, JobColumns, Base):
+    """A plan written in a format that needs the model (the fake-quantized checkpoint), built by a job
+    like an analysis. The file lives in the blob store (service.exports.export_path) once the job
+    succeeded; `sha256` and `size_bytes` are set only then, so a row never points at half a file."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"), index=True)
+    format: Mapped[str] = mapped_column(String(30))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    filename: Mapped[str | None] = mapped_column(String(200))
+    media_type: Mapped[str | None] = mapped_column(String(100))
+    warnings: Mapped[list[Any] | None]
 
 
 class ApiTokenRecord(Base):

@@ -163,7 +163,8 @@ def test_analysis_and_plan_requests_are_checked(client, digits):
         assert r.json()["field"] == field, (body, r.json())
         assert field in r.json()["detail"]
     analysis = client.post("/v1/analyses", json=base).json()
-    for budget, field in [({}, "budget"), ({"average_bits": -2}, "budget.average_bits"),
-                          ({"average_bits": 4, "bytes": 10}, "budget")]:
+    # average_bits is the alias of avg_bits: its errors name the budget word, avg_bits.
+    for budget, field in [({}, "budget"), ({"average_bits": -2}, "budget.avg_bits"), ({"avg_bits": -2}, "budget.avg_bits"),
+                          ({"average_bits": 4, "bytes": 10}, "budget"), ({"avg_bits": 4, "average_bits": 4}, "budget")]:
         r = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": budget})
         assert r.status_code == 422 and r.json()["field"] == field, r.json()

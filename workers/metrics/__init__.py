@@ -1,8 +1,9 @@
 """Sensitivity metrics: one module per metric, one registry (`get_metric`).
 
 hutchinson (Tr H per layer), eigen (top eigenvalue of H per layer), fisher (diagonal Fisher),
-gauss_newton (exact ½ ΔWᵀGΔW per layer × candidate), mse (data-free weight error), loss_delta (measured loss change). Importing this package loads no
-torch: only `get_metric` imports the chosen metric's module.
+gauss_newton (exact ½ ΔWᵀGΔW per layer × candidate), mse (data-free weight error), loss_delta
+(measured loss change). Importing this package loads no torch: only `get_metric` imports the
+chosen metric's module.
 """
 
 from workers.metrics._base import LayerStatistic, Metric, MetricContext

@@ -120,6 +120,7 @@ def create_plan(
         analysis_id=rec.id, budget=budget, assignment=dict(plan.assignment), total_bytes=plan.costs.get("bytes", 0.0),
         average_bits=plan.average_bits(problem), predicted_damage=plan.damage, costs=dict(plan.costs),
         solver_status=plan.status, gap=plan.gap, backend=plan.backend, solve_seconds=plan.solve_seconds,
+        tolerance=planning.finite(plan.tolerance), bound=planning.finite(plan.bound),
         owned_by=caller.owner,
     )
     store.save(session, prec)

@@ -24,8 +24,8 @@ def plan_out(rec: PlanRecord, problem: Problem) -> PlanOut:
     return PlanOut(
         id=rec.id, analysis_id=rec.analysis_id, budget=rec.budget, total_bytes=rec.total_bytes,
         average_bits=rec.average_bits, predicted_damage=rec.predicted_damage, costs=rec.costs,
-        solver={"status": rec.solver_status, "gap": rec.gap, "backend": rec.backend,
-                "solve_seconds": rec.solve_seconds},
+        solver={"status": rec.solver_status, "gap": rec.gap, "tolerance": rec.tolerance, "bound": rec.bound,
+                "backend": rec.backend, "solve_seconds": rec.solve_seconds},
         layers=layers, created_at=rec.created_at,
         links={"self": f"/v1/plans/{rec.id}", "analysis": f"/v1/analyses/{rec.analysis_id}"},
         **planning.plan_report(rec.id, problem, rec.budget, rec.assignment),

@@ -37,7 +37,8 @@ def solve_problem(body: SolveIn) -> dict[str, Any]:
             "damage": plan.damage,
             "costs": dict(plan.costs),
             "average_bits": plan.average_bits(problem) if problem.total_weights and "bytes" in plan.costs else None,
-            "solver": {"status": plan.status, "gap": plan.gap, "bound": plan.bound, "backend": plan.backend,
+            "solver": {"status": plan.status, "gap": plan.gap, "tolerance": planning.finite(plan.tolerance),
+                       "bound": planning.finite(plan.bound), "backend": plan.backend,
                        "solve_seconds": plan.solve_seconds},
         }
     if body.frontier is not None:
