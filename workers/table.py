@@ -241,13 +241,13 @@ def table_warnings(table: SensitivityTable) -> list[dict[str, Any]]:
             out.append(_warning("not_converged", row.name, {**values, "reason": reason},
                 f"{row.name}: its estimate had not met the stopping rule when probing ended ({reason})."))
     if stopping.get("reason") in ("max_probes", "max_seconds"):
-        values = {k: stopping.get(k) for k in ("reason", "probes", "seconds", "confidence", "rule")}
+        values = {k: stopping.get(k) for k in ("reason", "probes", "confidence", "rule")}
         target = "a decided plan" if stopping.get("rule") == "decision" else "every layer's CI target"
         conf = stopping.get("confidence")
         detail = f"; plan confidence {conf:.0%}" if isinstance(conf, int | float) else ""
         out.append(_warning("stopped_early", None, values,
-            f"the analysis stopped at {stopping['reason']} ({stopping.get('probes')} probes,"
-            f" {stopping.get('seconds') or 0:.0f} s) before {target}{detail}; it succeeded with what it had."))
+            f"the analysis stopped at {stopping['reason']} ({stopping.get('probes')} probes) before {target}{detail};"
+            " it succeeded with what it had."))
     return out
 
 

@@ -16,10 +16,11 @@ when at least `decision_confidence` of the redraws agree at every budget (same p
 that flipped a disagreeing redraw keep being probed (with `shrink`). A near-zero or dead layer
 cannot flip a plan by more than its own negligible damage, so it never blocks. "ci" is the older
 rule: every layer's relative 95% half-width 1.96·s/√k / |mean| at most `tolerance`. Both start
-after `min_probes` and end at `max_probes` or after `max_seconds` of probing; `stopping` (set by
-`measure`) says which ended it, and the layers still undecided are `converged: false`.
-Checks cost solver time, so they run only once the probing since the last check took at least
-twice as long as that check (at most a third of the time goes to deciding).
+after `min_probes` and end at `max_probes` (default 256 for "decision", 1024 for "ci") or after
+`max_seconds` of probing; `stopping` (set by `measure`) says which ended it, and the layers still
+undecided are `converged: false`.
+Checks run at geometrically spaced probe counts (each about 1.25× the last, rounded to whole
+probe batches), never on a clock, so the same seed stops at the same probe.
 
 Variance reduction (`shrink`): v_lᵀ(Hv)_l = v_lᵀH_ll v_l + Σ_{m≠l} v_lᵀH_lm v_m; the cross terms add
 variance but nothing to the mean. Once a layer has converged it is dropped from the probe vector,
@@ -69,6 +70,9 @@ if TYPE_CHECKING:
     from workers.quantizers import Quantizer
 
 STOPS = ("decision", "ci")
+# A decision that 256 probes have not settled sits on a near-tie between plans whose damages differ by
+# about the tolerance: more probes buy little, and the plan says how sure it is. The CI rule needs more.
+DEFAULT_MAX_PROBES = {"decision": 256, "ci": 1024}
 
 
 def _number(value: object) -> bool:
@@ -92,7 +96,7 @@ class Hutchinson(Metric):
     decision_confidence: float = 0.95
     decision_tolerance: float = DEFAULT_TOLERANCE
     min_probes: int = 16
-    max_probes: int = 1024
+    max_probes: int | None = None  # 256 for stop="decision", 1024 for "ci" (module docstring)
     max_seconds: float = 300.0
     probe_batch: int = 16
     shrink: bool = True
@@ -105,10 +109,10 @@ class Hutchinson(Metric):
 
     def __post_init__(self) -> None:
         check_tolerance(self.tolerance)
-        check_positive_ints(self, "min_probes", "max_probes", "probe_batch")
+        check_positive_ints(self, "min_probes", "probe_batch", *(() if self.max_probes is None else ("max_probes",)))
         if self.min_probes < 2:
             raise ValueError("options.min_probes: at least 2 probes are needed for a confidence interval")
-        if self.max_probes < self.min_probes:
+        if self.max_probes is not None and self.max_probes < self.min_probes:
             raise ValueError(
                 f"options.max_probes: must be ≥ min_probes ({self.min_probes}), got {self.max_probes}"
             )
@@ -162,6 +166,8 @@ class Hutchinson(Metric):
         self, loss: CalibrationLoss, params: list[nn.Parameter], ctx: MetricContext, decision: Decision | None
     ) -> tuple[list[list[float]], set[int]]:
         """Per-layer samples, and the layers the rule had not settled when probing ended."""
+        cap = self.max_probes or DEFAULT_MAX_PROBES["ci" if decision is None else "decision"]
+        cap = max(cap, self.min_probes)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         samples: list[list[float]] = [[] for _ in params]
         hvp = BatchedHvp(loss, params, self.name)
@@ -170,15 +176,13 @@ class Hutchinson(Metric):
         columns = 0
         shown = 0.0  # progress never moves backwards, even when the worst CI widens again
         self.stopping["rule"] = "ci" if decision is None else "decision"
-        probing = 0.0  # probe seconds since the last decision check
-        check_cost = 0.0
+        next_check = self.min_probes
         last = None
         while True:
             k = min(len(samples[i]) for i in live)
-            count = min(self.probe_batch, self.max_probes - k)
+            count = min(self.probe_batch, cap - k)
             # Every layer draws its probe, live or not, so a layer's probes do not depend on when
             # the others converged: the same seed gives the same vectors whatever `shrink` is.
-            t0 = time.perf_counter()
             probes = [rademacher((count, *p.shape), p, gen) for p in params]
             probed = set(live)
             products = hvp([v if i in probed else None for i, v in enumerate(probes)], live)
@@ -186,10 +190,9 @@ class Hutchinson(Metric):
                 per_probe = (probes[i].to(torch.float64) * hv.to(torch.float64)).flatten(1).sum(dim=1)
                 samples[i].extend(per_probe.tolist())
             columns += count
-            probing += time.perf_counter() - t0
             elapsed = time.perf_counter() - started
             worst_all = max(relative(*mean_ci(row)) for row in samples)
-            capped = [i for i in live if len(samples[i]) >= self.max_probes]
+            capped = [i for i in live if len(samples[i]) >= cap]
             warm = all(len(samples[i]) >= self.min_probes for i in live)
             if decision is None:
                 unfinished = [
@@ -199,12 +202,12 @@ class Hutchinson(Metric):
                     return self._done(ctx, samples, "ci", set(), started, worst_all)
                 remaining = [i for i in unfinished if i not in capped]
             else:
-                if warm and probing >= 2 * check_cost:
-                    t0 = time.perf_counter()
+                k_live = min(len(samples[i]) for i in live)
+                if warm and k_live >= next_check:
                     means, halves = zip(*(mean_ci(row) for row in samples))
                     last = decision.check(means, halves)
-                    check_cost = time.perf_counter() - t0
-                    probing = 0.0
+                    step = self.probe_batch
+                    next_check = max(k_live + step, -(-int(k_live * 1.25) // step) * step)
                     self.stopping["confidence"] = last.confidence
                     self.stopping["confidence_per_budget"] = dict(zip(map(str, decision.bits), last.per_budget))
                     if last.decided:
@@ -222,13 +225,13 @@ class Hutchinson(Metric):
                 needed = max(
                     len(samples[i]) * (relative(*mean_ci(samples[i])) / self.tolerance) ** 2 for i in remaining
                 )
-                needed = needed if math.isfinite(needed) else self.max_probes
-                target = min(self.max_probes, max(self.min_probes, math.ceil(needed), k + 1))
+                needed = needed if math.isfinite(needed) else cap
+                target = min(cap, max(self.min_probes, math.ceil(needed), k + 1))
                 eta = f", ETA {elapsed / columns * (target - k):.0f} s"
                 shown = max(shown, k / target)
                 rule = f"worst relative CI {pct(worst_all)} (target {self.tolerance:.0%})"
             else:
-                shown = max(shown, min(k / self.max_probes, elapsed / self.max_seconds))
+                shown = max(shown, min(k / cap, elapsed / self.max_seconds))
                 conf = "not checked yet" if last is None else f"plan confidence {last.confidence:.0%}"
                 rule = f"{conf} (target {self.decision_confidence:.0%})"
                 eta = f", at most {max(self.max_seconds - elapsed, 0):.0f} s left"
@@ -239,7 +242,6 @@ class Hutchinson(Metric):
 
     def _done(self, ctx, samples, reason, unsettled, started, worst):
         k = max(len(row) for row in samples)
-        seconds = time.perf_counter() - started
-        self.stopping.update(reason=reason, probes=k, seconds=seconds)
+        self.stopping.update(reason=reason, probes=k)
         ctx.report(1.0, f"hutchinson: {k} probes, stopped: {reason}, worst relative CI {pct(worst)}")
         return samples, unsettled
