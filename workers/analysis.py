@@ -318,6 +318,8 @@ def _plan_memory(model, layers, calibration, metric, device, static_batch, memor
     report(0.0, "measuring the memory of one pass at small batch sizes")
     loss_option = {"loss": metric.loss} if isinstance(getattr(metric, "loss", None), str) else {}
     fixed = min(int(getattr(metric, "layer_chunk", 1)), len(layers)) if knob is None else None
+    if knob and isinstance(getattr(metric, "max_probes", None), int):  # never more probes at once than run
+        setattr(metric, knob, max(1, min(getattr(metric, knob), metric.max_probes)))
     free, _ = free_memory(device)
     try:
         cost = measure_pass_cost(
@@ -344,6 +346,10 @@ def _plan_memory(model, layers, calibration, metric, device, static_batch, memor
     calibration.batch_size = plan.batch_size
     if knob and plan.probe_batch:
         setattr(metric, knob, plan.probe_batch)
+    gib = 2**30
+    report(0.0, f"memory: batch size {plan.batch_size}" + (f", {knob} {plan.probe_batch}" if knob else "")
+           + f" planned (≈ {plan.estimated_bytes / gib:.2f} GiB of "
+           + ("unknown" if free is None else f"{free / gib:.2f} GiB free") + ")")
     memory.update(pass_kind=pass_type, free_bytes=free, free_bounds=bounds, safety=SAFETY, cost=cost.to_dict(),
                   plan=plan.to_dict())
     return cost
