@@ -210,7 +210,9 @@ def _exceeded(problem: Problem, assignment: Mapping[str, str], shares: Mapping[s
     return tuple(rows)
 
 
-def _model_damage(problem: Problem, best: _Best, penalty: Mapping[str, Mapping[str, float]], unit: str, cand: str) -> float:
+def _model_damage(
+    problem: Problem, best: _Best, penalty: Mapping[str, Mapping[str, float]], unit: str, cand: str
+) -> float:
     """The corrected damage of one option: the table's, its interaction with the best plan's other
     units, and what measured plans taught about it."""
     return (
@@ -227,11 +229,18 @@ def _predicted(problem: Problem, best: _Best, penalty, assignment: Mapping[str, 
     for unit, cand in assignment.items():
         was = best.plan.assignment[unit]
         if cand != was:
-            change += _model_damage(problem, best, penalty, unit, cand) - _model_damage(problem, best, penalty, unit, was)
+            change += _model_damage(problem, best, penalty, unit, cand)
+            change -= _model_damage(problem, best, penalty, unit, was)
     return best.measured + change
 
 
-def _learn(penalty: dict[str, dict[str, float]], best: _Best, assignment: Mapping[str, str], measured: float, problem: Problem) -> None:
+def _learn(
+    penalty: dict[str, dict[str, float]],
+    best: _Best,
+    assignment: Mapping[str, str],
+    measured: float,
+    problem: Problem,
+) -> None:
     """A measured plan that came out worse than the corrected model predicted: add the miss to the
     options it changed from the best plan, in proportion to how much each was predicted to change,
     so that the model now predicts it exactly (the best plan's prediction is untouched)."""
@@ -240,7 +249,10 @@ def _learn(penalty: dict[str, dict[str, float]], best: _Best, assignment: Mappin
     if miss <= 0 or not changed:
         return
     sizes = [
-        abs(_model_damage(problem, best, penalty, u, assignment[u]) - _model_damage(problem, best, penalty, u, best.plan.assignment[u]))
+        abs(
+            _model_damage(problem, best, penalty, u, assignment[u])
+            - _model_damage(problem, best, penalty, u, best.plan.assignment[u])
+        )
         for u in changed
     ]
     total = math.fsum(sizes)
@@ -337,7 +349,9 @@ class _Measurer:
         self.output_loss = output_loss
         device = model_device(model)
         with torch.no_grad(), grad_only_for(model, []):
-            self.references = [forward(model, x.to(device)).detach().to(torch.float32) for x, _ in calibration.batches()]
+            self.references = [
+                forward(model, x.to(device)).detach().to(torch.float32) for x, _ in calibration.batches()
+            ]
         self.rows = sum(r[..., 0].numel() for r in self.references)
 
     def __call__(
@@ -373,4 +387,5 @@ class _Measurer:
         z0 = ref.reshape(-1, ref.shape[-1])
         if self.output_loss == "mse":
             return 0.5 * (z - z0).pow(2).sum()
-        return F.kl_div(torch.log_softmax(z, dim=-1), torch.log_softmax(z0, dim=-1), reduction="sum", log_target=True)
+        log_q, log_p = torch.log_softmax(z, dim=-1), torch.log_softmax(z0, dim=-1)
+        return F.kl_div(log_q, log_p, reduction="sum", log_target=True)

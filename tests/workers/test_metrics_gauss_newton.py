@@ -88,7 +88,7 @@ def gn_table(model, calibration, candidates=CANDIDATES, **options):
 
 
 def check_against_brute_force(model, calibration, kind, fn=None, names=None):
-    t = gn_table(model, calibration, output_loss=kind)
+    t = gn_table(model, calibration, output_loss=kind, form="quadratic")
     layers = find_layers(model)
     assert layers, "no layers"
     param_names = {id(p): n for n, p in model.named_parameters()}

@@ -115,9 +115,8 @@ class GaussNewton(Metric):
                         tangents = deltas[i][lo : lo + self.candidate_batch]
                         dz = products(i, x, tangents)
                         q = row_losses(dz, reference, kind, self.form)  # (k, n, rows per sample) summed below
-                        per_sample[i][lo : lo + len(tangents), start : start + n] = q.reshape(len(tangents), n, -1).sum(
-                            dim=2, dtype=torch.float64
-                        ).cpu()
+                        summed = q.reshape(len(tangents), n, -1).sum(dim=2, dtype=torch.float64)
+                        per_sample[i][lo : lo + len(tangents), start : start + n] = summed.cpu()
                     done += 1
                     eta = (time.perf_counter() - started) / done * (total - done)
                     ctx.report(
@@ -144,7 +143,9 @@ class GaussNewton(Metric):
                     extra={"damage": damage, "ci": half, "worst": worst},
                 )
             )
-        ctx.report(1.0, f"gauss_newton: {len(params)} layers × {len(ctx.candidates)} candidates, {samples} samples")
+        ctx.report(
+            1.0, f"gauss_newton: {len(params)} layers × {len(ctx.candidates)} candidates, {samples} samples"
+        )
         return stats
 
     def damage(
@@ -226,7 +227,8 @@ def reverse_jvp(f: Fn, w: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
         (g,) = torch.autograd.grad(out, w, grad_outputs=u, create_graph=True)
         result = []
         for j in range(tangents.shape[0]):
-            (jt,) = torch.autograd.grad(g, u, grad_outputs=tangents[j], retain_graph=j < tangents.shape[0] - 1)
+            last = j == tangents.shape[0] - 1
+            (jt,) = torch.autograd.grad(g, u, grad_outputs=tangents[j], retain_graph=not last)
             result.append(jt.detach())
     return torch.stack(result)
 
