@@ -54,6 +54,19 @@ def fmt(bits: int) -> dict:
     }
 
 
+def register_same_padding_conv() -> None:
+    """EfficientNet-Lite's convolutions are a subclass of nn.Conv2d (TF "same" padding) that
+    ModelOpt's registry does not match; without this only the classifier would be quantized.
+    Registered with ModelOpt's own Conv2d quantizer class (its forward pads, then convolves with the
+    quantized weight)."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+    from modelopt.torch.quantization.nn import QuantModuleRegistry
+    from modelopt.torch.quantization.nn.modules.quant_conv import _QuantConv2d
+
+    if QuantModuleRegistry.get(Conv2dStaticSamePadding) is None:
+        QuantModuleRegistry.register({Conv2dStaticSamePadding: "Conv2dStaticSamePadding"})(_QuantConv2d)
+
+
 def load(name: str):
     from bench import real_models
 
@@ -70,6 +83,7 @@ def load(name: str):
         return model, forward, loss
     if name == "efficientnet":
         model = real_models.efficientnet_lite0()
+        register_same_padding_conv()
         return model, (lambda m, batch: m(batch[0])), (lambda out, batch: F.cross_entropy(out, batch[1]))
     raise ValueError(f"model: {name!r}")
 

