@@ -127,7 +127,7 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
     timings: dict[str, float] = {}
     started = time.perf_counter()
     from workers.analysis import analyse
-    from workers.data import load_calibration
+    from workers.data import TEXT_DEFAULTS, load_calibration
     from workers.models import load_model
 
     model = load_model(source)
@@ -146,8 +146,12 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
             tokenizer = load_tokenizer(source.path)
         max_length = analysis_options["max_length"]
         positions = _max_positions(model)
-        if positions is not None and (max_length is None or max_length > positions):
-            max_length = positions  # longer windows would index past the position embeddings
+        if positions is not None:
+            if max_length is None and tokenizer is not None:
+                # text: the default window (TEXT_DEFAULTS), not the whole context (8192 for SmolLM2)
+                max_length = min(TEXT_DEFAULTS["max_length"], positions)
+            elif max_length is None or max_length > positions:
+                max_length = positions  # longer windows would index past the position embeddings
         calibration = load_calibration(
             dataset_path,
             batch_size=analysis_options["batch_size"],

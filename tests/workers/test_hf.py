@@ -120,3 +120,19 @@ def test_bad_directories(tmp_path, dirs):
         load_model(hf(str(tmp_path / "empty")))
     with pytest.raises(ValueError, match="model.architecture"):
         load_model({"format": "hf", "path": dirs["gpt2"], "architecture": "mlp"})
+
+
+def test_text_windows_default_to_128_tokens_not_the_whole_context(tmp_path):
+    """A long-context model (8192 positions for SmolLM2) still gets the default 128-token windows
+    when the request names no max_length; the context length only caps an explicit one."""
+    path = save_tiny("llama", tmp_path / "long")
+    config = json.loads((tmp_path / "long" / "config.json").read_text())
+    config["max_position_embeddings"] = 1024
+    (tmp_path / "long" / "config.json").write_text(json.dumps(config))
+    text = write_jsonl(tmp_path / "calib.jsonl", repeat=60)
+    out = run_analysis_job({"model": hf(path), "dataset_path": text, "candidates": ["int4"], "metric": "mse",
+                            "options": {"max_samples": 2}})
+    assert out["provenance"]["calibration"]["sequence_length"] == 128
+    capped = run_analysis_job({"model": hf(path), "dataset_path": text, "candidates": ["int4"], "metric": "mse",
+                               "options": {"max_samples": 1, "max_length": 4096}})
+    assert capped["provenance"]["calibration"]["sequence_length"] <= 1024
