@@ -217,3 +217,25 @@ def test_linearised_form_is_the_output_loss_of_the_linearised_change():
         got = lin.layers[0].candidate(q).raw_damage
         assert got == pytest.approx(measured.layers[0].candidate(q).raw_damage, rel=1e-4)
         assert got != pytest.approx(quad.layers[0].candidate(q).raw_damage, rel=1e-3)
+
+
+class Attention(nn.Module):
+    """One self-attention block through F.scaled_dot_product_attention (fused kernels on CPU)."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, 5)
+
+    def forward(self, x):
+        b, t, width = x.shape
+        q, k, v = (h.reshape(b, t, 2, width // 2).transpose(1, 2) for h in self.qkv(x).chunk(3, dim=-1))
+        mixed = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, heads, time, width / heads)
+        return self.out(mixed.transpose(1, 2).reshape(b, t, width))
+
+
+def test_fused_attention_runs_through_the_math_kernel_and_matches_the_explicit_matrix():
+    torch.manual_seed(5)
+    model = Attention().eval()
+    x = torch.randn(4, 6, 8)
+    check_against_brute_force(model, Calibration(x, None, batch_size=4), "kl")

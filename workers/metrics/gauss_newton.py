@@ -259,6 +259,14 @@ class _Products:
         return f
 
     def __call__(self, i: int, x: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
+        # Fused attention kernels (flash / memory-efficient SDPA) have neither forward-mode nor
+        # double-backward formulas; the math kernel is ordinary ops that have both.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.MATH]):
+            return self._products(i, x, tangents)
+
+    def _products(self, i: int, x: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
         from torch.func import jvp, vmap
 
         f = self._function(i, x)
