@@ -350,7 +350,11 @@ class _PassRunner:
                            token_ids=c.token_ids)
         self.meter.reset()
         self.meter.base = self.base
-        with grad_only_for(self.model, self.params):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # The math attention kernel: fused CPU kernels lack double backward (and forward mode, which
+        # gauss_newton's pass uses under this kernel too), so it is what those passes really run.
+        with grad_only_for(self.model, self.params), sdpa_kernel([SDPBackend.MATH]):
             if self.kind == "forward":
                 with torch.no_grad():
                     loss = CalibrationLoss(self.model, part, output_loss=self.output_loss, **self.loss_options)
