@@ -6,7 +6,14 @@ The file is YAML (a list, or {"jobs": [...]}) or JSONL (one job per line), each 
     spec: {architecture: mlp, hyperparams: {...}}   # for safetensors
     dataset: path/to/calibration.safetensors        # optional
     candidates: [int4, int8]                         # optional
-    budgets: [4, {average_bits: 3}, {bytes: 20000}]  # a bare number means average bits
+    metric: hutchinson                               # optional
+    options: {max_probes: 64}                        # optional, the analysis's options
+    budgets: [4, {avg_bits: 3}, "bytes=20000", {avg_bits: 4, latency_ms: 3}]
+
+A budget is a bare number (avg_bits), `COST=LIMIT` text as `bitplan solve --budget` takes, or an
+object of budget words → limits that must all hold; the words are the solver's (`avg_bits`, alias
+`average_bits`, `bytes`, any cost the analysis has). A misspelt key (`budget:`) is named with the
+valid ones. `batch_schema()` is the JSON Schema of this file, served at GET /v1/schemas/batch.
 
 Identical model and dataset files are uploaded once. Submissions the server refuses with 429 (this
 token's concurrent-job limit) wait in line and are offered again as jobs finish, so a batch larger
@@ -15,6 +22,7 @@ than the limit still runs to the end. Exit status 1 when any job or plan failed.
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import time
@@ -27,8 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.client import ApiError, BitplanClient
 from service.commands import confidence_text, progress_line, warning_summary
+from solver._budget import AVG_BITS, BudgetError, asked_budgets, parse_budget_text
 
-__all__ = ["BatchJob", "load_batch", "run_batch", "BatchError"]
+__all__ = ["BatchJob", "load_batch", "run_batch", "BatchError", "batch_schema"]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -48,18 +57,56 @@ class BatchJob(BaseModel):
     metric: str = "hutchinson"
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
-    budgets: list[dict[str, float] | float] = Field(default_factory=list)
+    budgets: list[dict[str, float] | float | str] = Field(
+        default_factory=list, description="Each a number (avg_bits), 'COST=LIMIT' text, or {word: limit, ...}.")
 
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, value: list) -> list[dict[str, float]]:
         out = []
         for b in value:
-            b = {"average_bits": float(b)} if isinstance(b, (int, float)) else b
-            if set(b) - {"average_bits", "bytes"} or len(b) != 1:
-                raise ValueError('each budget is a number of bits, {"average_bits": x} or {"bytes": n}')
-            out.append(b)
+            try:
+                if isinstance(b, (int, float)):
+                    b = {AVG_BITS: float(b)}
+                elif isinstance(b, str):
+                    b = dict([parse_budget_text(b)])
+                out.append(asked_budgets(b))
+            except BudgetError as exc:
+                raise ValueError(str(exc)) from None
+            if not out[-1]:
+                raise ValueError("a budget needs at least one limit, e.g. 4 or {avg_bits: 4}")
         return out
+
+
+KEYS = tuple(BatchJob.model_fields)
+
+
+def batch_schema() -> dict[str, Any]:
+    """The JSON Schema of a batch file: a list of jobs, or {"jobs": [...]}."""
+    job = BatchJob.model_json_schema()
+    job["properties"]["model"]["description"] = "a .safetensors (with spec) or .pt2 file, relative to the batch file"
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "bitplan batch file",
+        "description": "YAML (a list of jobs or {jobs: [...]}) or JSONL (one job per line); see `bitplan batch --help`.",
+        "$defs": {"job": job},
+        "oneOf": [
+            {"type": "array", "items": {"$ref": "#/$defs/job"}, "minItems": 1},
+            {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/$defs/job"}, "minItems": 1}},
+             "required": ["jobs"], "additionalProperties": False},
+        ],
+    }
+
+
+def _unknown_keys(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    for key in entry:
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"unknown key {key!r}{hint}; valid keys: {', '.join(KEYS)}"
+    return None
 
 
 def load_batch(path: Path) -> list[BatchJob]:
@@ -73,11 +120,24 @@ def load_batch(path: Path) -> list[BatchJob]:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise BatchError(f"{path}: not valid {'JSONL' if path.suffix != '.yaml' else 'YAML'}: {exc}") from exc
     if isinstance(raw, dict) and "jobs" in raw:
+        extra = [k for k in raw if k != "jobs"]
+        if extra:
+            raise BatchError(f"{path}: unknown top-level key {extra[0]!r}; a batch file is a list of jobs or {{jobs: [...]}}")
         raw = raw["jobs"]
+    elif isinstance(raw, dict) and raw:
+        close = difflib.get_close_matches(next(iter(raw), ""), ["jobs"], n=1)
+        if close or not set(raw) & set(KEYS):
+            raise BatchError(f"{path}: unknown top-level key {next(iter(raw))!r}"
+                             f"{' (did you mean ' + repr(close[0]) + '?)' if close else ''}; a batch file is a list of"
+                             " jobs or {jobs: [...]}")
+        raw = [raw]  # one job written as a mapping
     if not isinstance(raw, list) or not raw:
         raise BatchError(f"{path}: expected a non-empty list of jobs")
     jobs = []
     for i, entry in enumerate(raw):
+        unknown = _unknown_keys(entry)
+        if unknown:
+            raise BatchError(f"job {i + 1}: {unknown}")
         try:
             job = BatchJob.model_validate(entry)
         except ValidationError as exc:
@@ -203,7 +263,7 @@ def run_batch(client: BitplanClient, jobs: list[BatchJob], *, poll: float = 1.0,
             continue
         for budget in run.job.budgets:
             try:
-                plan = client.plan(run.state["id"], **budget)
+                plan = client.plan(run.state["id"], budget=budget)
                 run.plans.append({"budget": budget, "plan": plan})
             except ApiError as exc:
                 run.plans.append({"budget": budget, "error": exc.detail})
@@ -247,5 +307,15 @@ def main(args) -> int:
     except (BatchError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import httpx
+
     with client_from(args) as client:
-        return run_batch(client, jobs, poll=args.poll, timeout=args.timeout)
+        if not client.health():
+            print(f"error: cannot reach the server at {args.url}; is `bitplan serve` running? (--url / BITPLAN_URL)",
+                  file=sys.stderr)
+            return 2
+        try:
+            return run_batch(client, jobs, poll=args.poll, timeout=args.timeout)
+        except httpx.TransportError as exc:
+            print(f"error: lost the server at {args.url} ({exc.__class__.__name__}: {exc})", file=sys.stderr)
+            return 2

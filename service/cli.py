@@ -58,7 +58,8 @@ def _solve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
-    return run_demo(url=args.url, bits=args.bits, keep_serving=args.keep_serving, architecture=args.architecture)
+    return run_demo(url=args.url, bits=args.bits, keep_serving=args.keep_serving, architecture=args.architecture,
+                    port=args.port)
 
 
 def _lazy(module: str, name: str):
@@ -82,6 +83,9 @@ def _add_client_commands(sub) -> None:
     p.add_argument("--candidates", nargs="+", help="candidate formats, e.g. int4 int8 (or int4,int8)")
     p.add_argument("--metric", default="hutchinson")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", help='analysis options, JSON or a JSON file: e.g. \'{"max_probes": 64}\' or'
+                                     ' {"hardware": "a100", "latency_table": {...}}')
+    p.add_argument("--name", help="the model's name on the server (default: the file name)")
     p.add_argument("--wait", action="store_true", help="follow it with a progress bar until it ends")
     p.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
     add_client_args(p)
@@ -94,13 +98,35 @@ def _add_client_commands(sub) -> None:
 
     p = sub.add_parser("plan", help="solve a finished analysis for a budget and print the per-layer plan")
     p.add_argument("id")
-    budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--bits", type=float, help="average bits per weight (scale overhead included)")
-    budget.add_argument("--bytes", type=float, help="total bytes of the quantized layers")
+    p.add_argument("--bits", type=float, help="avg_bits: average bits per weight (scale overhead included)")
+    p.add_argument("--bytes", type=float, help="total bytes of the quantized layers")
+    p.add_argument("--budget", action="append", default=[], metavar="COST=LIMIT",
+                   help="any budget word, e.g. latency_ms=3 or avg_bits=4 (repeatable; all given limits must hold)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_client_args(p)
     p.set_defaults(func=_lazy("service.commands", "plan"))
 
-    p = sub.add_parser("batch", help="run a YAML/JSONL file of jobs with progress bars and a summary table")
+    p = sub.add_parser("frontier", help="the Pareto frontier of a finished analysis (cost vs damage)")
+    p.add_argument("id")
+    p.add_argument("--cost", default="bytes", help="the cost axis (bytes, bops, latency_ms...; default bytes)")
+    p.add_argument("--points", type=int, default=50, help="budgets on the grid (default 50)")
+    p.add_argument("--json", action="store_true", help="print the server's JSON")
+    add_client_args(p)
+    p.set_defaults(func=_lazy("service.commands", "frontier"))
+
+    p = sub.add_parser("export", help="a plan exported for an engine, written to a file")
+    p.add_argument("id", help="plan id")
+    p.add_argument("--format", "-f", default="json",
+                   help="json, llamacpp, llamacpp-types, gptqmodel, llmcompressor, nncf, hawq or safetensors")
+    p.add_argument("-o", "--output", help="file to write (default: the server's file name; - for stdout)")
+    add_client_args(p)
+    p.set_defaults(func=_lazy("service.commands", "export"))
+
+    from service.batch import __doc__ as batch_doc
+
+    p = sub.add_parser("batch", help="run a YAML/JSONL file of jobs with progress bars and a summary table",
+                       description=batch_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between status polls")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="give up on jobs still running after this")
@@ -149,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train a digits classifier, analyse it and plan it at 4 bits, end to end")
     p.add_argument("--url", default=None, help="use a running server instead of starting one")
+    p.add_argument("--port", type=int, default=None, help="port of the server it starts (default 8000, or a free one)")
     p.add_argument("--bits", type=float, default=4.0, help="average bits per weight of the plan (default 4)")
     p.add_argument("--architecture", choices=["mlp", "cnn"], default="mlp")
     p.add_argument("--keep-serving", action="store_true", help="leave the server running after the demo")

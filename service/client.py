@@ -146,5 +146,19 @@ class BitplanClient:
                 limits[word] = value
         return self._post(f"/v1/analyses/{analysis_id}/plans", json_body={"budget": limits, "backend": backend})
 
+    def frontier(self, analysis_id: str, *, cost: str = "bytes", points: int = 50) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/analyses/{analysis_id}/frontier",
+                                         params={"cost": cost, "points": points}))
+
+    def export(self, plan_id: str, *, fmt: str = "json") -> tuple[bytes, str, list[str]]:
+        """(content, the server's file name, its warnings) of a plan exported for an engine."""
+        r = self._http.get(f"/v1/plans/{plan_id}/export", params={"format": fmt})
+        if r.status_code >= 400:
+            self._json(r)
+        disposition = r.headers.get("content-disposition", "")
+        name = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else f"{plan_id}.{fmt}"
+        warnings = [w for w in r.headers.get("x-bitplan-export-warnings", "").split(" | ") if w]
+        return r.content, Path(name).name, warnings
+
     def get_plan(self, plan_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/plans/{plan_id}"))

@@ -7,15 +7,19 @@ tool like `migrate`: it writes the database directly, which is how the first adm
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from service.client import ApiError, BitplanClient
+import httpx
 
-__all__ = ["add_client_args", "client_from", "submit", "status", "plan", "token", "progress_line"]
+from service.client import ApiError, BitplanClient
+from solver._budget import AVG_BITS, parse_budget_text
+
+__all__ = ["add_client_args", "client_from", "submit", "status", "plan", "frontier", "export", "token", "progress_line"]
 
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
@@ -55,30 +59,70 @@ def _candidates(values: list[str] | None) -> list[str] | None:
 
 
 def _errors(fn):
-    """Print an API error as the server phrased it (it names the field) and exit 1."""
+    """One line on stderr, never a traceback: exit 2 when the server is unreachable, refuses the
+    request (4xx, its text names the field) or the input is bad; exit 1 on a server error (5xx)."""
 
+    @functools.wraps(fn)
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return fn(args)
         except ApiError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except (ValueError, OSError) as exc:
+            return 2 if exc.status < 500 else 1
+        except httpx.TransportError as exc:
+            print(f"error: cannot reach the server at {args.url} ({exc.__class__.__name__}: {exc});"
+                  " is `bitplan serve` running? (--url / BITPLAN_URL)", file=sys.stderr)
+            return 2
+        except (ValueError, OSError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
     return wrapped
 
 
+def _options(raw: str | None) -> dict[str, Any]:
+    """--options: JSON text or a JSON file (e.g. {"latency_table": {...}, "max_probes": 64})."""
+    if raw is None:
+        return {}
+    text = Path(raw).read_text() if not raw.lstrip().startswith("{") and Path(raw).is_file() else raw
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--options: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError("--options: expected a JSON object, e.g. '{\"max_probes\": 64}'")
+    return data
+
+
+def budget_from_args(args: argparse.Namespace) -> dict[str, float]:
+    """--bits, --bytes and repeated --budget COST=LIMIT, combined into one API budget (all must hold)."""
+    budget: dict[str, float] = {}
+    for text in getattr(args, "budget", None) or []:
+        word, limit = parse_budget_text(text)
+        if word in budget:
+            raise ValueError(f"--budget: {word} given twice")
+        budget[word] = limit
+    for word, value in ((AVG_BITS, args.bits), ("bytes", args.bytes)):
+        if value is not None:
+            if word in budget:
+                raise ValueError(f"{word} given twice (--budget and --{'bits' if word == AVG_BITS else 'bytes'})")
+            budget[word] = value
+    if not budget:
+        raise ValueError("give a budget: --bits B, --bytes N and/or --budget COST=LIMIT")
+    return budget
+
+
 @_errors
 def submit(args: argparse.Namespace) -> int:
     architecture, hyperparams = _spec(args.spec)
     with client_from(args) as client:
-        model = client.upload_model(Path(args.model), architecture=architecture, hyperparams=hyperparams)
+        options = _options(args.options)
+        model = client.upload_model(Path(args.model), architecture=architecture, hyperparams=hyperparams,
+                                    name=args.name)
         dataset = client.upload_dataset(Path(args.dataset)) if args.dataset else None
         analysis = client.start_analysis(model["id"], dataset_id=dataset["id"] if dataset else None,
                                          candidates=_candidates(args.candidates), metric=args.metric,
-                                         seed=args.seed)
+                                         seed=args.seed, options=options)
         print(analysis["id"])
         if not args.wait:
             return 0
@@ -119,6 +163,16 @@ def confidence_text(plan: dict[str, Any]) -> str:
     return f"{conf['confidence']:.0%}" + (" (exact)" if conf.get("exact") else "")
 
 
+def solver_text(solver: dict[str, Any]) -> str:
+    """"optimal, tolerance 1e-12", "feasible, gap 0.3%", "time_limit, gap 2%": how sure the solve is."""
+    status = solver.get("status", "?")
+    if status == "optimal" and solver.get("tolerance") is not None:
+        return f"{status}, tolerance {solver['tolerance']:.2g}"
+    if status != "optimal" and solver.get("gap") is not None:
+        return f"{status}, gap {solver['gap']:.2%}"
+    return status
+
+
 def warning_summary(warnings: list[dict[str, Any]] | None) -> str:
     """Codes with counts, e.g. "negative_trace×9, stopped_early"; "" when there are none."""
     counts: dict[str, int] = {}
@@ -142,7 +196,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.append(f"total {plan['total_bytes']:.0f} bytes, {plan['average_bits']:.3f} bits/weight, predicted damage "
-                 f"{plan['predicted_damage']:.4g} ({plan['solver']['status']}), confidence {confidence_text(plan)};"
+                 f"{plan['predicted_damage']:.4g} ({solver_text(plan['solver'])}), confidence {confidence_text(plan)};"
                  f" {plan['links']['self']}")
     conf = plan.get("confidence") or {}
     if conf.get("uncertain_units") and conf["confidence"] < 1:
@@ -154,9 +208,46 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 @_errors
 def plan(args: argparse.Namespace) -> int:
+    budget = budget_from_args(args)
     with client_from(args) as client:
-        result = client.plan(args.id, average_bits=args.bits, bytes=args.bytes)
-    print(format_plan(result))
+        result = client.plan(args.id, budget=budget, backend=args.backend)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_plan(result))
+    return 0
+
+
+@_errors
+def frontier(args: argparse.Namespace) -> int:
+    with client_from(args) as client:
+        result = client.frontier(args.id, cost=args.cost, points=args.points)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    cost = args.cost
+    print(f"{cost:>14} {'avg bits':>9} {'damage':>12}  status")
+    for pt in result["points"]:
+        bits = f"{pt['average_bits']:.3f}" if pt.get("average_bits") is not None else "-"
+        print(f"{pt['costs'][cost]:>14.6g} {bits:>9} {pt['damage']:>12.6g}  {pt.get('status', '')}")
+    print(f"{len(result['points'])} points over {cost} of analysis {result['analysis_id']}")
+    return 0
+
+
+@_errors
+def export(args: argparse.Namespace) -> int:
+    with client_from(args) as client:
+        content, filename, warnings = client.export(args.id, fmt=args.format)
+    target = Path(args.output or filename)
+    if str(target) == "-":
+        sys.stdout.buffer.write(content)
+    else:
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(content)
+        tmp.replace(target)  # nothing half-written under the asked name
+        print(f"wrote {target} ({len(content)} bytes, {args.format})", file=sys.stderr)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 

@@ -67,11 +67,27 @@ def _start_server(port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log, stderr=log)
 
 
-def run_demo(*, url: str | None, bits: float, keep_serving: bool, architecture: str = "mlp") -> int:
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def run_demo(*, url: str | None, bits: float, keep_serving: bool, architecture: str = "mlp",
+             port: int | None = None) -> int:
     server = None
     Path(os.environ.get("BITPLAN_DATA_DIR", "var")).mkdir(parents=True, exist_ok=True)
+    if url is not None and port is not None:
+        print("bitplan demo: give --url (a running server) or --port (the one it starts), not both", file=sys.stderr)
+        return 2
+    if port is not None and not _port_free(port):
+        print(f"bitplan demo: port {port} is in use; pick another with --port", file=sys.stderr)
+        return 2
     if url is None:
-        port = _free_port()
+        port = port if port is not None else _free_port()
         url = f"http://127.0.0.1:{port}"
         with _Step(f"starting `bitplan serve` on {url} (SQLite, in-process job runner)"):
             server = _start_server(port)
@@ -104,7 +120,7 @@ def run_demo(*, url: str | None, bits: float, keep_serving: bool, architecture: 
                 print(f"  analysis {final['status']}: {final['error']}", file=sys.stderr)
                 return 1
         with _Step(f"solving for an average of {bits:g} bits per weight (exact solver)"):
-            plan = client.plan(analysis["id"], average_bits=bits)
+            plan = client.plan(analysis["id"], avg_bits=bits)
         table = client.table(analysis["id"])
         traces = {row["layer"]: row["statistics"] for row in table["layers"]}
         print()

@@ -79,7 +79,11 @@ def budgets_from(problem: Problem, budget: dict[str, Any]) -> AskedBudgets:
     try:
         return AskedBudgets(budgets_from_mapping(budget, problem), asked_budgets(budget))
     except BudgetError as exc:
-        raise InvalidInput(f"budget.{exc.word}" if exc.word else "budget", str(exc)) from exc
+        field = f"budget.{exc.word}" if exc.word else "budget"
+        message = str(exc)
+        for prefix in (f"budget {exc.word}: ", "budget: "):  # the field already says where
+            message = message.removeprefix(prefix)
+        raise InvalidInput(field, message) from exc
 
 
 def finite(x: float | None) -> float | None:

@@ -12,7 +12,8 @@ from service.api.idempotency import IdempotencyMiddleware, document_header
 from service.api.limits import BodySizeLimitMiddleware, InFlightLimitMiddleware, RateLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import (
-    analyses, datasets, evaluations, exports, frontiers, jobs_routes, models, ops, plans, solve, tokens,
+    analyses, datasets, evaluations, export_jobs, exports, frontiers, jobs_routes, models, ops, plans, schema_docs, solve,
+    tokens,
 )
 from service.blobs import BlobStore
 from service import dashboard
@@ -56,10 +57,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.state.auth_required = auth_on
     app.state.metrics = Metrics(settings.resolved_database_url)
     errors.install(app)
-    for module in (models, datasets, analyses, frontiers, jobs_routes, plans, exports, solve, evaluations):
+    for module in (models, datasets, analyses, frontiers, jobs_routes, plans, exports, export_jobs, solve, evaluations):
         app.include_router(module.router, dependencies=[Depends(security.require_method_scope)])
     app.include_router(tokens.router, dependencies=[Depends(security.require_scope("admin"))])
     app.include_router(ops.router)
+    app.include_router(schema_docs.router)
     # The dashboard's page and static files are public: its scripts send the user's token to the API.
     app.include_router(dashboard.router)
     # Outermost last: metrics see everything; overload is refused before any work; sizes are refused

@@ -161,7 +161,7 @@ class BudgetIn(BaseModel):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name}: a budget limit must be a number > 0")
         if self.bytes is not None and self.avg_bits is not None:
-            raise ValueError("give bytes or avg_bits, not both (both limit the total bytes)")
+            raise ValueError("give avg_bits or bytes, not both (both limit the total bytes)")
         if self.bytes is None and self.avg_bits is None and not self.model_extra:
             raise ValueError("give at least one limit, e.g. avg_bits or bytes")
         return self

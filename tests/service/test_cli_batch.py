@@ -60,10 +60,12 @@ def test_batch_runs_every_job_and_exit_code_reflects_failures(server, digits, tm
     assert main(["plan", analysis_id, "--bits", "6", "--url", url, "--token", token]) == 0
     out = capsys.readouterr().out
     assert "bits/weight" in out and "optimal" in out and "confidence " in out
-    assert main(["plan", analysis_id, "--bytes", "1", "--url", url, "--token", token]) == 1
-    assert "budget" in capsys.readouterr().err
-    assert main(["status", analysis_id, "--url", url]) == 1  # no token: 401
-    assert "401" in capsys.readouterr().err
+    assert main(["plan", analysis_id, "--bytes", "1", "--url", url, "--token", token]) == 2  # a 4xx: exit 2
+    err = capsys.readouterr().err
+    assert "budget" in err and len(err.strip().splitlines()) == 1
+    assert main(["status", analysis_id, "--url", url]) == 2  # no token: 401
+    err = capsys.readouterr().err
+    assert "401" in err and len(err.strip().splitlines()) == 1
 
 
 def test_submit_waits_with_a_progress_bar(server, digits, tmp_path, capsys):
@@ -81,16 +83,64 @@ def test_batch_files_are_validated_naming_the_entry(tmp_path, digits):
     jsonl.write_text(json.dumps({"model": "m.safetensors", "budgets": [3, {"bytes": 100}]}) + "\n\n"
                      + json.dumps({"model": "n.pt2"}) + "\n")
     jobs = load_batch(jsonl)
-    assert [j.budgets for j in jobs] == [[{"average_bits": 3.0}, {"bytes": 100.0}], []]
+    assert [j.budgets for j in jobs] == [[{"avg_bits": 3.0}, {"bytes": 100.0}], []]
     assert jobs[0].model == tmp_path / "m.safetensors"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump([{"model": "m", "budgets": [{"gigabytes": 1}]}]))
+    bad.write_text(yaml.safe_dump([{"model": "m", "budgets": [{"avg_bits": "four"}]}]))
     with pytest.raises(BatchError, match="job 1: budgets"):
         load_batch(bad)
     bad.write_text(yaml.safe_dump([{"modle": "m"}]))
-    with pytest.raises(BatchError, match="job 1"):
+    with pytest.raises(BatchError, match="job 1: unknown key 'modle' \\(did you mean 'model'\\?\\); valid keys: name, model"):
         load_batch(bad)
     assert main(["batch", str(bad), "--url", "http://127.0.0.1:9"]) == 2
+
+
+def test_batch_budget_words_and_typos_say_what_is_valid(tmp_path, capsys):
+    """The solver's words and forms (number, COST=LIMIT, object, alias); a `budget:` typo is named."""
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump([{"model": "m.pt2", "budgets": [4, "avg_bits=3", {"average_bits": 5},
+                                                                   {"avg_bits": 4, "latency_ms": 3}, "bytes=1e4"]}]))
+    (job,) = load_batch(path)
+    assert job.budgets == [{"avg_bits": 4.0}, {"avg_bits": 3.0}, {"avg_bits": 5.0},
+                           {"avg_bits": 4.0, "latency_ms": 3.0}, {"bytes": 1e4}]
+    path.write_text(yaml.safe_dump([{"model": "m.pt2", "budget": [4]}]))
+    with pytest.raises(BatchError) as err:
+        load_batch(path)
+    assert str(err.value).startswith("job 1: unknown key 'budget' (did you mean 'budgets'?); valid keys: ")
+    assert "budgets" in str(err.value).split("valid keys: ")[1].split(", ")
+    for bad, words in [({"avg_bits": 4, "bytes": 10}, "avg_bits or bytes"), ("avg_bits 4", "COST=LIMIT")]:
+        path.write_text(yaml.safe_dump([{"model": "m.pt2", "budgets": [bad]}]))
+        with pytest.raises(BatchError, match=f"job 1: budgets.*{words}"):
+            load_batch(path)
+    path.write_text(yaml.safe_dump({"job": [{"model": "m.pt2"}]}))
+    with pytest.raises(BatchError, match="unknown top-level key 'job' \\(did you mean 'jobs'\\?\\)"):
+        load_batch(path)
+    assert main(["batch", str(path)]) == 2
+    assert "unknown top-level key 'job'" in capsys.readouterr().err
+
+
+def test_batch_schema_is_served_and_describes_the_file(tmp_path):
+    import jsonschema_rs  # comes with schemathesis (the test extra)
+
+    from tests.utils.service_factories import make_client
+
+    with make_client(tmp_path, run_jobs=False) as client:
+        r = client.get("/v1/schemas/batch")
+    assert r.status_code == 200
+    schema = r.json()
+    assert jsonschema_rs.meta.is_valid(schema)
+    validator = jsonschema_rs.Draft202012Validator(schema)
+    assert validator.is_valid({"jobs": [{"model": "m.pt2", "budgets": [4, "avg_bits=3", {"bytes": 10}]}]})
+    assert validator.is_valid([{"model": "m.pt2"}])
+    assert not validator.is_valid([{"model": "m.pt2", "budget": [4]}])  # the typo
+    assert not validator.is_valid({"job": [{"model": "m.pt2"}]})
+
+
+def test_batch_help_documents_the_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["batch", "--help"])
+    out = capsys.readouterr().out
+    assert "budgets: [4, {avg_bits: 3}" in out and "/v1/schemas/batch" in out
 
 
 def test_plan_table_shows_confidence_and_warnings_per_layer():
@@ -111,3 +161,57 @@ def test_plan_table_shows_confidence_and_warnings_per_layer():
     assert "confidence 80%" in lines[3]
     assert lines[4] == "units whose uncertainty could flip it: fc2 (20%)"
     assert lines[5:] == ["warning [negative_trace] fc1: Hessian trace -3 is negative", "warning [low_confidence] only 80% agree"]
+
+
+def test_cli_pipeline_submit_plan_frontier_export(server, digits, tmp_path, capsys):
+    """What a pipeline scripts: submit with --options/--name, a combined budget, the frontier, an export."""
+    from service.client import BitplanClient
+
+    url, token = server
+    auth = ["--url", url, "--token", token]
+    code = main(["submit", str(digits.weights_path), "--spec", json.dumps(_spec(digits)),
+                 "--dataset", str(digits.calibration_path), "--candidates", "int4,int8", "--wait",
+                 "--options", '{"max_probes": 16}', "--name", "pipeline-digits", *auth])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    analysis_id = out.splitlines()[0]
+    with BitplanClient(url, token=token) as client:
+        analysis = client.analysis(analysis_id)
+        assert analysis["options"]["max_probes"] == 16
+        assert client._json(client._http.get(f"/v1/models/{analysis['model_id']}"))["name"] == "pipeline-digits"
+
+    assert main(["plan", analysis_id, "--bits", "6", "--budget", "flops=1e12", "--json", *auth]) == 2
+    err = capsys.readouterr().err
+    assert "budget.flops: unknown cost 'flops'; valid: " in err and len(err.strip().splitlines()) == 1
+    assert "avg_bits" in err.strip().split("valid: ")[1].split(", ")
+    assert main(["plan", analysis_id, "--bits", "8", "--budget", "bops=1e15", "--json", *auth]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] == {"bops": 1e15, "avg_bits": 8.0}
+    assert main(["plan", analysis_id, "--budget", "avg_bits=6", "--json", *auth]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["budget"] == {"avg_bits": 6.0} and plan["average_bits"] <= 6.0
+    assert plan["solver"]["status"] == "optimal" and plan["solver"]["tolerance"] <= 1e-9
+    assert main(["plan", analysis_id, "--bits", "4", "--bytes", "100", *auth]) == 2
+    assert "avg_bits or bytes" in capsys.readouterr().err
+    assert main(["plan", analysis_id, "--bits", "1", *auth]) == 2
+    err = capsys.readouterr().err
+    assert "avg_bits ≤ 1 (bytes ≤ " in err and "bits per weight (" in err
+
+    assert main(["frontier", analysis_id, "--points", "5", "--json", *auth]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert front["analysis_id"] == analysis_id and len(front["points"]) >= 2
+    assert main(["frontier", analysis_id, "--points", "5", *auth]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{len(front['points'])} points over bytes")
+
+    target = tmp_path / "plan.json"
+    assert main(["export", plan["id"], "--format", "json", "-o", str(target), *auth]) == 0
+    assert json.loads(target.read_text())["layers"] == {l["layer"]: l["candidate"] for l in plan["layers"]}
+    assert main(["export", plan["id"], "--format", "nope", "-o", str(tmp_path / "x"), *auth]) == 2
+    assert "format" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_unreachable_server_is_one_line_and_exit_2(capsys):
+    url = "http://127.0.0.1:9"
+    for argv in (["status", "a1"], ["plan", "a1", "--bits", "4"], ["frontier", "a1"], ["export", "p1", "-o", "x"]):
+        assert main([*argv, "--url", url]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: cannot reach the server at {url}") and len(err.splitlines()) == 1
