@@ -53,7 +53,7 @@ def test_new_budget_shows_the_plan_without_a_reload(page, server, digits_analysi
     aid = digits_analysis["id"]
     open_analysis(page, aid)
     page.evaluate("window.__sameDocument = true")
-    page.select_option("#budget-kind", "average_bits")
+    page.select_option("#budget-kind", "avg_bits")
     page.fill("#budget-value", "4")
     page.click("#budget-submit")
     expect(page.locator("#plans li[data-plan]")).to_have_count(1)

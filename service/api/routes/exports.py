@@ -34,7 +34,8 @@ def export_plan(
     settings = request.app.state.settings
     source = model_source(model, request.app.state.blobs)
     exported = exports.export_plan(
-        settings, fmt=format, table=analysis.table, assignment=dict(rec.assignment), model=source
+        settings, fmt=format, table=analysis.table, assignment=dict(rec.assignment), model=source,
+        model_bytes=model.size_bytes, plan_id=rec.id,
     )
     headers = {"Content-Disposition": f'attachment; filename="{exported.filename}"'}
     if exported.warnings:
@@ -53,8 +54,9 @@ def proxy_quality(
     frontier = evaluations.frontier_agreements(measured)
     try:
         per_layer = exports.proxy_quality_for(analysis, siblings)
-    except InvalidInput as exc:  # no measured loss_delta table: the plan-level agreement may still be there
-        if not frontier:
-            raise
+    except InvalidInput as exc:
+        # No measured loss_delta table yet: "nothing measured to rank against" is an answer, not an
+        # error (a page asking for it on every load must not log a failed request); the plan-level
+        # agreement may still be there.
         per_layer = {"metrics": {}, "measured_metric": None, "metrics_unavailable": exc.message}
     return {"analysis_id": analysis.id, **per_layer, "frontier_evaluations": frontier}

@@ -6,8 +6,7 @@
 import { api, ApiError, request } from "./api.js";
 import {
   FRONT_POINTS, axisFormat, axisOptions, buildChart, compareSummary, confidenceText, formatBytes, formatCount,
-  formatSci, heatStrips, layerRows, planLabel, proxyRows, ramp, selectionDocument, selectionFor, warningSummary, xValue,
-} from "./data.js";
+  formatSci, heatStrips, layerRows, planLabel, proxyRows, ramp, selectionDocument, selectionFor, warningSummary, xValue, solverText, solverTitle } from "./data.js";
 import { renderChart, renderLegend, renderStrips, showTooltip } from "./draw.js";
 import { announce, esc, saveBlob, saveJson, shortId } from "./dom.js";
 
@@ -128,7 +127,7 @@ function layout(root, st) {
         <form id="budget" novalidate>
           <div class="row">
             <label for="budget-kind">Limit</label>
-            <select id="budget-kind"><option value="average_bits">average bits per weight</option>
+            <select id="budget-kind"><option value="avg_bits">avg_bits (average bits per weight)</option>
               ${costs.map((c) => `<option value="${esc(c)}">${esc(c)}</option>`).join("")}</select>
           </div>
           <div class="row">
@@ -184,7 +183,7 @@ function layout(root, st) {
   });
   root.querySelector("#budget-kind").addEventListener("change", (e) => {
     const input = root.querySelector("#budget-value");
-    input.value = e.target.value === "average_bits" ? "4" : "";
+    input.value = e.target.value === "avg_bits" ? "4" : "";
     input.placeholder = e.target.value === "bytes" ? "e.g. 250000" : "";
   });
   root.querySelector("#budget").addEventListener("submit", (e) => { e.preventDefault(); submitBudget(root, st); });
@@ -336,7 +335,7 @@ function renderPlans(root, st) {
   }
   list.innerHTML = st.plans.map((p) => `<li data-plan="${esc(p.id)}">
     <div><strong>${esc(planLabel(p))}</strong>
-    <span class="note">${esc(p.average_bits.toFixed(2))} bits · ${esc(formatBytes(p.total_bytes))} · damage ${esc(formatSci(p.predicted_damage))} · ${esc(p.solver.status)} · confidence <span class="confidence">${esc(confidenceText(p))}</span></span>
+    <span class="note">${esc(p.average_bits.toFixed(2))} bits · ${esc(formatBytes(p.total_bytes))} · damage ${esc(formatSci(p.predicted_damage))} · <span class="solver" title="${esc(solverTitle(p.solver))}">${esc(solverText(p.solver))}</span> · confidence <span class="confidence">${esc(confidenceText(p))}</span></span>
     ${(p.warnings || []).length ? `<span class="warn" title="${esc(p.warnings.map((w) => w.message).join("\n"))}">⚠ ${esc(warningSummary(p.warnings))}</span>` : ""}</div>
     <div class="buttons"><button type="button" data-act="show">Show</button>
     <button type="button" data-act="compare">Compare</button>

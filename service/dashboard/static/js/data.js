@@ -213,9 +213,28 @@ export function warningSummary(warnings) {
   return [...counts].map(([code, n]) => (n > 1 ? `${code}×${n}` : code)).join(", ");
 }
 
+/** "optimal", "feasible (gap 0.30%)", "time_limit (gap 2.0%)": the solver's word and how far from proven. */
+export function solverText(solver) {
+  const status = (solver && solver.status) || "?";
+  if (status !== "optimal" && solver && typeof solver.gap === "number") return `${status} (gap ${(solver.gap * 100).toPrecision(2)}%)`;
+  return status;
+}
+
+/** The tooltip of solverText: what the status promises. */
+export function solverTitle(solver) {
+  const s = solver || {};
+  if (s.status === "optimal") {
+    return "proven optimal" + (typeof s.tolerance === "number" ? ` within a relative tolerance of ${s.tolerance.toPrecision(2)}` : "");
+  }
+  if (s.status === "feasible") return "meets the budget; an ILP back-end called it optimal but bitplan could not confirm it within its tolerance";
+  if (s.status === "time_limit") return "the best plan found before the time limit, with a proven lower bound";
+  return "";
+}
+
 export function planLabel(plan) {
   const b = plan.budget || {};
-  const what = b.average_bits !== undefined ? `${b.average_bits} bits` : b.bytes !== undefined ? formatBytes(b.bytes)
+  const bits = b.avg_bits ?? b.average_bits; // average_bits: plans stored before the one vocabulary
+  const what = bits !== undefined ? `${bits} bits` : b.bytes !== undefined ? formatBytes(b.bytes)
     : Object.entries(b).map(([k, v]) => `${k} ≤ ${v}`).join(", ");
   return `Plan ${plan.id.slice(0, 6)} (${what})`;
 }

@@ -36,6 +36,31 @@ function scales(chart, width, height) {
 
 const r1 = (v) => Math.round(v * 10) / 10;
 
+// Marker labels are 10.5px text (dashboard.css): a conservative width per character and line height,
+// so the boxes placeLabel keeps apart are never smaller than what the browser draws.
+const LABEL_CHAR_W = 6.6, LABEL_H = 13;
+
+/**
+ * A spot for a marker label next to its point that overlaps no label already `placed` (boxes it
+ * appends to) and stays inside `bounds`: right-above first, then right-below, left, then further
+ * out. Null when nowhere near the point is free (the point's tooltip and list still name it).
+ */
+function placeLabel([px, py], text, placed, bounds) {
+  const width = text.length * LABEL_CHAR_W, height = LABEL_H;
+  const tries = [];
+  for (const dy of [-8, 16, -22, 30, -36, 44]) {
+    tries.push([px + 9, py + dy], [px - 9 - width, py + dy]);
+  }
+  for (const [x, y] of tries) {
+    const box = { x0: x, x1: x + width, y0: y - height + 3, y1: y + 3 };
+    if (box.x0 < bounds.left || box.x1 > bounds.right + 16 || box.y0 < bounds.top - 12 || box.y1 > bounds.bottom) continue;
+    if (placed.some((b) => b.x0 < box.x1 && box.x0 < b.x1 && b.y0 < box.y1 && box.y0 < b.y1)) continue;
+    placed.push(box);
+    return { x: r1(x), y: r1(y) };
+  }
+  return null;
+}
+
 /**
  * Draws `chart` into `host` (an element whose width it fills). `selected` maps point ids to "A"/"B";
  * `active` is the keyboard's current point id. Returns the point geometry for hit-testing tooltips.
@@ -103,9 +128,11 @@ export function renderChart(host, chart, { selected = {}, active = null } = {}) 
     });
     parts.push(`</g>`);
     if (s.key === "baseline") {
+      const placed = [];
       s.points.forEach((p, i) => {
-        const [x, y] = pts[i];
-        parts.push(`<text class="marker-label" x="${x + 9}" y="${y - 8}">${esc(p.label.replace(/^uniform /, ""))}</text>`);
+        const text = p.label.replace(/^uniform /, "");
+        const spot = placeLabel(pts[i], text, placed, { left: M.left, top: M.top, right: M.left + w, bottom: M.top + h });
+        if (spot) parts.push(`<text class="marker-label" x="${spot.x}" y="${spot.y}">${esc(text)}</text>`);
       });
     }
   };
