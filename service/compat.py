@@ -120,7 +120,10 @@ def max_integer_input(path: Path, kind: str) -> int | None:
                 return None
             with zf.open("inputs.npy") as f:
                 version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in readers:
+                    return None
+                shape, _, dtype = readers[version](f)
                 if dtype.kind not in "iub":
                     return None
                 return _stream_max(f, dtype, math.prod(shape) * dtype.itemsize)
