@@ -1,15 +1,21 @@
 """Plans exported in the formats engines read (`workers.exports`), for the API.
 
-Config formats are pure Python and answer synchronously in the API process. The fake-quantized
-checkpoint needs torch and the model file, so it is built synchronously in a child process with the
-job limits (`python -m service.jobs.child export`, plan on stdin, safetensors bytes written to a file
-in the data directory): it is one load + one quantization pass per layer, seconds for the models this
-service holds, so a job row and polling would add latency and nothing else.
+Config formats are pure Python and answer synchronously in the API process. A format that needs the
+model (the fake-quantized checkpoint: torch, one load and one round trip per layer, a file as large
+as the float model) is a job, the kind "export" (`POST /v1/plans/{id}/exports`): queued, run in a
+sandboxed child that writes into a scratch folder of the blob store's staging area, moved into the
+store (`export_path`) only once it succeeded, so failed or cancelled attempts leave nothing behind.
+`GET /v1/plans/{id}/export?format=safetensors` still builds it while the request waits for models up
+to SYNC_CHECKPOINT_MAX_BYTES (a child with the job limits, seconds for those) and points larger ones
+at the job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,10 +24,21 @@ from service.config import Settings
 from service.errors import InvalidInput
 
 BUILTIN_ROOT = "Sequential"  # the built-in architectures are nn.Sequential with named children
+# Above this model size GET .../export?format=safetensors answers 409 pointing at the export job: a
+# request should not hold an API thread (and a pooled connection) for a large model's round trips.
+SYNC_CHECKPOINT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def job_formats() -> list[str]:
+    """Formats built by the export job: those that open the model (and are available here)."""
+    from workers.exports import exporters
+
+    return sorted(name for name, e in exporters().items() if e.needs_model)
 
 
 def export_plan(
-    settings: Settings, *, fmt: str, table: dict[str, Any], assignment: dict[str, str], model: dict[str, Any]
+    settings: Settings, *, fmt: str, table: dict[str, Any], assignment: dict[str, str], model: dict[str, Any],
+    model_bytes: int = 0, plan_id: str = "{id}",
 ):
     """The `Export` of a plan; InvalidInput("format", ...) for unknown formats or plans the format
     cannot express."""
@@ -34,6 +51,11 @@ def export_plan(
     root = BUILTIN_ROOT if model.get("architecture") else "Model"
     plan = ExportPlan.from_table(table, assignment, model=model, root_type=root)
     if exporter.needs_model:
+        if model_bytes > SYNC_CHECKPOINT_MAX_BYTES:
+            raise InvalidInput("format", (
+                f"the {fmt} export of a model of {model_bytes} bytes is built by a job: POST /v1/plans/{plan_id}/exports"
+                f' with {{"format": "{fmt}"}}, follow the Location, then GET its /file (answered at once up to'
+                f" {SYNC_CHECKPOINT_MAX_BYTES} bytes)"), status=409)
         return _export_in_child(settings, fmt, table, assignment, model)
     try:
         return exporter.export(plan)
@@ -77,12 +99,56 @@ def run_export_child(request: dict[str, Any]) -> dict[str, Any]:
         exporter = get_exporter(request["format"])
         root = BUILTIN_ROOT if request["model"].get("architecture") else "Model"
         plan = ExportPlan.from_table(request["table"], request["assignment"], model=request["model"], root_type=root)
-        exported = exporter.export(plan)
+        exported = exporter.write(plan, request["out"])  # the export job's own writer: the same file
     except Exception as exc:  # noqa: BLE001 - reported to the API as the field's error
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    Path(request["out"]).write_bytes(exported.content)
     return {"ok": True, "media_type": exported.media_type, "filename": exported.filename,
             "warnings": list(exported.warnings)}
+
+
+def scratch_dir(blobs, export_id: str) -> Path:
+    """A fresh folder for one attempt's output, the only place its sandbox may write. It is in the
+    blob store's staging area, so a worker killed mid-export leaves nothing the sweep does not remove
+    (the runner touches it while the job runs)."""
+    staging = blobs.root / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"export-{export_id}-", dir=staging))
+
+
+def export_path(blobs, export_id: str, sha256: str) -> Path:
+    """Where a succeeded export's file lives: per export, named by its content."""
+    return blobs.root / "exports" / export_id / sha256
+
+
+def commit_export(blobs, export_id: str, written: Path) -> dict[str, Any]:
+    """Move an attempt's finished file into the store (a rename: readers never see half of it);
+    its sha256 and size for the row."""
+    digest = hashlib.sha256()
+    with open(written, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    sha256 = digest.hexdigest()
+    target = export_path(blobs, export_id, sha256)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = written.stat().st_size
+    os.replace(written, target)
+    return {"sha256": sha256, "size_bytes": size}
+
+
+def discard_export(blobs, rec, sha256: str) -> None:
+    """Remove a committed file whose attempt could not record it (cancelled or lost meanwhile),
+    unless the row holds it after all (a newer attempt wrote the same bytes and succeeded)."""
+    if rec.status == "succeeded" and rec.sha256 == sha256:
+        return
+    export_path(blobs, rec.id, sha256).unlink(missing_ok=True)
+    try:
+        export_path(blobs, rec.id, sha256).parent.rmdir()
+    except OSError:  # another attempt's file is there, or it is gone already
+        pass
+
+
+def remove_scratch(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def proxy_quality_for(analysis, siblings) -> dict[str, Any]:

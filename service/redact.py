@@ -11,8 +11,9 @@ import re
 
 __all__ = ["redact_paths"]
 
-# An absolute path: a slash not inside a word, URL or relative path, then at least two components.
-_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"(),:;]+/)+([^\s/'\"(),:;]*)")
+# An absolute path: a slash not inside a word, URL or relative path, then at least two components;
+# not the API's own routes (/v1/...), which messages name so that a user knows where to go next.
+_PATH = re.compile(r"(?<![\w:/.~-])/(?!v1/)(?:[^\s/'\"(),:;]+/)+([^\s/'\"(),:;]*)")
 
 
 def redact_paths(text: str) -> str:

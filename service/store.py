@@ -14,8 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.models import (
-    AnalysisRecord, DatasetRecord, EvaluationRecord, FrontierRecord, JobColumns, ModelRecord, PlanRecord, new_id,
-    utcnow,
+    AnalysisRecord, DatasetRecord, EvaluationRecord, ExportRecord, FrontierRecord, JobColumns, ModelRecord, PlanRecord,
+    new_id, utcnow,
 )
 from service.errors import Conflict, NotFound
 
@@ -23,7 +23,9 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 # Every job kind and its record (same lifecycle columns, service.db.models.JobColumns): the lifecycle
 # functions below take a kind and work on its table, so queues, runner, reaper and child share them.
-JOB_KINDS: dict[str, type[JobColumns]] = {"analysis": AnalysisRecord, "evaluation": EvaluationRecord}
+JOB_KINDS: dict[str, type[JobColumns]] = {
+    "analysis": AnalysisRecord, "evaluation": EvaluationRecord, "export": ExportRecord,
+}
 
 
 def _get(session: Session, record: type[Any], kind: str, record_id: str, owned_by: str | None = None) -> Any:
@@ -83,7 +85,7 @@ def sibling_analyses(session: Session, *, analysis: AnalysisRecord, owned_by: st
 
 
 def job_record(kind: str) -> type[JobColumns]:
-    """The record class of a job kind ("analysis", "evaluation"); ValueError naming the valid kinds."""
+    """The record class of a job kind ("analysis", "evaluation", "export"); ValueError naming the valid kinds."""
     try:
         return JOB_KINDS[kind]
     except KeyError:
@@ -307,3 +309,10 @@ def list_evaluations(
     if target is not None:
         stmt = stmt.where(EvaluationRecord.target == target)
     return list(session.scalars(_visible(stmt, EvaluationRecord, owned_by).order_by(EvaluationRecord.created_at)))
+
+
+# Exports: plans written in formats that need the model, built by a job (the job kind "export").
+
+
+def get_export(session: Session, *, export_id: str, owned_by: str | None = None) -> ExportRecord:
+    return get_job(session, kind="export", job_id=export_id, owned_by=owned_by)

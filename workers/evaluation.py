@@ -105,11 +105,13 @@ def _is_language_model(data: EvaluationData, x: torch.Tensor, out: torch.Tensor)
     return data.tokens and out.dim() == x.dim() + 1 and tuple(out.shape[:-1]) == tuple(x.shape)
 
 
-def apply_plan(model: nn.Module, assignment: Mapping[str, str], *, inplace: bool = False) -> nn.Module:
+def apply_plan(model: nn.Module, assignment: Mapping[str, str], *, inplace: bool = False,
+               report: Callable[[float, str], None] | None = None) -> nn.Module:
     """The model with every planned layer's weight replaced by its round trip through its format.
 
     Works on a deep copy unless `inplace`. Layers the plan does not name stay float; a plan naming a
-    layer the model lacks is a `ValueError` (the plan belongs to another model).
+    layer the model lacks is a `ValueError` (the plan belongs to another model). `report(fraction,
+    message)` after each layer: the round trips are most of a checkpoint export's time.
     """
     from workers.quantizers import parse_candidate
 
@@ -119,10 +121,12 @@ def apply_plan(model: nn.Module, assignment: Mapping[str, str], *, inplace: bool
     if unknown:
         raise ValueError(f"assignment: layer {unknown[0]!r} is not a quantizable layer of this model")
     with torch.no_grad():
-        for name, candidate in assignment.items():
+        for done, (name, candidate) in enumerate(assignment.items(), 1):
             info, weight = layers[name]
             # info.quantize rounds per output channel even where the layout is transposed (HF Conv1D)
             weight.copy_(info.quantize(parse_candidate(candidate), weight).to(weight.dtype))
+            if report is not None:
+                report(done / len(assignment), f"quantized {name} ({candidate}), {done} of {len(assignment)}")
     return target
 
 

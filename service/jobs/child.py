@@ -1,4 +1,4 @@
-"""Entry point of a job process: `python -m service.jobs.child KIND ID` (KIND: analysis, evaluation)
+"""Entry point of a job process: `python -m service.jobs.child KIND ID` (KIND: analysis, evaluation, export)
 or `... inspect` / `... export`; the request is JSON on stdin, the answer JSON lines on stdout.
 
 This is the only place where the service side calls into torch code, and it runs sandboxed
@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 from service.errors import StorageError
 from service import store
@@ -175,9 +176,51 @@ def _evaluation_work(payload: dict, report) -> dict:
     return {"result": result, "rank_agreement": result["rank_agreement"]}
 
 
+def _prepare_export(s, job_id: str, blobs) -> dict:
+    """The plan and its model, and a fresh scratch folder (the one place the child may write)."""
+    from service import exports
+
+    export = store.get_export(s, export_id=job_id)
+    plan = store.get_plan(s, plan_id=export.plan_id)
+    analysis = store.get_analysis(s, analysis_id=plan.analysis_id)
+    model = store.get_model(s, model_id=analysis.model_id)
+    request = {"format": export.format, "table": analysis.table, "assignment": dict(plan.assignment),
+               "model": model_source(model, blobs)}
+    scratch = exports.scratch_dir(blobs, job_id)
+    return {"request": {**request, "out": str(scratch / "export.bin")}, "scratch": str(scratch)}
+
+
+def _export_work(payload: dict, report) -> dict:
+    from service.exports import BUILTIN_ROOT
+    from workers.exports import ExportPlan, get_exporter
+
+    request = payload["request"]
+    root = BUILTIN_ROOT if request["model"].get("architecture") else "Model"
+    plan = ExportPlan.from_table(request["table"], request["assignment"], model=request["model"], root_type=root)
+    written = get_exporter(request["format"]).write(plan, request["out"], report)
+    return {"filename": written.filename, "media_type": written.media_type, "warnings": list(written.warnings)}
+
+
+def _collect_export(job_id: str, payload: dict, outputs: dict, blobs) -> dict:
+    from service import exports
+
+    return {**outputs, **exports.commit_export(blobs, job_id, Path(payload["request"]["out"]))}
+
+
+def _discard_export(s, job_id: str, outputs: dict, blobs) -> None:
+    from service import exports
+
+    exports.discard_export(blobs, store.get_export(s, export_id=job_id), outputs["sha256"])
+
+
 # What each job kind reads from the database (in the parent) and the work itself (torch, in here only).
-PREPARE = {"analysis": _prepare_analysis, "evaluation": _prepare_evaluation}
-WORK = {"analysis": _analysis_work, "evaluation": _evaluation_work}
+PREPARE = {"analysis": _prepare_analysis, "evaluation": _prepare_evaluation, "export": _prepare_export}
+WORK = {"analysis": _analysis_work, "evaluation": _evaluation_work, "export": _export_work}
+# Kinds whose child writes a file (into payload["scratch"]): the runner moves it into the blob store
+# before recording success (COLLECT, in the parent) and removes it again when the success could not
+# be recorded (DISCARD: cancelled or lost meanwhile).
+COLLECT = {"export": _collect_export}
+DISCARD = {"export": _discard_export}
 
 
 def input_paths(payload: dict) -> list[str]:
@@ -187,6 +230,11 @@ def input_paths(payload: dict) -> list[str]:
     if request.get("dataset_path"):
         paths.append(request["dataset_path"])
     return paths
+
+
+def output_paths(payload: dict) -> list[str]:
+    """The folders a job writes: what its sandbox binds writable (none for most kinds)."""
+    return [payload["scratch"]] if payload.get("scratch") else []
 
 
 def run_job(kind: str, job_id: str) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -109,11 +111,20 @@ class JobRunner:
             if child.is_transient(exc):
                 return self._after_exit(kind, job_id, owner, TRANSIENT_EXIT, f"transient: {message}")
             return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": message})
+        try:
+            return self._start(kind, job_id, owner, payload)
+        finally:
+            for path in child.output_paths(payload):  # moved into the store, or not wanted: never left
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _start(self, kind: str, job_id: str, owner: str, payload: dict) -> str:
+        c = self.config
         missing = [Path(p).name for p in child.input_paths(payload) if not Path(p).exists()]
         if missing:  # the sandbox could not even bind it: say so instead of retrying a child that cannot start
             error = f"blob store: {', '.join(missing)} is missing (deleted from BITPLAN_DATA_DIR?)"
             return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": error})
-        sandbox = Sandbox(read_only=child.input_paths(payload)) if c.sandbox else None
+        sandbox = (Sandbox(read_only=child.input_paths(payload), writable=child.output_paths(payload))
+                   if c.sandbox else None)
         if sandbox is None and payload["request"]["model"]["format"] in CODE_FORMATS:
             error = ("model.format: a pt2 model is only ever loaded in the sandbox, which is switched off on this "
                      "server (BITPLAN_SANDBOX=off)")
@@ -132,11 +143,13 @@ class JobRunner:
         log.info("%s %s (pid %d): %s", kind, job_id, proc.pid, outcome)
         return outcome
 
+    def _blobs(self) -> BlobStore:
+        return BlobStore(self.config.data_dir / "blobs")
+
     def _prepare(self, kind: str, job_id: str) -> dict:
         """The child's request, read here: the child never sees the database."""
-        blobs = BlobStore(self.config.data_dir / "blobs")
         with session_scope(self.config.database_url) as s:
-            return child.PREPARE[kind](s, job_id, blobs)
+            return child.PREPARE[kind](s, job_id, self._blobs())
 
     def _watch(self, kind: str, job_id: str, owner: str, proc: subprocess.Popen, payload: dict) -> str:
         c = self.config
@@ -171,13 +184,16 @@ class JobRunner:
                     if time.monotonic() >= next_beat:
                         store.heartbeat(s, **job, owner=owner)
                         next_beat = time.monotonic() + c.heartbeat_s
+                        _touch(child.output_paths(payload))  # the staging sweep never takes a live folder
             except StorageError:
                 log.warning("%s %s: database unavailable while watching; still waiting", kind, job_id)
-        return self._after_exit(kind, job_id, owner, proc.returncode, stream.stderr(), stream.outcome)
+        return self._after_exit(kind, job_id, owner, proc.returncode, stream.stderr(), stream.outcome, payload)
 
     def _after_exit(self, kind: str, job_id: str, owner: str, returncode: int, stderr: str,
-                    outcome: dict | None = None) -> str:
-        """Record what the child said (its outcome line), or decide on a retry when it said nothing."""
+                    outcome: dict | None = None, payload: dict | None = None) -> str:
+        """Record what the child said (its outcome line), or decide on a retry when it said nothing.
+        A kind that writes a file has it moved into the blob store first (child.COLLECT), and removed
+        again if the success cannot be recorded (child.DISCARD), so a row never names a missing file."""
         c = self.config
         job = dict(kind=kind, job_id=job_id)
         with session_scope(c.database_url) as s:
@@ -192,8 +208,17 @@ class JobRunner:
             if outcome is not None and outcome.get("outcome") in ("succeeded", "failed"):
                 status = outcome["outcome"]
                 error = redact_paths(outcome["error"]) if outcome.get("error") else None
-                store.finish_attempt(s, **job, owner=owner, status=status, error=error,
-                                     outputs=outcome.get("outputs") if status == "succeeded" else None)
+                outputs = outcome.get("outputs") if status == "succeeded" else None
+                if status == "succeeded" and kind in child.COLLECT:
+                    try:
+                        outputs = child.COLLECT[kind](job_id, payload, outputs or {}, self._blobs())
+                    except OSError as exc:  # the child said it wrote a file that is not there
+                        status, outputs = "failed", None
+                        error = redact_paths(f"the job's output could not be stored: {exc}")
+                recorded = store.finish_attempt(s, **job, owner=owner, status=status, error=error, outputs=outputs)
+                if not recorded and status == "succeeded" and kind in child.DISCARD:
+                    s.expire_all()
+                    child.DISCARD[kind](s, job_id, outputs, self._blobs())
                 return status
             reason = redact_paths(describe_exit(returncode, stderr))
             if rec.attempts < c.max_attempts:
@@ -204,6 +229,14 @@ class JobRunner:
             error = f"{reason} (attempt {rec.attempts} of {c.max_attempts})"
             store.finish_attempt(s, **job, owner=owner, status="failed", error=error)
             return "failed"
+
+
+def _touch(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.utime(path)
+        except OSError:
+            pass
 
 
 class _ChildStream:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -100,6 +100,14 @@ class Exporter(ABC):
     @abstractmethod
     def export(self, plan: ExportPlan) -> Export:
         """The plan in this format."""
+
+    def write(self, plan: ExportPlan, path: str, report: Callable[[float, str], None] | None = None) -> Export:
+        """The export written to the file `path` (what an export job runs), its Export without the
+        content; formats that build large files override it to stream and to report progress."""
+        exported = self.export(plan)
+        with open(path, "wb") as f:
+            f.write(exported.content)
+        return Export(b"", exported.media_type, exported.filename, exported.warnings)
 
     @abstractmethod
     def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:

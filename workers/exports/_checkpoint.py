@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from workers.exports._base import Export, ExportError, Exporter, ExportPlan, weight_settings
@@ -45,20 +45,42 @@ class FakeQuantCheckpoint(Exporter):
     def available(self) -> bool:
         return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("safetensors") is not None
 
+    filename = "model.fakequant.safetensors"
+    media_type = "application/octet-stream"
+
     def export(self, plan: ExportPlan) -> Export:
-        if plan.model is None:
-            raise ExportError("safetensors: the plan carries no model to quantize")
         from safetensors.torch import save
 
+        state, metadata = self.build(plan)
+        return Export(save(state, metadata=metadata), self.media_type, self.filename)
+
+    def write(self, plan: ExportPlan, path: str, report: Callable[[float, str], None] | None = None) -> Export:
+        """The checkpoint written straight to `path` (no second copy in memory), with progress per
+        layer; what the export job runs. The returned Export carries no content."""
+        from safetensors.torch import save_file
+
+        state, metadata = self.build(plan, report)
+        if report is not None:
+            report(0.95, "writing the checkpoint")
+        save_file(state, path, metadata=metadata)
+        return Export(b"", self.media_type, self.filename)
+
+    def build(self, plan: ExportPlan, report: Callable[[float, str], None] | None = None):
+        """(state dict with planned weights fake-quantized and ties dropped, safetensors metadata)."""
+        if plan.model is None:
+            raise ExportError("safetensors: the plan carries no model to quantize")
         from workers.evaluation import apply_plan
         from workers.models import load_model
 
-        model = apply_plan(load_model(plan.model), plan.assignment, inplace=True)
+        if report is not None:
+            report(0.02, "loading the model")
+        per_layer = None if report is None else (lambda f, message: report(0.05 + 0.9 * f, message))
+        model = apply_plan(load_model(plan.model), plan.assignment, inplace=True, report=per_layer)
         state, tied = untie(model.state_dict())
         metadata = {"format": "pt", "bitplan_plan": json.dumps(plan.assignment, sort_keys=True)}
         if tied:
             metadata["bitplan_tied"] = json.dumps(tied, sort_keys=True)
-        return Export(save(state, metadata=metadata), "application/octet-stream", "model.fakequant.safetensors")
+        return state, metadata
 
     def read(self, content: bytes, layers: Sequence[str] = ()) -> dict[str, dict[str, Any] | None]:
         """safetensors' own parser; the plan comes back from the metadata."""
