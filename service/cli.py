@@ -85,6 +85,8 @@ def _add_client_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", help='analysis options, JSON or a JSON file: e.g. \'{"max_probes": 64}\' or'
                                      ' {"hardware": "a100", "latency_table": {...}}')
+    p.add_argument("--latency-table", metavar="FILE",
+                   help='measured latencies, a JSON file {layer: {candidate: ms}} (sent as options.latency_table)')
     p.add_argument("--name", help="the model's name on the server (default: the file name)")
     p.add_argument("--wait", action="store_true", help="follow it with a progress bar until it ends")
     p.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)

@@ -94,6 +94,19 @@ def _options(raw: str | None) -> dict[str, Any]:
     return data
 
 
+def _latency_table_file(path: str) -> dict[str, Any]:
+    """--latency-table FILE: the JSON object {layer: {candidate: ms}}; the server checks the entries."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"--latency-table: cannot read {path} ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--latency-table: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError('--latency-table: expected a JSON object {layer: {candidate: ms}}')
+    return data
+
+
 def budget_from_args(args: argparse.Namespace) -> dict[str, float]:
     """--bits, --bytes and repeated --budget COST=LIMIT, combined into one API budget (all must hold)."""
     budget: dict[str, float] = {}
@@ -117,6 +130,8 @@ def submit(args: argparse.Namespace) -> int:
     architecture, hyperparams = _spec(args.spec)
     with client_from(args) as client:
         options = _options(args.options)
+        if getattr(args, "latency_table", None):
+            options["latency_table"] = _latency_table_file(args.latency_table)
         model = client.upload_model(Path(args.model), architecture=architecture, hyperparams=hyperparams,
                                     name=args.name)
         dataset = client.upload_dataset(Path(args.dataset)) if args.dataset else None

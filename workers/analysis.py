@@ -109,12 +109,17 @@ def analyse(
     ties: str = "auto",
     provenance: dict[str, Any] | None = None,
     plan_memory: bool = True,
+    cost_sample: torch.Tensor | None = None,
+    no_cost_sample: str | None = None,
 ) -> SensitivityTable:
     """The sensitivity table of `model`'s quantizable layers under `candidates`.
 
     Leaves the model's parameter values unchanged (it may move the model to `device`). `timings`,
     when given, receives seconds per phase. `latency_table` maps (layer, candidate) → ms (parsed
     by workers.costs.parse_latency_table); `hardware` asks for roofline latencies instead.
+    Without calibration, MACs (bops, roofline latency) come from one forward on `cost_sample`
+    (workers.costs.synthetic_sample); when there is none, `no_cost_sample` says why, and the table
+    carries a cost_unavailable warning instead of silently missing costs.
     `plan_memory` sizes the batches from the free memory (module docstring): `calibration.batch_size`
     and the metric's probe batch are then upper bounds, and both objects are changed in place.
     """
@@ -163,6 +168,19 @@ def analyse(
                 f"model forward failed on one calibration sample of shape {list(calibration.inputs[:1].shape)}:"
                 f" {type(exc).__name__}: {exc}"
             ) from exc
+    elif cost_sample is not None:
+        report(0.0, "tracing one synthetic sample for MACs")
+        try:
+            trace = trace_layers(model, layers, cost_sample.to(target))
+            if cost_sample.shape[0] > 1:
+                _per_sample(trace, int(cost_sample.shape[0]))
+        except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
+            if is_out_of_memory(exc):
+                raise AnalysisError(_OOM_AT_ONE.format(device=target)) from exc
+            no_cost_sample = (f"the model's forward on a synthetic sample of shape {list(cost_sample.shape)} failed:"
+                              f" {type(exc).__name__}: {exc}; give a dataset to trace on")
+    else:
+        no_cost_sample = no_cost_sample or "no calibration data and no synthetic sample to trace MACs on"
     timings["trace_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -240,7 +258,9 @@ def analyse(
     timings["quantize_s"] = time.perf_counter() - started
     report(1.0, "done")
 
-    tie_groups = [list(g) for g in trace.shared_inputs] if (trace is not None and ties == "auto") else []
+    # ties from a calibration pass only (as before); a synthetic pass serves costs
+    tie_groups = ([list(g) for g in trace.shared_inputs]
+                  if (trace is not None and calibration is not None and ties == "auto") else [])
     prov: dict[str, Any] = {
         "seed": seed,
         "device": str(target),
@@ -259,6 +279,11 @@ def analyse(
     prov["memory"] = memory
     if trace is not None:
         prov["cost_sample_shape"] = trace.sample_shape
+        if calibration is None:
+            prov["cost_sample"] = "synthetic"
+    else:
+        missing = ["bops"] + (["latency_ms"] if hardware is not None else [])
+        prov["costs_unavailable"] = {"costs": missing, "reason": no_cost_sample or "no sample to trace MACs on"}
     if hardware is not None:
         prov["latency"] = {"model": "roofline", "hardware": hardware.to_dict()}
     elif latency_table is not None:

@@ -1,6 +1,7 @@
 """Costs of a layer in a candidate format beyond its bytes: BOPs and latency.
 
-MACs are measured, not derived from shapes: one forward pass on one calibration sample (batch 1)
+MACs are measured, not derived from shapes: one forward pass on one calibration sample (batch 1;
+without calibration data, on one zero sample of the model's recorded input shape: synthetic_sample)
 with a hook on every module that uses a layer weight counts, per weight, the multiply-accumulates
 of every call (a tied weight used by the embedding and the LM head gets the head's MACs; a module
 called twice counts twice). Linear / HF Conv1D: output elements × in_features. ConvNd: output
@@ -43,6 +44,7 @@ __all__ = [
     "parse_hardware",
     "parse_latency_table",
     "roofline_ms",
+    "synthetic_sample",
     "trace_layers",
 ]
 
@@ -277,3 +279,29 @@ def parse_latency_table(value: Any, layers: Sequence[str], candidates: Sequence[
                 )
             result[(layer, cand)] = float(ms)
     return result
+
+
+def synthetic_sample(signature: Mapping[str, Any] | None, max_length: int | None = None) -> tuple[Any, str | None]:
+    """One input built from the model's recorded signature (workers.models.input_signature), so MACs
+    come from shapes when there is no calibration data: (tensor, None), or (None, why not). The values
+    are zeros: a count of multiply-accumulates does not depend on them."""
+    import torch
+
+    if not signature:
+        return None, "the model's input shape is not known (no input signature); give a dataset to trace on"
+    if signature.get("takes") == "token_ids":
+        positions = signature.get("max_positions")
+        length = max_length or (min(128, positions) if isinstance(positions, int) else 128)
+        return torch.zeros((1, int(length)), dtype=torch.long), None
+    shape = list(signature.get("shape") or [])
+    if not shape:
+        return None, "the model's input shape is not known; give a dataset to trace on"
+    batch = signature.get("static_batch") or 1
+    dims = [batch if shape[0] is None else int(shape[0]), *shape[1:]]
+    if any(d is None for d in dims):
+        return None, (f"the model's input shape {shape} has a dynamic dimension besides the batch, so its MACs"
+                      " depend on data; give a dataset to trace on")
+    dtype = getattr(torch, str(signature.get("dtype") or "float32"), None)
+    if not isinstance(dtype, torch.dtype):
+        return None, f"the model's input dtype {signature.get('dtype')!r} is not a torch dtype"
+    return torch.zeros(dims, dtype=dtype), None

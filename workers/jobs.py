@@ -23,6 +23,7 @@ Report = Callable[[float, str], None]
 #   max_length    cap on sequence length (text: window length in tokens, default 128)
 #   device        "auto" (CUDA when available, else CPU) | "cpu" | "cuda" | "cuda:N"
 #   hardware      roofline latency: "t4" | "a100" | "h100" | {name, peak_ops: {bits: ops/s}, bandwidth}
+#                 (without a dataset, MACs come from a zero sample of the recorded input shape)
 #   latency_table {layer: {candidate: ms}} measured latencies (instead of `hardware`)
 #   grouping      "layer" | "block" | [name prefixes]: decision units
 #   ties          "auto" (tie fusable projections found in the traced pass) | "none"
@@ -172,6 +173,18 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
             analysis_options["latency_table"], [info.name for info, _ in find_layers(model)], [q.name for q in candidates]
         )
 
+    cost_sample, no_cost_sample = None, None
+    if calibration is None:
+        from workers.costs import synthetic_sample
+        from workers.models import input_signature
+
+        try:
+            signature = input_signature(model, source)
+        except Exception as exc:  # noqa: BLE001 - an unreadable signature only costs the MACs
+            signature, no_cost_sample = None, f"the model's input signature cannot be read ({exc})"
+        if no_cost_sample is None:
+            cost_sample, no_cost_sample = synthetic_sample(signature, analysis_options["max_length"])
+
     table = analyse(
         model,
         calibration,
@@ -183,6 +196,8 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
         device=analysis_options["device"],
         hardware=hardware,
         latency_table=latency_table,
+        cost_sample=cost_sample,
+        no_cost_sample=no_cost_sample,
         grouping=grouping,
         ties=ties,
     )

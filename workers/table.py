@@ -248,6 +248,10 @@ def table_warnings(table: SensitivityTable) -> list[dict[str, Any]]:
         out.append(_warning("stopped_early", None, values,
             f"the analysis stopped at {stopping['reason']} ({stopping.get('probes')} probes) before {target}{detail};"
             " it succeeded with what it had."))
+    missing = table.provenance.get("costs_unavailable")
+    if isinstance(missing, dict) and missing.get("costs"):
+        out.append(_warning("cost_unavailable", None, dict(missing),
+            f"{' and '.join(missing['costs'])} not computed: {missing.get('reason')}."))
     return out
 
 

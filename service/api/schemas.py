@@ -55,9 +55,38 @@ class AnalysisIn(BaseModel):
     )
     metric: str = Field("hutchinson", min_length=1, max_length=50)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    options: dict[str, float | int | str | bool | list[float]] = Field(
-        default_factory=dict, description="Metric options, e.g. tolerance, max_probes, batch_size."
+    options: dict[str, float | int | str | bool | list[float] | dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Analysis and metric options, e.g. tolerance, max_probes, batch_size; hardware (a name or"
+                    " {name, peak_ops, bandwidth}); latency_table {layer: {candidate: milliseconds}}.",
     )
+
+    @model_validator(mode="after")
+    def _check_costs(self) -> AnalysisIn:
+        """Objects only where an option takes one; a bad latency entry named at the edge, not in the job."""
+        for key, value in self.options.items():
+            if isinstance(value, dict) and key not in ("latency_table", "hardware"):
+                raise ValueError(f"options.{key}: must be a number, string, boolean or list of numbers, not an object")
+        if "latency_table" in self.options:
+            check_latency_table(self.options["latency_table"])
+        return self
+
+
+def check_latency_table(table: Any) -> None:
+    """options.latency_table: {layer: {candidate: milliseconds}}; layer and candidate coverage is
+    checked by the job, which knows the model's layers."""
+    example = '{"fc1": {"int4": 0.21, "int8": 0.12}, "fc2": {"int4": 0.05, "int8": 0.03}}'
+    if isinstance(table, str):
+        raise ValueError(f"options.latency_table: send a JSON object, not a string (neither a path nor JSON text"
+                         f" is read here), e.g. {example}")
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"options.latency_table: must be a non-empty object {{layer: {{candidate: ms}}}}, e.g. {example}")
+    for layer, row in table.items():
+        if not isinstance(row, dict) or not row:
+            raise ValueError(f"options.latency_table.{layer}: must be an object {{candidate: milliseconds}}, got {row!r}")
+        for cand, ms in row.items():
+            if isinstance(ms, bool) or not isinstance(ms, int | float) or not (0 <= ms < float("inf")):
+                raise ValueError(f"options.latency_table.{layer}.{cand}: must be a finite number of ms ≥ 0, got {ms!r}")
 
 
 class Progress(BaseModel):
@@ -69,7 +98,7 @@ class WarningOut(BaseModel):
     """A number the analysis cannot fully stand behind, machine-readable (workers.table)."""
 
     code: str = Field(description="negative_trace, negative_statistic, ci_straddles_zero, not_converged,"
-                                  " stopped_early, low_confidence, confidence_unavailable")
+                                  " stopped_early, low_confidence, confidence_unavailable, cost_unavailable")
     layer: str | None = Field(None, description="The layer or unit it is about; null for the whole analysis or plan.")
     message: str
     values: dict[str, Any] = Field(default_factory=dict)

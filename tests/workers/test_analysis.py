@@ -102,3 +102,25 @@ def test_job_costs_seed_and_latency_table(tmp_path):
         run_analysis_job({"model": source, "dataset_path": data, "candidates": ["int4"],
                           "options": {"latency_table": {"fc1": {"int4": 1}}}})
     assert PROFILES["t4"].peak_for(8) == 130e12
+
+
+def test_mse_with_hardware_traces_a_synthetic_sample(tmp_path):
+    """No calibration data: MACs come from one zero sample of the recorded input shape, so bops and
+    roofline latency exist for a data-free metric; with no sample at all the table says why."""
+    model, _, _ = trained_mlp()
+    source = {"format": "safetensors", "path": save_model(tmp_path / "m.safetensors", model),
+              "architecture": "mlp", "hyperparams": MLP}
+    out = run_analysis_job({"model": source, "metric": "mse", "candidates": ["int4", "int8_a8"],
+                            "options": {"hardware": "t4"}})
+    fc1 = out["layers"][0]
+    assert fc1["macs"] == 6 * 8 and [c["bops"] for c in fc1["candidates"]] == [48 * 4 * 16, 48 * 8 * 8]
+    assert all(c["latency_ms"] > 0 for row in out["layers"] for c in row["candidates"])
+    assert out["provenance"]["cost_sample"] == "synthetic" and out["provenance"]["cost_sample_shape"] == [1, 6]
+    assert [w["code"] for w in out["warnings"]] == []
+
+    table = analyse(model, None, parse_candidates(["int4"]), get_metric("mse"), hardware=PROFILES["t4"],
+                    no_cost_sample="the model's input shape is not known")
+    assert table.layers[0].candidates[0].latency_ms is None
+    (warning,) = [w for w in table.warnings if w["code"] == "cost_unavailable"]
+    assert warning["values"]["costs"] == ["bops", "latency_ms"]
+    assert "bops and latency_ms not computed: the model's input shape is not known" in warning["message"]
