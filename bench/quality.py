@@ -134,6 +134,29 @@ def job_analyse(prep, tables: Path | None, options_for):
     return analyse
 
 
+def in_process(model, calibration, key: str, tables: Path | None, extra: dict[str, dict]):
+    """analyse() directly (no job, no memory planning), tables cached like job_analyse's."""
+    from workers.analysis import analyse
+    from workers.metrics import get_metric
+    from workers.quantizers import parse_candidates
+
+    def run(metric: str):
+        path = tables / f"{key}-{metric}-inproc.json" if tables else None
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            return data, data["seconds"]
+        started = time.perf_counter()
+        table = analyse(model, calibration, parse_candidates(CANDIDATES), get_metric(metric, extra.get(metric, {})),
+                        seed=0, device="cpu", plan_memory=False)
+        data = {**table.to_dict(), "seconds": time.perf_counter() - started, "bench_commit": head_commit()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data))
+        return data, data["seconds"]
+
+    return run
+
+
 def smollm2_case(args) -> Case:
     from bench.real_models import prepare_smollm2, smollm2_tokenizer
     from bench.texts import documents, token_windows
@@ -191,9 +214,13 @@ def efficientnet_case(args) -> Case:
             return {"max_samples": args.cnn_other_samples}
         return {}
 
+    analyse_fn = job_analyse(prep, args.tables, options)
+    if args.cnn_in_process:
+        analyse_fn = in_process(model, Calibration(cal[: args.cnn_in_process], None, args.cnn_in_process), "efficientnet",
+                                args.tables, {"hutchinson": {"probe_batch": 4, "max_seconds": args.cnn_max_seconds}})
     case = Case(
         key="efficientnet", title=prep.title, model=model, evaluator=evaluator,
-        measures=("top1_agreement", "kl"), analyse=job_analyse(prep, args.tables, options),
+        measures=("top1_agreement", "kl"), analyse=analyse_fn,
         truth_inputs=cal[:32], truth_layers=None, notes=list(prep.notes),
         float_line="float model: the reference (agreement 1, KL 0)",
         modelopt={"model": "efficientnet", "inputs": cal[: args.cnn_peer_images], "targets": pseudo[: args.cnn_peer_images],
@@ -204,6 +231,10 @@ def efficientnet_case(args) -> Case:
                       " fake-quant forward is ~10× slower than a plain one here)")
     case.notes.append("loss_delta (the measured column) runs on the first 32 calibration crops (options.max_samples);"
                       " the measured single-layer Δ for rank agreement is that same table")
+    if args.cnn_in_process:
+        case.notes.append(f"analysed in-process on the first {args.cnn_in_process} crops for every metric, memory planning"
+                          f" off (batch sizes do not change the numbers), hutchinson probe_batch 4, max_seconds"
+                          f" {args.cnn_max_seconds:g}: the default job (128 crops) did not finish in 50 min on the shared CPU")
     if args.cnn_other_samples:
         case.notes.append(f"fisher and gauss_newton run on the first {args.cnn_other_samples} crops (options.max_samples,"
                           f" CPU time); hutchinson on all 128 with default options")
@@ -415,6 +446,10 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
     def used(assignment):
         return sum(problem.unit(u).option(c).costs["bytes"] for u, c in assignment.items())
 
+    import hashlib
+
+    eval_path = args.tables / f"{case.key}-evaluations-{len(case.evaluator.data.inputs)}.json" if args.tables else None
+    stored = json.loads(eval_path.read_text()) if eval_path is not None and eval_path.is_file() else {}
     cache: dict[tuple, dict] = {}
     results: dict[str, dict[str, dict]] = {}
     refine_log: list = []
@@ -446,9 +481,15 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
             if spent > limit * (1 + 1e-9):
                 raise AssertionError(f"{case.key} {name}: {method} spends {spent} > {limit} bytes")
             key = tuple(sorted(assignment.items()))
+            digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()
+            if key not in cache and digest in stored:
+                cache[key] = stored[digest]
             if key not in cache:
                 log(f"{case.key} {name}b: measuring {method}")
                 cache[key] = case.evaluator.evaluate(assignment)
+                if eval_path is not None:
+                    stored[digest] = cache[key]
+                    eval_path.write_text(json.dumps(stored))
             m = dict(cache[key])
             if m.get("perplexity") is None and case.key == "smollm2":
                 m["perplexity"] = math.exp(min(float(m["loss"]), 700.0))
@@ -552,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-refine-windows", type=int, default=8)
     parser.add_argument("--refine-rounds", type=int, default=2)
     parser.add_argument("--cnn-refine-images", type=int, default=32)
+    parser.add_argument("--cnn-in-process", type=int, default=0, help="analyse the CNN in-process on this many crops")
+    parser.add_argument("--cnn-max-seconds", type=float, default=180.0)
     parser.add_argument("--cnn-other-samples", type=int, default=0, help="max_samples for the CNN's non-default metrics")
     parser.add_argument("--metrics", default="", help="comma list (default: all of " + ",".join(METRICS) + ")")
     args = parser.parse_args(argv)
