@@ -1,6 +1,6 @@
 """Owners: with two submit+read tokens over real HTTP, neither sees, builds on, cancels or follows the
-other's models, datasets, analyses, plans, frontiers, evaluations and exports (404, as if absent);
-lists hold only one's own; admins see everything. On SQLite and on PostgreSQL. And a token's open
+other's models, datasets, analyses, plans, frontiers, evaluations, exports and export jobs (404, as
+if absent); lists hold only one's own; admins see everything. On SQLite and on PostgreSQL. And a token's open
 event stream ends once the token is revoked."""
 
 from __future__ import annotations
@@ -116,6 +116,16 @@ def test_two_tokens_never_see_or_touch_each_others_work(server, digits):
         _missing(b.get(f"/v1/evaluations/{eid}"))
         _missing(b.get(f"/v1/evaluations/{eid}/events"))
         _missing(b.post(f"/v1/evaluations/{eid}/cancel"))
+        # Export jobs: the other token cannot start one on the plan, nor see, follow, cancel or fetch one.
+        _missing(b.post(f"/v1/plans/{pid}/exports", json={"format": "safetensors"}))
+        export = a.post(f"/v1/plans/{pid}/exports", json={"format": "safetensors"})
+        assert export.status_code == 202, export.text
+        xid = export.json()["id"]
+        for path in (f"/v1/exports/{xid}", f"/v1/exports/{xid}/events", f"/v1/exports/{xid}/file"):
+            _missing(b.get(path))
+        _missing(b.post(f"/v1/exports/{xid}/cancel"))
+        assert admin.get(f"/v1/exports/{xid}").status_code == 200
+        assert a.post(f"/v1/exports/{xid}/cancel").json()["status"] == "cancelled"
 
         # The owner keeps full use of all of it; an admin sees it too.
         assert [p["id"] for p in a.get(f"/v1/analyses/{aid}/plans").json()] == [pid]
