@@ -128,7 +128,7 @@ def test_non_finite_safetensors_model_weight(client, digits, tmp_path):
 
 def test_non_finite_hf_directory_weight(client, tmp_path):
     pytest.importorskip("transformers")
-    from tests.service.test_model_and_data_formats import zipped
+    from tests.utils.service_factories import zipped
     from tests.utils.hf_factories import save_tiny
 
     directory = tmp_path / "gpt2"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from safetensors.numpy import save as save_np
 
 from service.jobs.sandbox import why_unavailable
-from tests.utils.service_factories import make_client, upload_model
+from tests.utils.service_factories import make_client, upload_model, zipped
 
 
 def _dataset(client, inputs: np.ndarray, targets: np.ndarray | None = None) -> dict:
@@ -61,22 +60,13 @@ def test_a_dataset_of_the_wrong_feature_size_is_refused_at_submit_with_both_shap
     assert r.status_code == 202, r.text
 
 
-def _zipped(directory) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"model/{path.relative_to(directory).as_posix()}")
-    return buf.getvalue()
-
-
 def test_token_ids_past_the_vocabulary_or_positions_are_refused_at_submit(idle_client, tmp_path):
     pytest.importorskip("transformers")
     from tests.utils.hf_factories import save_tiny
 
     client = idle_client
     save_tiny("gpt2", tmp_path / "gpt2")
-    r = client.post("/v1/models", files={"file": ("gpt2.zip", _zipped(tmp_path / "gpt2"))})
+    r = client.post("/v1/models", files={"file": ("gpt2.zip", zipped(tmp_path / "gpt2"))})
     assert r.status_code == 201, r.text
     model = r.json()
     vocab = model["inputs"]["vocab_size"]

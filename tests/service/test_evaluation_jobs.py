@@ -10,19 +10,14 @@ import time
 import pytest
 
 from service.db.migrate import at_head, upgrade
+from tests.utils.queue_factories import wait_finished
 from tests.utils.service_factories import make_client, upload_dataset, upload_model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def _wait(client, url: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(url).json()
-        if state["status"] in TERMINAL:
-            return state
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not finish in {timeout} s")
+    return wait_finished(client, url, timeout)
 
 
 def _analysed(client, digits) -> dict:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
+from tests.utils.queue_factories import wait_done
 from tests.utils.service_factories import make_client, upload_dataset, upload_model
 from workers.exports import get_exporter
 
 
 def _wait(client, analysis_id: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/v1/analyses/{analysis_id}").json()
-        if state["status"] in ("succeeded", "failed", "cancelled"):
-            return state
-        time.sleep(0.2)
-    raise AssertionError(f"analysis {analysis_id} did not finish in {timeout} s")
+    return wait_done(client, analysis_id, timeout)
 
 
 @pytest.fixture(scope="module")

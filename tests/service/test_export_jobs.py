@@ -7,17 +7,16 @@ blob store, cancelled, nothing left behind), on SQLite and once on PostgreSQL.""
 from __future__ import annotations
 
 import copy
-import io
 import json
 import re
 import time
-import zipfile
 
 import pytest
 
 from service import exports
 from tests.utils.hf_factories import save_tiny
-from tests.utils.service_factories import make_client
+from tests.utils.queue_factories import wait_finished
+from tests.utils.service_factories import make_client, zipped
 from workers.exports import get_exporter
 from workers.exports._base import weight_settings
 
@@ -30,23 +29,8 @@ INTEGERS = ["int4", "int8"]
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def _zipped(directory) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"model/{path.relative_to(directory).as_posix()}")
-    return buf.getvalue()
-
-
 def _wait(client, url: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(url).json()
-        if state["status"] in TERMINAL:
-            return state
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not finish in {timeout} s")
+    return wait_finished(client, url, timeout)
 
 
 def _plan(client, model_id: str, candidates: list[str], avg_bits: float) -> dict:
@@ -63,7 +47,7 @@ def _plan(client, model_id: str, candidates: list[str], avg_bits: float) -> dict
 def _upload_gpt2(client, tmp_path, hidden: int) -> tuple[dict, str]:
     directory = tmp_path / "gpt2"
     save_tiny("gpt2", directory, hidden=hidden)
-    r = client.post("/v1/models", files={"file": ("gpt2.zip", _zipped(directory))})
+    r = client.post("/v1/models", files={"file": ("gpt2.zip", zipped(directory))})
     assert r.status_code == 201, r.text
     return r.json(), str(directory)
 

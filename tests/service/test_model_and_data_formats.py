@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import time
-import zipfile
 
 import numpy as np
 import pytest
 
 from tests.utils.hf_factories import save_tiny, write_jsonl
-from tests.utils.service_factories import make_client
+from tests.utils.service_factories import make_client, zipped
 
 pytest.importorskip("transformers")
 
@@ -20,16 +18,6 @@ pytest.importorskip("transformers")
 def client(tmp_path):
     with make_client(tmp_path) as c:
         yield c
-
-
-def zipped(directory, *, top: str | None = "model") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                arc = path.relative_to(directory).as_posix()
-                zf.write(path, f"{top}/{arc}" if top else arc)
-    return buf.getvalue()
 
 
 def test_hf_directory_with_text_calibration(client, tmp_path):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.service.test_model_and_data_formats import zipped
+from tests.utils.service_factories import zipped
 from tests.utils.service_factories import make_client, upload_dataset, upload_model
 
 

@@ -115,11 +115,16 @@ def state(client: TestClient, analysis_id: str) -> dict:
     return client.get(f"/v1/analyses/{analysis_id}").json()
 
 
-def wait_done(client: TestClient, analysis_id: str, timeout: float = 120) -> dict:
+def wait_finished(client: TestClient, url: str, timeout: float = 120) -> dict:
+    """The job at `url` (an analysis, evaluation or export) once it is succeeded, failed or cancelled."""
     return wait_until(
-        lambda: (s := state(client, analysis_id))["status"] in ("succeeded", "failed", "cancelled") and s,
-        timeout, f"analysis {analysis_id} to finish", every=0.1,
+        lambda: (s := client.get(url).json())["status"] in ("succeeded", "failed", "cancelled") and s,
+        timeout, f"{url} to finish", every=0.1,
     )
+
+
+def wait_done(client: TestClient, analysis_id: str, timeout: float = 120) -> dict:
+    return wait_finished(client, f"/v1/analyses/{analysis_id}", timeout)
 
 
 def install_completion_counter(database_url: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -41,3 +43,14 @@ def upload_model(client: TestClient, digits, **overrides):
 def upload_dataset(client: TestClient, path: Path):
     with open(path, "rb") as f:
         return client.post("/v1/datasets", files={"file": ("d.safetensors", f)})
+
+
+def zipped(directory: Path, *, top: str | None = "model") -> bytes:
+    """A model directory as the zip a user uploads (under `top/`, or at the root with top=None)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                arc = path.relative_to(directory).as_posix()
+                zf.write(path, f"{top}/{arc}" if top else arc)
+    return buf.getvalue()
