@@ -121,15 +121,20 @@ class BitplanClient:
     def wait(self, analysis_id: str, *, poll: float = 0.5, timeout: float = 3600,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Poll until the analysis ends; returns its final state (succeeded, failed or cancelled)."""
+        return self._wait_job(f"/v1/analyses/{analysis_id}", f"analysis {analysis_id}", poll=poll,
+                              timeout=timeout, on_progress=on_progress)
+
+    def _wait_job(self, path: str, what: str, *, poll: float, timeout: float,
+                  on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            state = self.analysis(analysis_id)
+            state = self._json(self._http.get(path))
             if on_progress:
                 on_progress(state)
             if state["status"] in ("succeeded", "failed", "cancelled"):
                 return state
             if time.monotonic() > deadline:
-                raise TimeoutError(f"analysis {analysis_id} still {state['status']} after {timeout} s")
+                raise TimeoutError(f"{what} still {state['status']} after {timeout} s")
             time.sleep(poll)
 
     def table(self, analysis_id: str) -> dict[str, Any]:
@@ -159,6 +164,29 @@ class BitplanClient:
         name = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else f"{plan_id}.{fmt}"
         warnings = [w for w in r.headers.get("x-bitplan-export-warnings", "").split(" | ") if w]
         return r.content, Path(name).name, warnings
+
+    def export_job(self, plan_id: str, target: Path, *, fmt: str, poll: float = 0.5, timeout: float = 3600,
+                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Build an export in a job (formats that open the model), wait for it and stream its file to
+        `target` (via `target.part`, so nothing half-written has the asked name); the final export record."""
+        record = self._post(f"/v1/plans/{plan_id}/exports", json_body={"format": fmt})
+        final = self._wait_job(f"/v1/exports/{record['id']}", f"export {record['id']}", poll=poll,
+                               timeout=timeout, on_progress=on_progress)
+        if final["status"] != "succeeded":
+            raise ApiError(409, f"export {record['id']} {final['status']}: {final.get('error') or 'no file'}", final)
+        partial = target.with_name(target.name + ".part")
+        try:
+            with self._http.stream("GET", f"/v1/exports/{record['id']}/file") as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._json(r)
+                with open(partial, "wb") as f:
+                    for chunk in r.iter_bytes():
+                        f.write(chunk)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return final
 
     def get_plan(self, plan_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/plans/{plan_id}"))

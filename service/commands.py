@@ -251,6 +251,10 @@ def frontier(args: argparse.Namespace) -> int:
 
 @_errors
 def export(args: argparse.Namespace) -> int:
+    from service.exports import job_formats
+
+    if args.format in job_formats():
+        return _export_by_job(args)
     with client_from(args) as client:
         content, filename, warnings = client.export(args.id, fmt=args.format)
     target = Path(args.output or filename)
@@ -262,6 +266,27 @@ def export(args: argparse.Namespace) -> int:
         tmp.replace(target)  # nothing half-written under the asked name
         print(f"wrote {target} ({len(content)} bytes, {args.format})", file=sys.stderr)
     for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _export_by_job(args: argparse.Namespace) -> int:
+    """Formats that open the model are built by an export job: follow it, then download its file."""
+    if args.output in (None, "-"):
+        raise ValueError(f"--format {args.format} is built as a file by an export job: give it with -o PATH")
+    target = Path(args.output)
+    shown: list[str] = []
+
+    def show(state: dict[str, Any]) -> None:
+        line = progress_line(state, label="export ")
+        if not shown or shown[-1] != line:
+            shown.append(line)
+            print(line, file=sys.stderr)
+
+    with client_from(args) as client:
+        final = client.export_job(args.id, target, fmt=args.format, on_progress=show)
+    print(f"wrote {target} ({final['size_bytes']} bytes, {args.format}, sha256 {final['sha256']})", file=sys.stderr)
+    for w in final.get("warnings") or []:
         print(f"warning: {w}", file=sys.stderr)
     return 0
 

@@ -208,6 +208,19 @@ def test_cli_pipeline_submit_plan_frontier_export(server, digits, tmp_path, caps
     assert main(["export", plan["id"], "--format", "nope", "-o", str(tmp_path / "x"), *auth]) == 2
     assert "format" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
+    # a format that opens the model is built by an export job: the CLI follows it and downloads the file
+    checkpoint = tmp_path / "plan.safetensors"
+    assert main(["export", plan["id"], "--format", "safetensors", "-o", str(checkpoint), *auth]) == 0
+    err = capsys.readouterr().err
+    assert "succeeded" in err.splitlines()[-2] and err.splitlines()[-1].startswith(f"wrote {checkpoint} (")
+    from safetensors.numpy import load_file
+
+    assert set(load_file(checkpoint)) == {f"{layer['layer']}.weight" for layer in plan["layers"]} | {
+        f"{layer['layer']}.bias" for layer in plan["layers"]}
+    assert not checkpoint.with_name("plan.safetensors.part").exists()
+    assert main(["export", plan["id"], "--format", "safetensors", *auth]) == 2
+    assert "give it with -o PATH" in capsys.readouterr().err
+
 
 def test_unreachable_server_is_one_line_and_exit_2(capsys):
     url = "http://127.0.0.1:9"
