@@ -25,7 +25,7 @@ from typing import Any
 
 from service.errors import InvalidInput
 
-__all__ = ["check_dataset_fits", "max_integer_input"]
+__all__ = ["check_dataset_fits", "check_latency_table_fits", "max_integer_input"]
 
 _FLOAT = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 _SAFETENSORS_INT = {"U8": "<u1", "I8": "<i1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4",
@@ -146,3 +146,18 @@ def _stream_max(f, dtype, nbytes: int) -> int | None:
             top = int(values.max())
             best = top if best is None else max(best, top)
     return best
+
+
+def check_latency_table_fits(layers: list[Mapping[str, Any]] | None, candidates: list[str],
+                             options: Mapping[str, Any]) -> None:
+    """InvalidInput("options.latency_table", ...) when the table names a layer the model lacks or misses a
+    layer × candidate the analysis needs: refused at submit, not minutes later in the job."""
+    from workers.costs import parse_latency_table  # pure Python: the API process stays torch-free
+
+    table = options.get("latency_table")
+    if table is None or not layers:
+        return
+    try:
+        parse_latency_table(table, [str(layer["name"]) for layer in layers], candidates)
+    except ValueError as exc:
+        raise InvalidInput("options.latency_table", str(exc).removeprefix("options.latency_table: ")) from exc

@@ -265,7 +265,8 @@ def parse_latency_table(value: Any, layers: Sequence[str], candidates: Sequence[
         raise ValueError("options.latency_table: must be an object {layer: {candidate: milliseconds}}")
     extra = sorted(set(value) - set(layers))
     if extra:
-        raise ValueError(f"options.latency_table: unknown layer {extra[0]!r}")
+        known = ", ".join(list(layers)[:8]) + (", …" if len(layers) > 8 else "")
+        raise ValueError(f"options.latency_table: unknown layer {extra[0]!r}; the model's layers: {known}")
     result: dict[tuple[str, str], float] = {}
     for layer in layers:
         row = value.get(layer)

@@ -33,6 +33,16 @@ def test_latency_table_object_gives_costs_and_a_latency_plan(client, digits, tmp
     r = client.post("/v1/analyses", json={**body, "options": {"latency_table": {**TABLE, second: 3}}})
     assert r.status_code == 422 and f"options.latency_table.{second}" in r.text
 
+    # layers and candidates are checked at submit against the model's recorded layers: nothing queued
+    r = client.post("/v1/analyses", json={**body, "options": {"latency_table": {**TABLE, "fc9": {"int4": 1}}}})
+    assert r.status_code == 422
+    assert r.json()["detail"] == f"options.latency_table: unknown layer 'fc9'; the model's layers: {', '.join(names)}"
+    r = client.post("/v1/analyses", json={**body, "options": {"latency_table": {**TABLE, first: {"int4": 0.1}}}})
+    assert r.status_code == 422
+    assert r.json()["detail"] == (f"options.latency_table: layer {first!r} candidate 'int8': needs a finite number "
+                                  "of ms ≥ 0, got None")
+    assert client.get("/v1/analyses").json() == []
+
     r = client.post("/v1/analyses", json={**body, "options": {"latency_table": TABLE}})
     assert r.status_code == 202, r.text
     final = wait_for(client, r.json()["id"])

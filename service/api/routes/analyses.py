@@ -49,6 +49,7 @@ def create_analysis(
     candidates = catalog.check_candidates(body.candidates)
     catalog.check_metric(body.metric, has_dataset=dataset is not None)
     compat.check_dataset_fits(model.inputs, dataset, body.options)  # before anything is queued
+    compat.check_latency_table_fits(model.layers, candidates, body.options)
     rec = AnalysisRecord(
         model_id=body.model_id, dataset_id=body.dataset_id, candidates=candidates, metric=body.metric,
         seed=body.seed, options=dict(body.options), status="queued", progress=0.0, message="queued", attempts=0,
