@@ -128,6 +128,15 @@ def test_checkpoint_reads_back_with_safetensors(tmp_path):
     assert get_exporter("safetensors").read(exported.content, ["fc1", "fc2"]) == {
         "fc1": weight_settings("int2"), "fc2": None}
 
+    # the same plan gives the same bytes, in memory and written to a file (safetensors orders its
+    # metadata from a hash map; the header is made canonical)
+    again = [get_exporter("safetensors").export(plan).content for _ in range(5)]
+    assert all(content == exported.content for content in again)
+    paths = [tmp_path / f"{k}.safetensors" for k in range(5)]
+    for path in paths:
+        get_exporter("safetensors").write(plan, str(path))
+        assert path.read_bytes() == exported.content
+
 
 def test_registry_lists_valid_names():
     assert set(CONFIG_FORMATS) | {"safetensors", "llamacpp", "llamacpp-types"} == set(exporter_names()) == set(exporters())

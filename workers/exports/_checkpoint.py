@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from workers.exports._base import Export, ExportError, Exporter, ExportPlan, weight_settings
@@ -37,6 +38,36 @@ def untie(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     return out, tied
 
 
+def _canonical_header(header: bytes) -> bytes:
+    """The same JSON header with its keys sorted, padded like safetensors pads (spaces to 8 bytes).
+
+    safetensors writes `__metadata__` from a hash map, so the same checkpoint came out with its
+    metadata keys in a different order on every write; sorted, equal exports are equal bytes."""
+    text = json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def deterministic(content: bytes) -> bytes:
+    """A safetensors file's bytes with its header canonical (`_canonical_header`)."""
+    size = int.from_bytes(content[:8], "little")
+    header = _canonical_header(content[8 : 8 + size])
+    return len(header).to_bytes(8, "little") + header + content[8 + size :]
+
+
+def make_deterministic(path: str) -> None:
+    """`deterministic` in place: the header is rewritten where it stands when its length is unchanged
+    (it always is: the same compact JSON, reordered), else the file is copied once."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = _canonical_header(f.read(size))
+        if len(header) == size:
+            f.seek(8)
+            f.write(header)
+            return
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(deterministic(data))
+
+
 class FakeQuantCheckpoint(Exporter):
     name = "safetensors"
     description = "fake-quantized safetensors checkpoint (dequantized weights; plan in the metadata)"
@@ -52,7 +83,7 @@ class FakeQuantCheckpoint(Exporter):
         from safetensors.torch import save
 
         state, metadata = self.build(plan)
-        return Export(save(state, metadata=metadata), self.media_type, self.filename)
+        return Export(deterministic(save(state, metadata=metadata)), self.media_type, self.filename)
 
     def write(self, plan: ExportPlan, path: str, report: Callable[[float, str], None] | None = None) -> Export:
         """The checkpoint written straight to `path` (no second copy in memory), with progress per
@@ -63,6 +94,7 @@ class FakeQuantCheckpoint(Exporter):
         if report is not None:
             report(0.95, "writing the checkpoint")
         save_file(state, path, metadata=metadata)
+        make_deterministic(path)
         return Export(b"", self.media_type, self.filename)
 
     def build(self, plan: ExportPlan, report: Callable[[float, str], None] | None = None):
