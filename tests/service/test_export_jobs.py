@@ -15,7 +15,7 @@ import pytest
 
 from service import exports
 from tests.utils.hf_factories import save_tiny
-from tests.utils.queue_factories import wait_finished
+from tests.utils.queue_factories import Workers, queue_settings, wait_finished
 from tests.utils.service_factories import make_client, zipped
 from workers.exports import get_exporter
 from workers.exports._base import weight_settings
@@ -243,20 +243,31 @@ def test_bad_export_requests(served, monkeypatch):
     assert f"POST /v1/plans/{pid}/exports" in r.text
 
 
-def test_export_job_on_postgres(tmp_path, postgres_url):
+def test_export_job_on_postgres_through_rq_workers(tmp_path, postgres_url, redis_server):
+    """What a multi-machine deployment runs: the API queues on Redis, a `bitplan worker` process builds
+    the file in its sandboxed child, the API streams it from the shared blob store."""
+    from fastapi.testclient import TestClient
     from safetensors.torch import load
 
+    from service.api.app import create_app
     from service.db.migrate import at_head, upgrade
 
     upgrade(postgres_url)
     assert at_head(postgres_url)
-    with make_client(tmp_path, postgres_url) as client:
-        model, _ = _upload_gpt2(client, tmp_path, hidden=16)
-        plan = _plan(client, model["id"], INTEGERS, 6)
-        r = client.post(f"/v1/plans/{plan['id']}/exports", json={"format": "safetensors"})
-        assert r.status_code == 202, r.text
-        state = _wait(client, r.headers["Location"])
-        assert state["status"] == "succeeded", state["error"]
-        content = client.get(f"{r.headers['Location']}/file").content
-        assert len(content) == state["size_bytes"]
-        assert {f"{layer}.weight" for layer in _choices(plan)} - {"lm_head.weight"} <= set(load(content))
+    settings = queue_settings(tmp_path, postgres_url, redis_server.url)
+    workers = Workers(settings, tmp_path)
+    with TestClient(create_app(settings)) as client:
+        workers.start(1)
+        try:
+            model, _ = _upload_gpt2(client, tmp_path, hidden=16)
+            plan = _plan(client, model["id"], INTEGERS, 6)
+            r = client.post(f"/v1/plans/{plan['id']}/exports", json={"format": "safetensors"})
+            assert r.status_code == 202, r.text
+            state = _wait(client, r.headers["Location"])
+            assert state["status"] == "succeeded", state["error"]
+            content = client.get(f"{r.headers['Location']}/file").content
+        finally:
+            workers.stop()
+    assert len(content) == state["size_bytes"]
+    assert {f"{layer}.weight" for layer in _choices(plan)} - {"lm_head.weight"} <= set(load(content))
+    assert workers.logs().count("Job OK") == 2  # the analysis and the export ran on the worker
