@@ -124,7 +124,7 @@ def test_evaluation_and_frontier_jobs(analysed):
     )
     assert result["plan"]["accuracy"] is not None and result["float"]["loss"] < result["plan"]["loss"] + 1
     assert set(result["baselines"]) == {"uniform", "greedy", "hawq_v3"}
-    assert all("measured" in b or "error" in b for b in result["baselines"].values())
+    assert all("measured" in b for b in result["baselines"].values()), result["baselines"]
     front = evaluate_frontier_job({"model": source, "dataset_path": data, "problem": problem, "points": 4})
     assert 1 <= len(front["points"]) <= 4
     assert all(p["measured"]["loss"] >= 0 for p in front["points"])

@@ -34,7 +34,7 @@ def test_analysis_job_end_to_end(files):
     assert set(out["timings"]) >= {"load_model_s", "load_data_s", "measure_s", "quantize_s", "total_s"}
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and 0 <= fractions[0]
-    assert any("ETA" in m for _, m in progress[:-3]) or len(progress) <= 5
+    assert any("ETA" in m for _, m in progress[:-3]), progress
     table = SensitivityTable.from_dict(out)
     assert [row.name for row in table.layers] == ["fc1", "fc2"]
     fc1 = table.layer("fc1")
