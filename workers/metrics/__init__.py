@@ -1,7 +1,8 @@
 """Sensitivity metrics: one module per metric, one registry (`get_metric`).
 
 hutchinson (Tr H per layer), eigen (top eigenvalue of H per layer), fisher (diagonal Fisher),
-gauss_newton (exact ½ ΔWᵀGΔW per layer × candidate), mse (data-free weight error), loss_delta
+gauss_newton (exact ½ ΔWᵀGΔW per layer × candidate), input_covariance (½ Σ_o B_o ΔW_o A ΔW_oᵀ from
+the layer-input covariance, probe-free), mse (data-free weight error), loss_delta
 (measured loss change). Importing this package loads no torch: only `get_metric` imports the
 chosen metric's module.
 """

@@ -25,6 +25,7 @@ _METRICS: dict[str, _Entry] = {
     "fisher": _Entry("workers.metrics.fisher:Fisher", True),
     "gauss_newton": _Entry("workers.metrics.gauss_newton:GaussNewton", True),
     "hutchinson": _Entry("workers.metrics.hutchinson:Hutchinson", True),
+    "input_covariance": _Entry("workers.metrics.input_covariance:InputCovariance", True),
     "loss_delta": _Entry("workers.metrics.loss_delta:LossDelta", True),
     "mse": _Entry("workers.metrics.mse:Mse", False),
 }
