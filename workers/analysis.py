@@ -351,7 +351,7 @@ def _plan_memory(model, layers, calibration, metric, device, static_batch, memor
             model, [p for _, p in layers], calibration, kind=pass_type,
             output_loss=getattr(metric, "output_loss", "kl"), device=device, batch_cap=calibration.batch_size,
             probe_cap=getattr(metric, knob) if knob else max(2, fixed or 1), static_batch=static_batch,
-            grow_until=0.0 if free is None else 0.05 * SAFETY * free, **loss_option,
+            **loss_option,  # no doubling: four passes at b, p ∈ {1, 2} (issue 10: growth cost minutes)
         )
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here, the rest re-raised
         if not is_out_of_memory(exc):

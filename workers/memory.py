@@ -3,9 +3,9 @@
 Why measure rather than guess: the peak of a forward + double backward depends on the model's
 activations, the loss and the number of probes sharing one graph, none of which the shapes alone
 tell. So before the metric runs, the same pass (workers.metrics' CalibrationLoss + BatchedHvp) is
-run on the real model at calibration batch b ∈ {1, B} and probe batch p ∈ {1, P} (B = P = 2,
-doubled while that pass stays under 5% of the memory planned with, so the pass measured stands out
-of the allocator's page-level noise); its peak above the memory in use before it (CPU: resident-set high-water, reset through /proc/self/clear_refs;
+run on the real model at calibration batch b ∈ {1, 2} and probe batch p ∈ {1, 2} (four passes at
+batch ≤ 2, never more: doubling B and P until the pass stood out of the allocator's noise cost a full
+expensive pass per doubling, minutes on a 135M-parameter LM; `grow_until` keeps that option); its peak above the memory in use before it (CPU: resident-set high-water, reset through /proc/self/clear_refs;
 CUDA: max_memory_allocated) fits the bilinear model
 
     need(b, p) = c + a·b + g·p + h·b·p      (+ r·(N − b): label-free references of all N samples)
