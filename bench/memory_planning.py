@@ -31,13 +31,21 @@ def main() -> None:
     params = [p for p in model.parameters() if p.dim() > 1]
     free, _ = free_memory(torch.device("cpu"))
     rows = {}
-    for name, grow in (("old", 0.05 * SAFETY * free), ("new", 0.0)):
+    import gc
+
+    import workers.memory as memory
+
+    young = memory.gc.collect
+    for name, grow, full_gc in (("old", 0.05 * SAFETY * free, True), ("new", 0.0, False)):
+        # old: a full collection in every trim (as before issue 10); new: young generations only
+        memory.gc.collect = (lambda *_: young()) if full_gc else young
         cal = Calibration(x, None, batch_size=256)
         start = time.perf_counter()
         cost = measure_pass_cost(model, params, cal, kind="hvp", output_loss="kl", device=torch.device("cpu"),
                                  batch_cap=256, probe_cap=16, grow_until=grow)
         wall = time.perf_counter() - start
         plan = choose_batches(cost, free_memory(torch.device("cpu"))[0], samples=256, batch_cap=256, probe_cap=16)
+        memory.gc.collect = young
         rows[name] = (wall, len(cost.measured), plan, process_peak(torch.device("cpu"))["peak_rss_bytes"])
     for name, (wall, n, plan, rss) in rows.items():
         print(f"{name}: planning {wall:6.2f} s, {n} passes, batch {plan.batch_size}, probe batch {plan.probe_batch},"

@@ -119,3 +119,21 @@ def test_planning_under_an_address_space_limit_sizes_the_batches_to_it():
     assert memory["plan"]["estimated_bytes"] <= SAFETY * memory["free_bytes"]
     assert memory["peak_rss_bytes"] > 0
     assert len(out["samples"]) == 2  # the analysis finished: every layer measured
+
+
+def test_planning_measures_four_passes_at_batch_and_probe_batch_at_most_two():
+    """No doubling (issue 10): whatever the caps, the pass runs at b, p ∈ {1, 2} only, and the fit
+    never lies below a measured point."""
+    from torch import nn
+
+    from workers.data import Calibration
+    from workers.memory import measure_pass_cost
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 4)).eval()
+    params = [model[0].weight, model[2].weight]
+    cost = measure_pass_cost(model, params, Calibration(torch.randn(64, 6), None, batch_size=64), kind="hvp",
+                             output_loss="kl", device=torch.device("cpu"), batch_cap=64, probe_cap=16)
+    assert sorted((b, p) for b, p, _ in cost.measured) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for b, p, peak in cost.measured:
+        assert cost.need(b, p, 64) >= peak
