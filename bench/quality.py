@@ -66,9 +66,48 @@ except ImportError:  # a checkout without the interactions loop
 
 CANDIDATES = ["int2", "int3", "int4", "int6", "int8"]
 BUDGETS = ("4", "3", "2.5")
-METRICS = ("hutchinson", "fisher", "gauss_newton", "loss_delta")
+METRICS = ("hutchinson", "fisher", "gauss_newton", "input_covariance", "loss_delta")
 DEFAULT_METRIC = "hutchinson"
 MODELOPT_PY = ROOT / ".venv-modelopt" / "bin" / "python"
+
+
+class MetricTimeout(BaseException):
+    """Raised by SIGALRM when a metric runs past --metric-timeout (BaseException: no `except
+    Exception` inside the analysis swallows it)."""
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms from
+    /proc/self/status, which counts the loaded model and data too)."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = self._rss(), threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, self._rss())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        return False
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
 
 
 def log(message: str) -> None:
@@ -123,7 +162,10 @@ def job_analyse(prep, tables: Path | None, options_for):
                 shown[0] = fraction
                 log(f"{prep.key}/{metric}: {fraction:.0%} {message}")
 
-        data = run_analysis_job(request, report)
+        with PeakRss() as rss:
+            data = run_analysis_job(request, report)
+        data["bench_peak_rss_mib"] = rss.peak / 2**20
+        data["timings"] = {**(data.get("timings") or {}), "bench_wall_s": time.perf_counter() - started}
         data["bench_commit"] = head_commit()
         data["bench_request"] = request
         if path is not None:
@@ -146,9 +188,11 @@ def in_process(model, calibration, key: str, tables: Path | None, extra: dict[st
             data = json.loads(path.read_text())
             return data, data["seconds"]
         started = time.perf_counter()
-        table = analyse(model, calibration, parse_candidates(CANDIDATES), get_metric(metric, extra.get(metric, {})),
-                        seed=0, device="cpu", plan_memory=False)
-        data = {**table.to_dict(), "seconds": time.perf_counter() - started, "bench_commit": head_commit()}
+        with PeakRss() as rss:
+            table = analyse(model, calibration, parse_candidates(CANDIDATES), get_metric(metric, extra.get(metric, {})),
+                            seed=0, device="cpu", plan_memory=False)
+        data = {**table.to_dict(), "seconds": time.perf_counter() - started, "bench_commit": head_commit(),
+                "bench_peak_rss_mib": rss.peak / 2**20}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data))
@@ -175,11 +219,21 @@ def smollm2_case(args) -> Case:
     truth = token_windows(tok, cal_docs, 4, 128)
     # ModelOpt gets exactly the windows the analysis job cuts from the same file
     cal = load_calibration(prep.calibration_path, batch_size=8, token_ids=True, tokenizer=tok, causal_lm=True,
-                           max_samples=TEXT_DEFAULTS["max_samples"], max_length=TEXT_DEFAULTS["max_length"])
+                           max_samples=args.lm_cal_windows or TEXT_DEFAULTS["max_samples"],
+                           max_length=args.lm_cal_length or TEXT_DEFAULTS["max_length"])
+
+    def options(metric):
+        out = {k: v for k, v in (("max_samples", args.lm_cal_windows), ("max_length", args.lm_cal_length)) if v}
+        if metric == "hutchinson" and args.lm_max_seconds:
+            out["max_seconds"] = args.lm_max_seconds
+        return out
+
     case = Case(
         key="smollm2", title=prep.title, model=model, evaluator=evaluator,
         measures=("perplexity", "kl", "top1_agreement"),
-        analyse=job_analyse(prep, args.tables, lambda metric: {}),
+        analyse=(in_process(model, Calibration(cal.inputs, None, args.lm_in_process, token_ids=True), "smollm2",
+                            args.tables, {"hutchinson": {"max_seconds": args.lm_max_seconds}})
+                 if args.lm_in_process else job_analyse(prep, args.tables, options)),
         truth_inputs=truth, truth_layers=truth_layers, notes=list(prep.notes),
         float_line=f"float (dequantized) perplexity on held-out text {ppl:.2f} (vocabulary 49,152)",
         skip={"loss_delta": "211 layers × 5 candidates = 1,055 forwards of the calibration set: hours on 2 shared cores"},
@@ -187,6 +241,12 @@ def smollm2_case(args) -> Case:
                   "units": {"lm_head": "model.embed_tokens"}},
         refine_calibration=Calibration(cal.inputs[: args.lm_refine_windows], None, 4, token_ids=True),
     )
+    case.notes.append(f"calibration: {len(cal.inputs)} windows × {cal.inputs.shape[1]} tokens (options.max_samples"
+                      f" {args.lm_cal_windows or 'default'}, max_length {args.lm_cal_length or 'default'})"
+                      + (f"; hutchinson with options.max_seconds {args.lm_max_seconds:g}" if args.lm_max_seconds else ""))
+    if args.lm_in_process:
+        case.notes.append(f"analysed in-process (workers.analysis.analyse, batch {args.lm_in_process}, memory planning"
+                          " off): the job path's memory planning grew past 23 GB of this machine's 24 GB and was stopped")
     case.notes.append(f"modelopt scores on the first {args.lm_peer_windows} of those windows, the interactions loop"
                       f" measures on the first {args.lm_refine_windows} (CPU time)")
     case.notes.append(f"measured single-layer Δ: {len(truth_layers)} of {len(names)} layers (blocks {sorted(blocks)}"
@@ -266,9 +326,11 @@ def minilm_case(args) -> Case:
             data = json.loads(path.read_text())
             return data, data["seconds"]
         started = time.perf_counter()
-        table = analyse(model, Calibration(cal, None, 64), parse_candidates(CANDIDATES),
-                        get_metric(metric, {"output_loss": "mse"}), seed=0)
-        data = {**table.to_dict(), "seconds": time.perf_counter() - started, "bench_commit": head_commit()}
+        with PeakRss() as rss:
+            table = analyse(model, Calibration(cal, None, 64), parse_candidates(CANDIDATES),
+                            get_metric(metric, {"output_loss": "mse"}), seed=0)
+        data = {**table.to_dict(), "seconds": time.perf_counter() - started, "bench_commit": head_commit(),
+                "bench_peak_rss_mib": rss.peak / 2**20}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data))
@@ -339,12 +401,13 @@ def refine_metrics(case: Case, tables: dict) -> list[str]:
     """The tables the interactions loop (workers.refine, issue 11) corrects, where it exists."""
     if case.refine_calibration is None or refine_plan is None:
         return []
-    return [m for m in dict.fromkeys((DEFAULT_METRIC, "gauss_newton")) if m in tables]
+    first = DEFAULT_METRIC if DEFAULT_METRIC in tables else next(iter(tables), None)
+    return [m for m in dict.fromkeys((first, "gauss_newton", "input_covariance")) if m in tables]
 
 
 # ------------------------------------------------------------------------------------------ peer
 def run_modelopt(case: Case, problem, budgets: dict[str, float], total_weights: int, work: Path,
-                 args_tables: Path | None = None) -> dict | None:
+                 args_tables: Path | None = None, args_peer_timeout: float | None = None) -> dict | None:
     from safetensors.torch import save_file
 
     if case.modelopt is None:
@@ -378,8 +441,12 @@ def run_modelopt(case: Case, problem, budgets: dict[str, float], total_weights: 
     req.write_text(json.dumps(request))
     started = time.perf_counter()
     log(f"{case.key}: ModelOpt auto_quantize in .venv-modelopt")
-    proc = subprocess.run([str(MODELOPT_PY), str(ROOT / "bench" / "modelopt_peer.py"), str(req), str(res)],
-                          capture_output=True, text=True, cwd=str(ROOT))
+    try:
+        proc = subprocess.run([str(MODELOPT_PY), str(ROOT / "bench" / "modelopt_peer.py"), str(req), str(res)],
+                              capture_output=True, text=True, cwd=str(ROOT), timeout=args_peer_timeout)
+    except subprocess.TimeoutExpired:
+        case.notes.append(f"modelopt: did not finish in {args_peer_timeout:g} s (stopped there)")
+        return None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         case.notes.append(f"modelopt: failed ({' | '.join(tail)})")
@@ -413,12 +480,13 @@ def peer_only(case: Case, args, work: Path) -> None:
 
     table = analyse(case.model, None, parse_candidates(CANDIDATES), get_metric("mse"), device="cpu")
     problem = table.to_problem()
-    out = run_modelopt(case, problem, budgets_of(problem), problem.total_weights, work, args.tables)
+    out = run_modelopt(case, problem, budgets_of(problem), problem.total_weights, work, args.tables,
+                       args.peer_timeout)
     print(f"{case.key}: modelopt {'done' if out else 'not run'}; " + "; ".join(case.notes[-1:]))
 
 
 def run_case(case: Case, args, work: Path) -> dict[str, Any]:
-    tables, seconds = {}, {}
+    tables, seconds, peaks = {}, {}, {}
     available = set(metric_names())
     for metric in METRICS:
         if args.metrics and metric not in args.metrics.split(","):
@@ -429,19 +497,45 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
             continue
         if metric in case.skip:
             continue
+        marker = args.tables / f"{case.key}-{metric}-timeout.json" if args.tables else None
+        if marker is not None and marker.is_file():
+            case.skip[metric] = json.loads(marker.read_text())["reason"]
+            continue
         log(f"{case.key}: analysing with {metric}")
+        import signal
+
+        def on_alarm(signum, frame):
+            raise MetricTimeout()
+
+        started = time.perf_counter()
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(int(args.metric_timeout))
         try:
             tables[metric], seconds[metric] = case.analyse(metric)
+            peaks[metric] = tables[metric].get("bench_peak_rss_mib")
+        except MetricTimeout:
+            case.skip[metric] = (f"did not finish in {args.metric_timeout:g} s (stopped there; 2 shared cores,"
+                                 f" commit {head_commit()})")
+            log(f"{case.key}/{metric}: {case.skip[metric]}")
+            if marker is not None:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps({"reason": case.skip[metric], "elapsed_s": time.perf_counter() - started}))
         except Exception as exc:  # noqa: BLE001 - a metric that fails on a real model is a finding, printed
             case.skip[metric] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
             log(f"{case.key}/{metric}: {case.skip[metric]}")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+    if args.analyse_only:
+        return None
     default = DEFAULT_METRIC if DEFAULT_METRIC in tables else next(iter(tables))
     problems = {m: SensitivityTable.from_dict(t).to_problem() for m, t in tables.items()}
     problem = problems[default]
     total_weights = problem.total_weights
     uniform = uniform_plans(problem)
     budgets = budgets_of(problem)
-    peer = None if args.no_modelopt else run_modelopt(case, problem, budgets, total_weights, work, args.tables)
+    peer = None if args.no_modelopt else run_modelopt(case, problem, budgets, total_weights, work, args.tables,
+                                                      args.peer_timeout)
 
     def used(assignment):
         return sum(problem.unit(u).option(c).costs["bytes"] for u, c in assignment.items())
@@ -466,14 +560,23 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
         if peer is not None and name in peer["budgets"]:
             plans["modelopt"] = peer["budgets"][name]["assignment"]
         for metric in refine_metrics(case, tables):
-            log(f"{case.key} {name}b: interactions loop on {metric}")
-            try:
-                refined = refine_plan(case.model, case.refine_calibration, SensitivityTable.from_dict(tables[metric]),
-                                      [budget], rounds=args.refine_rounds, output_loss=case.output_loss)
-            except Exception as exc:  # noqa: BLE001 - printed as a finding
-                case.skip[f"{metric}+refine"] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
-                continue
-            plans[f"{metric}+refine"] = dict(refined.plan.assignment)
+            rpath = args.tables / f"{case.key}-refine-{metric}-{name}-r{args.refine_rounds}.json" if args.tables else None
+            if rpath is not None and rpath.is_file():
+                refined = json.loads(rpath.read_text())
+            else:
+                log(f"{case.key} {name}b: interactions loop on {metric}")
+                try:
+                    r = refine_plan(case.model, case.refine_calibration, SensitivityTable.from_dict(tables[metric]),
+                                    [budget], rounds=args.refine_rounds, output_loss=case.output_loss)
+                except Exception as exc:  # noqa: BLE001 - printed as a finding
+                    case.skip[f"{metric}+refine"] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
+                    continue
+                refined = {"assignment": dict(r.plan.assignment), "best_round": r.best_round,
+                           "rounds": [{"round": x.round, "predicted": x.predicted, "measured": x.measured,
+                                       "exceeded": len(x.exceeded)} for x in r.rounds]}
+                if rpath is not None:
+                    rpath.write_text(json.dumps(refined))
+            plans[f"{metric}+refine"] = dict(refined["assignment"])
             refine_log.append((name, metric, refined))
         results[name] = {}
         for method, assignment in plans.items():
@@ -504,7 +607,7 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
         for c in r["candidates"]]} for r in tables["hutchinson"]["layers"]]} if "hutchinson" in tables else None
     if hawq is not None:
         ranks["hawq_v3"] = rank_agreement(hawq, truth)
-    return {"results": results, "seconds": seconds, "ranks": ranks, "peer": peer, "tables": tables, "refine": refine_log,
+    return {"results": results, "seconds": seconds, "peaks": peaks, "ranks": ranks, "peer": peer, "tables": tables, "refine": refine_log,
             "budget_bits": {n: v * 8 / total_weights for n, v in budgets.items()}, "truth_pairs": sum(map(len, truth.values()))}
 
 
@@ -541,6 +644,8 @@ def print_case(case: Case, out: dict) -> None:
             print(f"   {method:<31}" + "".join(cells))
     print("   analysis seconds (wall, shared CPU): " + ", ".join(f"{m} {s:.0f}" for m, s in out["seconds"].items())
           + (f"; modelopt {out['peer']['seconds']:.0f}" if out["peer"] else ""))
+    print("   analysis peak RSS (MiB, whole process incl. model and data): "
+          + ", ".join(f"{m} {p:.0f}" if p else f"{m} —" for m, p in out["peaks"].items()))
     print(f"   rank agreement with measured single-layer Δ ({out['truth_pairs']} layer×candidate pairs):"
           " Spearman over all pairs / mean across layers at int2, int3, int4")
     for m, (overall, per) in out["ranks"].items():
@@ -548,9 +653,9 @@ def print_case(case: Case, out: dict) -> None:
     for m, why in case.skip.items():
         print(f"   {m}: not run — {why}")
     for name, metric, refined in out["refine"]:
-        rounds = "; ".join(f"round {r.round}: predicted {r.predicted:.4g}, measured {r.measured:.4g}"
-                           f" ({len(r.exceeded)} units above prediction)" for r in refined.rounds)
-        print(f"   {metric}+refine at {name}b: best round {refined.best_round}; {rounds}")
+        rounds = "; ".join(f"round {r['round']}: predicted {r['predicted']:.4g}, measured {r['measured']:.4g}"
+                           f" ({r['exceeded']} units above prediction)" for r in refined["rounds"])
+        print(f"   {metric}+refine at {name}b: best round {refined['best_round']}; {rounds}")
     for m, t in out["tables"].items():
         stop = (t.get("provenance") or {}).get("stopping")
         warn = t.get("warnings") or []
@@ -569,13 +674,14 @@ def summary(cases: list[tuple[Case, dict]]) -> None:
             vals = {m: r[measure] for m, r in row.items() if r.get(measure) is not None}
             best = min(vals.values()) if lower else max(vals.values())
             winners = [m for m, v in vals.items() if abs(v - best) <= 1e-9 * max(1.0, abs(best))]
-            d = vals.get(DEFAULT_METRIC)
-            vs = []
-            for other in ("uniform", "modelopt"):
-                if d is not None and other in vals:
-                    ok = d <= vals[other] + 1e-12 if lower else d >= vals[other] - 1e-12
-                    vs.append(f"{DEFAULT_METRIC} {'≥' if ok else '<'} {other}")
-            print(f"   {case.key:<13} {name:>4}b  best: {', '.join(winners):<28} {'; '.join(vs)}")
+            print(f"   {case.key:<13} {name:>4}b  best: {', '.join(winners)}")
+            for method in [m for m in row if m not in ("uniform", "greedy", "hawq_v3", "modelopt")]:
+                d, vs = vals.get(method), []
+                for other in ("uniform", "modelopt"):
+                    if d is not None and other in vals:
+                        ok = d <= vals[other] + 1e-12 if lower else d >= vals[other] - 1e-12
+                        vs.append(f"{'≥' if ok else '<'} {other}")
+                print(f"       {method:<24} {', '.join(vs)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -586,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-modelopt", action="store_true")
     parser.add_argument("--peer-only", action="store_true", help="only run ModelOpt (cached in --tables)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--lm-eval-windows", type=int, default=16)
+    parser.add_argument("--lm-eval-windows", type=int, default=32)
     parser.add_argument("--cnn-eval-images", type=int, default=192)
     parser.add_argument("--cnn-peer-images", type=int, default=32)
     parser.add_argument("--lm-peer-windows", type=int, default=8)
@@ -596,6 +702,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cnn-in-process", type=int, default=0, help="analyse the CNN in-process on this many crops")
     parser.add_argument("--cnn-max-seconds", type=float, default=180.0)
     parser.add_argument("--cnn-other-samples", type=int, default=0, help="max_samples for the CNN's non-default metrics")
+    parser.add_argument("--lm-in-process", type=int, default=0, help="analyse SmolLM2 in-process, this batch size")
+    parser.add_argument("--lm-cal-windows", type=int, default=16, help="SmolLM2 options.max_samples (0: default)")
+    parser.add_argument("--lm-cal-length", type=int, default=256, help="SmolLM2 options.max_length (0: default)")
+    parser.add_argument("--lm-max-seconds", type=float, default=600.0, help="SmolLM2 hutchinson options.max_seconds")
+    parser.add_argument("--metric-timeout", type=float, default=900.0, help="stop a metric's analysis after this")
+    parser.add_argument("--peer-timeout", type=float, default=1500.0, help="stop ModelOpt after this")
+    parser.add_argument("--analyse-only", action="store_true", help="only the analyses (cached in --tables)")
     parser.add_argument("--metrics", default="", help="comma list (default: all of " + ",".join(METRICS) + ")")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -616,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
                 peer_only(case, args, Path(tmp))
                 continue
             out = run_case(case, args, Path(tmp))
+            if out is None:
+                continue
             print_case(case, out)
             sys.stdout.flush()
             done.append((case, out))
