@@ -74,8 +74,10 @@ def describe_exit(returncode: int, stderr: str) -> str:
     if returncode == TRANSIENT_EXIT:
         said = [line for line in tail if line.startswith("transient: ")]
         return said[-1].removeprefix("transient: ") if said else "transient failure"
-    if returncode < 0:
-        return f"job process killed by signal {-returncode} (memory or CPU limit, or the OOM killer?)"
+    # bubblewrap reports a sandboxed child killed by signal N as its own exit code 128 + N
+    signal_number = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else None
+    if signal_number is not None:
+        return f"job process killed by signal {signal_number} (memory or CPU limit, or the OOM killer?)"
     return "; ".join([f"job process exited with code {returncode}", *tail[-3:]])
 
 
