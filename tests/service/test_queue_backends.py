@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.jobs import backend_names, get_backend
 from tests.utils.queue_factories import (
-    LONG, SMALL, Workers, job_children, queue_settings, state, submit, wait_done, wait_until,
+    LONG, SMALL, Workers, job_children, job_process, queue_settings, state, submit, wait_done, wait_until,
 )
 from tests.utils.service_factories import upload_dataset, upload_model
 
@@ -94,7 +94,7 @@ def test_killed_job_process_is_retried_after_backoff(make_harness):
     a = h.submit(LONG)
     wait_until(lambda: state(h.client, a["id"])["progress"]["fraction"] > 0.0001, 60, "the job to work")
     assert state(h.client, a["id"])["status"] == "running"
-    os.kill(_job_process(a["id"]), signal.SIGKILL)  # what the kernel's OOM killer does
+    os.kill(job_process(a["id"]), signal.SIGKILL)  # what the kernel's OOM killer does: the python, not bwrap
     killed = time.monotonic()
     retry = wait_until(lambda: (s := state(h.client, a["id"]))["status"] == "queued" and s, 30, "the retry")
     assert "signal 9" in retry["progress"]["message"] and "retrying in 4 s" in retry["progress"]["message"]
@@ -106,15 +106,6 @@ def test_killed_job_process_is_retried_after_backoff(make_harness):
     assert h.client.post(f"/v1/analyses/{a['id']}/cancel").status_code == 202
     final = wait_done(h.client, a["id"], timeout=30)
     assert final["status"] == "cancelled" and final["attempts"] == 2
-
-
-def _job_process(analysis_id: str) -> int:
-    """The job's own python process: inside the bubblewrap sandbox it is the child of the bwrap
-    process, which also carries the job's command line."""
-    found = wait_until(lambda: job_children(analysis_id), 60, "the job's process")
-    pids = {pid for pid, _ in found}
-    inner = [pid for pid, parent in found if parent in pids]
-    return inner[0] if inner else found[0][0]
 
 
 def test_out_of_memory_is_final_at_the_first_attempt(make_harness, request):

@@ -78,7 +78,34 @@ class Workers:
 
 
 def job_children(analysis_id: str) -> list[tuple[int, int]]:
-    """(pid, parent pid) of live `python -m service.jobs.child analysis ID ...` processes."""
+    """(pid, parent pid) of live processes carrying `service.jobs.child analysis ID` in their command line.
+    In the sandbox these are three: bwrap (the runner's child), bwrap again (the init of the job's PID
+    namespace) and the job's own python; without it, just the python."""
+    return [(pid, ppid) for pid, ppid, _ in _job_processes(analysis_id)]
+
+
+def job_process(analysis_id: str, timeout: float = 60) -> int:
+    """The job's own python process, the one the kernel's OOM killer would pick (not a bwrap around it)."""
+    found = wait_until(
+        lambda: [pid for pid, _, program in _job_processes(analysis_id) if program != "bwrap"], timeout,
+        "the job's python process",
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def job_launcher(analysis_id: str, parents: set[int], timeout: float = 60) -> tuple[int, int]:
+    """(pid, parent pid) of the job's process started by one of `parents` (a worker): the outer bwrap in
+    the sandbox, else the job's python."""
+    found = wait_until(
+        lambda: [(pid, ppid) for pid, ppid, _ in _job_processes(analysis_id) if ppid in parents], timeout,
+        "the job's process under a worker",
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _job_processes(analysis_id: str) -> list[tuple[int, int, str]]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -91,7 +118,7 @@ def job_children(analysis_id: str) -> list[tuple[int, int]]:
         if b"service.jobs.child" in cmd and analysis_id.encode() in cmd:
             state, ppid = stat.rsplit(")", 1)[1].split()[:2]
             if state != "Z":
-                found.append((int(entry.name), int(ppid)))
+                found.append((int(entry.name), int(ppid), os.path.basename(cmd[0].decode(errors="replace"))))
     return found
 
 
