@@ -88,7 +88,6 @@ def test_worker_killed_mid_job_its_job_runs_elsewhere(service):
     assert final["status"] == "cancelled" and final["attempts"] == 2
     # none lost, none completed twice
     assert completions(url) == {victim: ["cancelled"], **{i: ["succeeded"] for i in others}}
-    assert detected < 10
 
 
 def test_worker_processes_never_import_torch():
