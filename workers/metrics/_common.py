@@ -204,3 +204,19 @@ def perturbation(weight: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
 
 def pct(value: float) -> str:
     return f"{value:.1%}" if math.isfinite(value) else "∞"
+
+
+def measured_damage(metric: str, stat: Any, candidate: Any) -> float:
+    """d(l, c) of a metric that measures each candidate's damage itself (gauss_newton, input_covariance).
+    A statistic moved by k of its half-widths (how the analysis reads a damage's confidence interval)
+    moves d(l, c) by k of that candidate's own half-widths."""
+    try:
+        value = stat.extra["damage"][candidate.name]
+        half = stat.extra["ci"][candidate.name]
+    except KeyError:
+        raise AnalysisError(f"{metric}: candidate {candidate.name!r} was not measured") from None
+    worst = stat.extra.get("worst")
+    base, spread = stat.extra["damage"].get(worst, stat.mean), stat.extra["ci"].get(worst, 0.0)
+    if stat.mean == base or not (spread > 0 and math.isfinite(spread) and math.isfinite(half)):
+        return value
+    return max(0.0, value + (stat.mean - base) / spread * half)

@@ -47,7 +47,9 @@ from torch import nn
 
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._common import Z95, calibrated_params, check_loss, check_positive_ints, grad_only_for
+from workers.metrics._common import (
+    Z95, calibrated_params, check_loss, check_positive_ints, grad_only_for, measured_damage,
+)
 from workers.metrics._loss import forward, uses_label_free
 
 if TYPE_CHECKING:
@@ -195,18 +197,7 @@ class InputCovariance(Metric):
     def damage(
         self, stat: LayerStatistic, candidate: Quantizer, weight: torch.Tensor, quantized: torch.Tensor
     ) -> float:
-        """The measured d(l, c). A statistic moved by k of its half-widths (how the analysis reads a
-        damage's confidence interval) moves d(l, c) by k of that candidate's own half-widths."""
-        try:
-            value = stat.extra["damage"][candidate.name]
-            half = stat.extra["ci"][candidate.name]
-        except KeyError:
-            raise AnalysisError(f"input_covariance: candidate {candidate.name!r} was not measured") from None
-        worst = stat.extra.get("worst")
-        base, spread = stat.extra["damage"].get(worst, stat.mean), stat.extra["ci"].get(worst, 0.0)
-        if stat.mean == base or not (spread > 0 and math.isfinite(spread) and math.isfinite(half)):
-            return value
-        return max(0.0, value + (stat.mean - base) / spread * half)
+        return measured_damage(self.name, stat, candidate)
 
 
 def _damage_ci(per_fold: torch.Tensor, sizes: torch.Tensor) -> tuple[float, float]:
