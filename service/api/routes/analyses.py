@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 from service import catalog, compat, planning, store
 from service.api.deps import get_queue, get_session, get_settings
 from service.api.limits import check_active_jobs
+from service.api.responses import plan_out
 from service.api.security import Caller, Principal, get_caller, get_principal
-from service.api.routes.plans import plan_out
 from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut, WarningOut
 from service.config import Settings
 from service.db.models import AnalysisRecord, JobColumns, PlanRecord
