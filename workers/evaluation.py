@@ -1,7 +1,8 @@
 """Measured truth for plans: fake-quantize a model as a plan says and measure it on evaluation data.
 
-A plan maps layer names to candidate formats. Applying it replaces every planned layer's weight by
-its dequantized round trip through that format (`Quantizer.quantize`), which is exactly what an
+A plan maps decision units to candidate formats; a unit is one layer, or with grouping "block" all
+layers of one block, which `workers.table.layer_formats` (the table's `groups`) spells out. Applying
+it replaces every planned layer's weight by its dequantized round trip through that format (`Quantizer.quantize`), which is exactly what an
 engine computes with, so the numbers here are what the quantized model really does (weights only;
 activations stay float).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ from workers.data import batches, check_batch_size, check_targets, positive_opti
 from workers.errors import AnalysisError, DatasetError
 from workers.metrics._loss import output_of
 from workers.models import find_layers
+from workers.table import layer_formats
 
 __all__ = ["EvaluationData", "Evaluator", "apply_plan", "evaluate_plan", "load_evaluation"]
 
@@ -105,16 +107,19 @@ def _is_language_model(data: EvaluationData, x: torch.Tensor, out: torch.Tensor)
     return data.tokens and out.dim() == x.dim() + 1 and tuple(out.shape[:-1]) == tuple(x.shape)
 
 
-def apply_plan(model: nn.Module, assignment: Mapping[str, str], *, inplace: bool = False,
-               report: Callable[[float, str], None] | None = None) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Mapping[str, str], *, groups: Mapping[str, Sequence[str]] | None = None,
+               inplace: bool = False, report: Callable[[float, str], None] | None = None) -> nn.Module:
     """The model with every planned layer's weight replaced by its round trip through its format.
 
+    `plan`: unit → candidate, its units spelled out as layers by the analysis table's `groups`
+    (none: every unit is a layer, as with grouping "layer" and an export's per-layer formats).
     Works on a deep copy unless `inplace`. Layers the plan does not name stay float; a plan naming a
     layer the model lacks is a `ValueError` (the plan belongs to another model). `report(fraction,
     message)` after each layer: the round trips are most of a checkpoint export's time.
     """
     from workers.quantizers import parse_candidate
 
+    assignment = layer_formats(plan, groups)
     target = model if inplace else copy.deepcopy(model)
     layers = {info.name: (info, weight) for info, weight in find_layers(target)}
     unknown = sorted(set(assignment) - set(layers))
@@ -134,10 +139,14 @@ class Evaluator:
     """Measures many plans of one model on one data set (see the module docstring for the numbers).
 
     Rules: owns a deep copy of the model (the caller's is never changed); not thread-safe (one
-    working copy whose weights are swapped per plan); `evaluate` is deterministic.
+    working copy whose weights are swapped per plan); `evaluate` is deterministic. `groups` is the
+    analysis table's (unit → layers): `evaluate` takes plans as the solver gives them (unit →
+    candidate), `evaluate_layers` per-layer formats.
     """
 
-    def __init__(self, model: nn.Module, data: EvaluationData, *, output_loss: str = "kl"):
+    def __init__(self, model: nn.Module, data: EvaluationData, *, output_loss: str = "kl",
+                 groups: Mapping[str, Sequence[str]] | None = None):
+        self.groups = {unit: list(members) for unit, members in (groups or {}).items()}
         if output_loss not in LABEL_FREE_LOSSES:
             raise ValueError(f"options.output_loss: must be one of {', '.join(LABEL_FREE_LOSSES)}, got {output_loss!r}")
         self.data = data
@@ -175,7 +184,11 @@ class Evaluator:
             self._cache[key] = quantized.to(self._float[layer].dtype)
         return self._cache[key]
 
-    def evaluate(self, assignment: Mapping[str, str]) -> dict[str, float | int | str | None]:
+    def evaluate(self, plan: Mapping[str, str]) -> dict[str, float | int | str | None]:
+        """The measured numbers of `plan` (unit → candidate; layers of units it omits stay float)."""
+        return self.evaluate_layers(layer_formats(plan, self.groups))
+
+    def evaluate_layers(self, assignment: Mapping[str, str]) -> dict[str, float | int | str | None]:
         """The measured numbers of `assignment` (layer → candidate; unnamed layers stay float)."""
         unknown = sorted(set(assignment) - set(self.layers))
         if unknown:
@@ -255,10 +268,11 @@ def _kl_rows(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tens
 
 
 def evaluate_plan(
-    model: nn.Module, data: EvaluationData, assignment: Mapping[str, str], *, output_loss: str = "kl"
+    model: nn.Module, data: EvaluationData, plan: Mapping[str, str], *, output_loss: str = "kl",
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, float | int | str | None]:
-    """One plan measured once (build an `Evaluator` to measure several)."""
-    return Evaluator(model, data, output_loss=output_loss).evaluate(assignment)
+    """One plan (unit → candidate) measured once (build an `Evaluator` to measure several)."""
+    return Evaluator(model, data, output_loss=output_loss, groups=groups).evaluate(plan)
 
 
 def layer_loss_deltas(
@@ -276,5 +290,5 @@ def layer_loss_deltas(
     out: dict[str, dict[str, float]] = {}
     for i, name in enumerate(names):
         report(i / len(names), f"measuring Δloss of layer {i + 1}/{len(names)}")
-        out[name] = {c: float(evaluator.evaluate({name: c})["loss"]) - base for c in candidates}
+        out[name] = {c: float(evaluator.evaluate_layers({name: c})["loss"]) - base for c in candidates}
     return out

@@ -3,6 +3,10 @@
 Same contract as `workers.jobs`: plain JSON-able requests in, JSON-able results out, no torch at
 import time, `ValueError` (message starting with the field) for bad requests.
 
+Plans (the request's, the baselines', the frontier's) are keyed by decision unit, like the problem
+they come from; the request's `groups` (the analysis table's unit → layers; absent: every unit is
+one layer) lets the evaluator spell a unit out as its layers (`workers.table.layer_formats`).
+
 Baselines at the plan's own budget (its bytes):
 - `uniform`: the dearest uniform format that fits (every layer at one candidate);
 - `greedy`: the HAWQ-v2 / AIMET greedy path on the same table (`solver.greedy_plan`);
@@ -55,10 +59,22 @@ def _options(request: Mapping[str, Any]) -> dict[str, Any]:
 
 def _assignment(value: Any, field: str) -> dict[str, str]:
     if not isinstance(value, Mapping) or not value:
-        raise ValueError(f"{field}: must be a non-empty JSON object of layer → candidate")
+        raise ValueError(f"{field}: must be a non-empty JSON object of unit → candidate")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ValueError(f"{field}: layer names and candidates must be strings")
+        raise ValueError(f"{field}: unit names and candidates must be strings")
     return dict(value)
+
+
+def _groups(value: Any) -> dict[str, list[str]]:
+    """The request's `groups`: the analysis table's unit → layer names (absent or null: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(unit, str) and isinstance(layers, list) and layers and all(isinstance(n, str) for n in layers)
+        for unit, layers in value.items()
+    ):
+        raise ValueError("groups: must be a JSON object of unit → non-empty list of layer names")
+    return {unit: list(layers) for unit, layers in value.items()}
 
 
 def _open(request: Mapping[str, Any], options: Mapping[str, Any], report: Report):
@@ -85,32 +101,34 @@ def _open(request: Mapping[str, Any], options: Mapping[str, Any], report: Report
         data.targets = None if data.targets is None else data.targets[:keep]
         data.batch_size = static
     report(0.05, "float reference outputs")
-    return Evaluator(model, data, output_loss=options["output_loss"])
+    return Evaluator(model, data, output_loss=options["output_loss"], groups=_groups(request.get("groups")))
 
 
 def hawq_v3_problem(table: Mapping[str, Any]):
     """The plain HAWQ-v3 problem of a Hutchinson table: damage = max(Tr, 0)/n · ‖ΔW‖² per candidate,
-    straight from the traces and perturbations (the table's monotone repair undone)."""
+    straight from the traces and perturbations (the table's monotone repair undone), over the
+    table's own decision units (a unit of several layers sums them, as `to_problem` does) so its
+    plan is comparable with, and evaluated like, the analysis's."""
+    import dataclasses
+
     from solver import Option, Problem, Unit
     from workers.table import SensitivityTable
 
     parsed = SensitivityTable.from_dict(table)
     if parsed.statistic != "hessian_trace":
         raise ValueError(f"hawq_table: must be a Hutchinson (hessian_trace) table, got statistic {parsed.statistic!r}")
-    units = []
+    plain = []
     for row in parsed.layers:
         per_weight = max(row.mean, 0.0) / row.weights if row.weights else 0.0
-        units.append(
-            Unit(
-                name=row.name,
-                weights=row.weights,
-                options=tuple(
-                    Option(candidate=c.candidate, damage=per_weight * c.perturbation, costs={"bytes": float(c.bytes)})
-                    for c in row.candidates
-                ),
-            )
-        )
-    return Problem(units=tuple(units))
+        cells = [dataclasses.replace(c, damage=per_weight * c.perturbation) for c in row.candidates]
+        plain.append(dataclasses.replace(row, candidates=cells))
+    grouped = dataclasses.replace(parsed, layers=plain, ties=[]).to_problem()
+    units = tuple(
+        Unit(name=u.name, weights=u.weights,
+             options=tuple(Option(o.candidate, o.damage, {"bytes": o.costs["bytes"]}) for o in u.options))
+        for u in grouped.units
+    )
+    return Problem(units=units)
 
 
 def _plan_row(plan, problem) -> dict[str, Any]:
@@ -163,20 +181,22 @@ def baseline_plans(problem, limit: float, *, hawq_problem=None, names=BASELINES)
 def run_evaluation_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
     """Measure one plan, and the baselines at its budget.
 
-    request = {"model": {...ModelSource}, "dataset_path": str, "assignment": {layer: candidate},
-    "problem": problem dict (the analysis's; needed for baselines), "hawq_table": Hutchinson table
-    dict or null, "baselines": ["uniform", "greedy", "hawq_v3"] (default all when a problem is
-    given), "options": {batch_size, max_samples, output_loss}}.
+    request = {"model": {...ModelSource}, "dataset_path": str, "assignment": {unit: candidate},
+    "groups": the table's {unit: [layer, ...]} or null, "problem": problem dict (the analysis's;
+    needed for baselines), "hawq_table": Hutchinson table dict or null, "baselines": ["uniform",
+    "greedy", "hawq_v3"] (default all when a problem is given), "options": {batch_size,
+    max_samples, output_loss}}.
     Returns {"plan": measured, "float": float model's loss/accuracy, "baselines": {name: plan row +
     "measured"}, "timings"}.
     """
     report = report or _noop
     started = time.perf_counter()
     _check_fields(
-        request, ("model", "dataset_path", "assignment", "problem", "hawq_table", "baselines", "options")
+        request, ("model", "dataset_path", "assignment", "groups", "problem", "hawq_table", "baselines", "options")
     )
     options = _options(request)
     assignment = _assignment(request.get("assignment"), "assignment")
+    _groups(request.get("groups"))  # a bad request fails before the model loads
     problem = hawq = None
     if request.get("problem") is not None:
         from solver import problem_from_dict
@@ -217,10 +237,11 @@ def run_evaluation_job(request: Mapping[str, Any], report: Report | None = None)
 def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
     """Measure K points of an analysis's frontier in one job: one model load, K plans.
 
-    request = {"model", "dataset_path", "problem": problem dict, "points": K (default 8),
+    request = {"model", "dataset_path", "problem": problem dict, "groups" (as for
+    run_evaluation_job), "points": K (default 8),
     "min_bits" / "max_bits": optional average-bits range of the points, "refine_trials": Optuna
     trials around the frontier with the measured loss as objective (0 = none; needs optuna),
-    "plans": optional list of assignments (layer → candidate) to measure instead, in that order,
+    "plans": optional list of assignments (unit → candidate) to measure instead, in that order,
     e.g. the points of a frontier the service stored (then "points", "min_bits", "max_bits" are
     not allowed), "options"}.
     Returns {"points": [{bytes, average_bits, predicted_damage, assignment, measured}], "float",
@@ -230,9 +251,11 @@ def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = No
     started = time.perf_counter()
     _check_fields(
         request,
-        ("model", "dataset_path", "problem", "points", "min_bits", "max_bits", "refine_trials", "plans", "options"),
+        ("model", "dataset_path", "problem", "groups", "points", "min_bits", "max_bits", "refine_trials", "plans",
+         "options"),
     )
     options = _options(request)
+    _groups(request.get("groups"))
     from solver import frontier, problem_from_dict
 
     if request.get("problem") is None:
@@ -295,7 +318,7 @@ def _given_plan(problem, assignment: dict[str, str], field: str):
 
     missing = [u.name for u in problem.units if u.name not in assignment]
     if missing:
-        raise ValueError(f"{field}: no candidate for layer {missing[0]!r}")
+        raise ValueError(f"{field}: no candidate for unit {missing[0]!r}")
     damage, costs = 0.0, {}
     for unit in problem.units:
         try:

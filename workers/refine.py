@@ -136,7 +136,8 @@ def refine_plan(
     current = plan
     for k in range(rounds + 1):
         report(k / (rounds + 1), f"refine: measuring round {k} of {rounds}")
-        layer_choice = {row.name: current.assignment[unit_of.get(row.name, row.name)] for row in table.layers}
+        formats = table.layer_formats(current.assignment)
+        layer_choice = {row.name: formats[row.name] for row in table.layers}
         measured, grads = measurer(layer_choice, quantizers)
         shares, corrections = _corrections(table, layer_choice, grads, named, quantizers)
         measured_at[_key(current)] = measured

@@ -20,13 +20,13 @@ used. Each is {code, layer (None for the whole analysis), message, values}:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from solver.problem import Option, Problem, Unit, problem_to_dict
 
-__all__ = ["CandidateRow", "LayerRow", "SensitivityTable", "table_warnings"]
+__all__ = ["CandidateRow", "LayerRow", "SensitivityTable", "layer_formats", "table_warnings", "unit_layers"]
 
 TABLE_VERSION = 1
 
@@ -99,6 +99,10 @@ class SensitivityTable:
     ties: list[list[str]] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    def layer_formats(self, plan: Mapping[str, str]) -> dict[str, str]:
+        """`plan` (decision unit → candidate, what the solver returns) as layer → candidate."""
+        return layer_formats(plan, self.groups)
 
     def layer(self, name: str) -> LayerRow:
         for row in self.layers:
@@ -211,9 +215,36 @@ class SensitivityTable:
 
     def stored_problem(self) -> dict[str, Any]:
         """The problem as stored for re-solves: the solver's JSON format plus the `uncertainty`
-        (half-widths) a plan's confidence needs and the analysis's `warnings` every plan shows
-        (problem_from_dict ignores both)."""
-        return {**problem_to_dict(self.to_problem()), "uncertainty": self.halfwidths(), "warnings": self.warnings}
+        (half-widths) a plan's confidence needs, the analysis's `warnings` every plan shows and the
+        `groups` (unit → layers) that say which layers a unit's choice applies to (problem_from_dict
+        ignores all three)."""
+        return {**problem_to_dict(self.to_problem()), "uncertainty": self.halfwidths(), "warnings": self.warnings,
+                "groups": {unit: list(members) for unit, members in self.groups.items()}}
+
+
+def unit_layers(units: Sequence[str], groups: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    """Decision unit → the layers it stands for: the one place a unit becomes layers.
+
+    Plans, problems and the API speak of units (with grouping "block" one unit is a whole block);
+    torch, the evaluator and every export format speak of layers. `groups` is the table's (units of
+    several layers, or renamed ones; any other unit is the layer of its own name), so a table
+    without groups (grouping "layer", tables stored before units) maps each name to itself. A name
+    that is a layer inside another unit is a ValueError: a plan must say the unit, or the layer's
+    block-mates would silently stay float."""
+    groups = groups or {}
+    inside = {layer: unit for unit, members in groups.items() for layer in members if layer != unit}
+    out: dict[str, list[str]] = {}
+    for unit in units:
+        if unit not in groups and unit in inside:
+            raise ValueError(f"assignment: {unit!r} is a layer of the unit {inside[unit]!r}; a plan names decision units")
+        out[unit] = list(groups.get(unit, (unit,)))
+    return out
+
+
+def layer_formats(plan: Mapping[str, str], groups: Mapping[str, Sequence[str]] | None) -> dict[str, str]:
+    """A plan (unit → candidate) as layer → candidate: every layer of a unit takes its unit's
+    candidate (`unit_layers`); units the plan omits stay out (float)."""
+    return {layer: plan[unit] for unit, layers in unit_layers(list(plan), groups).items() for layer in layers}
 
 
 _LABEL_FREE = ("kl_label_free", "mse_label_free")

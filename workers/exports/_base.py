@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from workers.errors import WorkersError
+from workers.table import layer_formats
 
 
 class ExportError(WorkersError, ValueError):
@@ -47,9 +48,11 @@ class ExportPlan:
     module_types: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any], assignment: Mapping[str, str], **kwargs: Any) -> ExportPlan:
-        """Layers in the table's order; a layer the assignment omits stays float. Assignment keys
-        that are not layers of the table are a ValueError."""
+    def from_table(cls, table: Mapping[str, Any], plan: Mapping[str, str], **kwargs: Any) -> ExportPlan:
+        """Layers in the table's order, each with the candidate of its unit in `plan` (unit →
+        candidate, spelled out by the table's `groups`: `workers.table.layer_formats`); a layer
+        the plan omits stays float. Plan keys that are not units of the table are a ValueError."""
+        assignment = layer_formats(plan, table.get("groups"))
         names = [row["name"] for row in table["layers"]]
         unknown = sorted(set(assignment) - set(names))
         if unknown:
