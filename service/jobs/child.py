@@ -121,6 +121,7 @@ def build_evaluation_request(evaluation, analysis, model, dataset, plan, blobs) 
         "model": model_source(model, blobs),
         "dataset_path": str(blobs.path_for(dataset.sha256)),
         "problem": analysis.problem,
+        "groups": (analysis.table or {}).get("groups") or {},  # plans name units: the layers of each
         "options": dict(asked.get("options") or {}),
     }
     if evaluation.target == "plan":
