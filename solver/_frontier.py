@@ -10,7 +10,7 @@ import numpy as np
 
 from solver._model import Model, compile_problem, limits_of
 from solver._solve import check_reachable, solve_model
-from solver.backends import get_backend
+from solver.backends import auto_backend, get_backend
 from solver.backends import _lattice
 from solver.backends._ilp import fits
 from solver.backends._mckp import Knapsack, objective_tolerance
@@ -200,7 +200,7 @@ def _ilp_frontier(
     model: Model, cost: str, points: int, cap: float, extra: dict[str, float], backend: str
 ) -> list[Plan]:
     check_reachable(model, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
-    impl = get_backend("highs" if backend == "auto" else backend, len(extra) + 1)
+    impl = auto_backend(len(extra) + 1, general=True) if backend == "auto" else get_backend(backend, len(extra) + 1)
     # Ends of the grid: the cheapest plan meeting the extra budgets, and the least-damage one.
     cheapest = impl.solve(model, model.cost(cost), extra)
     if cheapest.choice is None:

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from solver._model import Model, compile_problem, limits_of
 import numpy as np
 
-from solver.backends import available_backends, get_backend
+from solver.backends import AUTO, auto_backend, get_backend
 from solver.backends._ilp import fits, violation
 from solver.backends._mckp import Knapsack, objective_tolerance
 from solver.backends._two import TwoBudget
 from solver.backends.base import Outcome
-from solver.errors import InfeasibleBudget, SolverError
+from solver.errors import BackendUnavailable, InfeasibleBudget, SolverError
 from solver.plan import STATUS_FEASIBLE, STATUS_OPTIMAL, STATUS_TIME_LIMIT, Plan, relative_gap
 from solver.problem import Budget, Problem
 
@@ -71,7 +71,7 @@ def solve_model(
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit}")
     impl = get_backend(backend, len(limits))
     minimums = check_reachable(model, limits)
-    if backend == "auto" and impl.name in ("mckp", "mckp2"):
+    if backend == AUTO and impl.name in ("mckp", "mckp2"):
         res = _auto_exact(model, limits, time_limit, start, started)
     elif impl.name in EXACT:
         out = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start)
@@ -180,10 +180,10 @@ def _auto_exact(model: Model, limits, time_limit, start, started) -> _Result:
         name = "mckp"
     if out.status != "incomplete":
         return _Result(out, name, abs_tol if out.status == "optimal" else None)
-    others = [n for n in ("highs", "cbc") if n in available_backends()]
-    if not others:
+    try:
+        general = auto_backend(len(limits), general=True)
+    except BackendUnavailable:
         return _Result(Outcome(out.choice, "feasible", out.bound), name)
-    general = get_backend(others[0], len(limits))
     ilp = general.solve(model, model.damage, limits, time_limit=_left(time_limit, started), start=out.choice)
     bound = max(out.bound, ilp.bound if ilp.status != "optimal" else -np.inf)
     if ilp.choice is None or model.totals(ilp.choice)[0] > model.totals(out.choice)[0]:

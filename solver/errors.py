@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from solver.registry import Unavailable
+
 
 class SolverError(Exception):
     """Root of every error the solver raises on purpose."""
@@ -24,5 +26,5 @@ class InfeasibleBudget(SolverError):
         self.violated = violated
 
 
-class BackendUnavailable(SolverError):
-    """A solver back-end was asked for by name but its library is not installed."""
+class BackendUnavailable(SolverError, Unavailable):
+    """A solver back-end was asked for by name (or "auto" needed one) but its library is not installed."""

@@ -1,59 +1,78 @@
-"""Registry of solver back-ends. `get_backend("auto", n)` picks the fastest exact one that applies."""
+"""Registry of solver back-ends, and the one place that decides what "auto" runs."""
 
 from __future__ import annotations
 
 from solver.backends.base import Backend, Outcome
 from solver.errors import BackendUnavailable
+from solver.registry import Registry
 
-__all__ = ["Backend", "Outcome", "available_backends", "backend_names", "get_backend", "register"]
+__all__ = [
+    "AUTO",
+    "BACKENDS",
+    "Backend",
+    "Outcome",
+    "auto_backend",
+    "available_backends",
+    "backend_names",
+    "get_backend",
+    "register",
+]
 
-_REGISTRY: dict[str, Backend] = {}
+AUTO = "auto"
+
+BACKENDS: Registry[Backend] = Registry(
+    "backend",
+    {
+        "cbc": "solver.backends._cbc:CbcBackend",
+        "dp": "solver.backends._lattice:DpBackend",
+        "highs": "solver.backends._highs:HighsBackend",
+        "mckp": "solver.backends._mckp:MckpBackend",
+        "mckp2": "solver.backends._two:Mckp2Backend",
+    },
+    requires={"cbc": "PuLP with its CBC binary (pip install pulp)", "highs": "highspy (pip install highspy)"},
+    also_valid=(AUTO,),
+    unavailable=BackendUnavailable,
+)
+
+# "auto": the exact knapsack methods where they apply (one budget, two), then the general ILPs, then
+# any other back-end in name order. GENERAL are the ILPs auto hands an incomplete knapsack search to.
 _AUTO_ORDER = ("mckp", "mckp2", "highs", "cbc")
+_GENERAL = ("highs", "cbc")
 
 
 def register(backend: Backend) -> Backend:
-    """Add a back-end (replacing one of the same name); returns it so it can decorate instances."""
-    _REGISTRY[backend.name] = backend
-    return backend
-
-
-def _builtin() -> dict[str, Backend]:
-    if not _REGISTRY:
-        from solver.backends._cbc import CbcBackend
-        from solver.backends._highs import HighsBackend
-        from solver.backends._lattice import DpBackend
-        from solver.backends._mckp import MckpBackend
-        from solver.backends._two import Mckp2Backend
-
-        for backend in (MckpBackend(), Mckp2Backend(), DpBackend(), HighsBackend(), CbcBackend()):
-            _REGISTRY.setdefault(backend.name, backend)
-    return _REGISTRY
+    """Add a back-end (overriding one of the same name); returns it so it can decorate instances."""
+    return BACKENDS.register(backend)
 
 
 def backend_names() -> list[str]:
-    return sorted(_builtin())
+    return sorted(BACKENDS.names())
 
 
 def available_backends() -> list[str]:
-    return [name for name, b in sorted(_builtin().items()) if b.available()]
+    return sorted(BACKENDS.available_names())
+
+
+def auto_backend(n_budgets: int, *, general: bool = False) -> Backend:
+    """What "auto" runs for `n_budgets` budgets: the first available back-end in auto's order that
+    accepts them; `general` only the ILPs (auto's hand-over when the knapsack search stops early).
+    BackendUnavailable when none is installed."""
+    order = _GENERAL if general else (*_AUTO_ORDER, *sorted(set(BACKENDS.names()) - set(_AUTO_ORDER)))
+    for name in order:
+        if name in BACKENDS.names() and BACKENDS.available(name):
+            backend = BACKENDS.get(name)
+            if backend.applies(n_budgets):
+                return backend
+    kind = "general ILP" if general else "installed"
+    raise BackendUnavailable(f"backend: no {kind} back-end accepts {n_budgets} budgets", kind="backend", name=AUTO)
 
 
 def get_backend(name: str, n_budgets: int = 1) -> Backend:
-    """Look a back-end up by name; "auto" gives the fastest available one accepting `n_budgets`."""
-    registry = _builtin()
-    if name == "auto":
-        order = [n for n in _AUTO_ORDER if n in registry] + sorted(set(registry) - set(_AUTO_ORDER))
-        for candidate in order:
-            backend = registry[candidate]
-            if backend.applies(n_budgets) and backend.available():
-                return backend
-        raise BackendUnavailable(f"no installed back-end accepts {n_budgets} budgets")
-    if name not in registry:
-        valid = ", ".join(["auto", *sorted(registry)])
-        raise ValueError(f"unknown solver back-end {name!r}; valid names: {valid}")
-    backend = registry[name]
-    if not backend.available():
-        raise BackendUnavailable(f"solver back-end {name!r} is not installed")
+    """Look a back-end up by name ("auto": `auto_backend`). ValueError listing the valid names when
+    unknown or when it takes fewer budgets; BackendUnavailable when its library is not installed."""
+    if name == AUTO:
+        return auto_backend(n_budgets)
+    backend = BACKENDS.get(name)
     if not backend.applies(n_budgets):
-        raise ValueError(f"solver back-end {name!r} accepts at most {backend.max_budgets} budget(s), got {n_budgets}")
+        raise ValueError(f"backend: {name!r} accepts at most {backend.max_budgets} budget(s), got {n_budgets}")
     return backend

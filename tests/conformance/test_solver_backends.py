@@ -1,8 +1,10 @@
-"""One conformance suite run against every solver back-end (skipping unavailable ones)."""
+"""One conformance suite run against every registered solver back-end (skipping unavailable ones)."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from solver import (
     get_backend,
     solve,
 )
-from solver.backends import _REGISTRY
+from solver.backends import BACKENDS, register
 from tests.utils.solver_factories import (
     brute_force,
     budgets_for,
@@ -38,16 +40,9 @@ EXAMPLES = {"mckp": 150, "mckp2": 150, "dp": 150, "highs": 50, "cbc": 15}
 
 
 def _available(name: str) -> None:
-    if not get_backend_safe(name):
-        pytest.skip(f"back-end {name} not installed")
-
-
-def get_backend_safe(name: str) -> bool:
-    try:
-        get_backend(name, 0)
-    except BackendUnavailable:
-        return False
-    return True
+    state = BACKENDS.available(name)
+    if not state:
+        pytest.skip(f"back-end {name}: {state.reason}")
 
 
 def _run(name: str, test, n: int | None = None) -> None:
@@ -173,7 +168,7 @@ def test_budgets_jointly_infeasible_name_none(name):
 
 
 def test_unknown_backend_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: auto, cbc, dp, highs, mckp, mckp2"):
+    with pytest.raises(ValueError, match=r"^backend: unknown 'gurobi' \(valid: auto, cbc, dp, highs, mckp, mckp2\)$"):
         get_backend("gurobi")
 
 
@@ -202,16 +197,48 @@ def test_unavailable_backend_is_reported_not_imported():
         def solve(self, model, objective, limits, *, time_limit=None, start=None):
             raise AssertionError("never called")
 
-    from solver.backends import register
-
     register(Missing())
     try:
         assert "missing" in backend_names()
-        with pytest.raises(BackendUnavailable, match="missing"):
+        assert not BACKENDS.available("missing") and BACKENDS.available("missing").reason
+        with pytest.raises(BackendUnavailable, match="^backend: 'missing' is not available here") as info:
             solve(synthetic_llm(3, (2, 4)), [], backend="missing")
+        assert isinstance(info.value, ValueError)
         assert get_backend("auto", 1).name == "mckp"
     finally:
-        del _REGISTRY["missing"]
+        BACKENDS.unregister("missing")
+    assert "missing" not in backend_names()
+
+
+def test_registering_before_the_first_lookup_keeps_the_built_ins():
+    """Regression: the built-ins were loaded only into an empty registry, so a back-end registered
+    before the first lookup hid mckp, mckp2, dp, highs and cbc. A fresh interpreter, so nothing has
+    looked a back-end up yet."""
+    code = """
+from solver.backends import Backend, backend_names, get_backend, register
+
+class Custom(Backend):
+    name = "custom"
+    def available(self):
+        return True
+    def solve(self, model, objective, limits, *, time_limit=None, start=None):
+        raise AssertionError("never called")
+
+register(Custom())
+assert backend_names() == ["cbc", "custom", "dp", "highs", "mckp", "mckp2"], backend_names()
+assert get_backend("mckp").name == "mckp" and get_backend("auto", 1).name == "mckp"
+assert get_backend("custom").name == "custom"
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", backend_names())
+def test_registered_name_resolves_to_a_backend_instance(name):
+    _available(name)
+    backend = get_backend(name, 0)
+    assert isinstance(backend, Backend) and backend.name == name
+    assert get_backend(name, 0) is backend  # one shared instance (solve keeps no state)
+    assert backend.max_budgets is None or backend.max_budgets >= 1
 
 
 def test_lattice_rounding_keeps_exactly_reachable_budgets():
