@@ -131,6 +131,14 @@ class Registry(Generic[T]):
             )
         return self._entry(name)[0]
 
+    def peek(self, name: str) -> T | None:
+        """The entry if it is registered or already imported, else None: never imports (so torch-free
+        callers can prefer an entry's own answer and fall back to facts recorded with the built-in)."""
+        with self._lock:
+            if name not in self._registered and name not in self._builtins:
+                self._entry(name)  # raises UnknownName
+            return self._registered.get(name, self._loaded.get(name))
+
     def entries(self) -> dict[str, T]:
         """The entries that can run here, by name, in `names()` order."""
         return {name: self._entry(name)[0] for name in self.names() if self.available(name)}

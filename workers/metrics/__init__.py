@@ -1,4 +1,4 @@
-"""Sensitivity metrics: one module per metric, one registry (`get_metric`).
+"""Sensitivity metrics: one module per metric, one registry (`METRICS`, `get_metric`).
 
 hutchinson (Tr H per layer), eigen (top eigenvalue of H per layer), fisher (diagonal Fisher),
 gauss_newton (exact ½ ΔWᵀGΔW per layer × candidate), input_covariance (½ Σ_o B_o ΔW_o A ΔW_oᵀ from
@@ -8,6 +8,15 @@ chosen metric's module.
 """
 
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._registry import get_metric, metric_names, metric_needs_data
+from workers.metrics._registry import METRICS, get_metric, metric_names, metric_needs_data, metric_options
 
-__all__ = ["LayerStatistic", "Metric", "MetricContext", "get_metric", "metric_names", "metric_needs_data"]
+__all__ = [
+    "METRICS",
+    "LayerStatistic",
+    "Metric",
+    "MetricContext",
+    "get_metric",
+    "metric_names",
+    "metric_needs_data",
+    "metric_options",
+]

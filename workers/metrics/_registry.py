@@ -1,66 +1,65 @@
-"""The one registry of sensitivity metrics; modules are imported on first lookup.
+"""The one registry of sensitivity metrics (solver.registry's shape); modules are imported on first lookup.
 
-Whether a metric needs calibration data is recorded here as well as on the class, so the API
-process can ask (`metric_needs_data`) without importing torch; the conformance tests check that
+Whether a built-in metric needs calibration data is recorded here as well as on the class, so the
+API process can ask (`metric_needs_data`) without importing torch; the conformance tests check that
 the two agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
+from solver.registry import Registry
 from workers.metrics._base import Metric
 
+METRICS: Registry[Metric] = Registry(
+    "metric",
+    {
+        "eigen": "workers.metrics.eigen:Eigen",
+        "fisher": "workers.metrics.fisher:Fisher",
+        "gauss_newton": "workers.metrics.gauss_newton:GaussNewton",
+        "hutchinson": "workers.metrics.hutchinson:Hutchinson",
+        "input_covariance": "workers.metrics.input_covariance:InputCovariance",
+        "loss_delta": "workers.metrics.loss_delta:LossDelta",
+        "mse": "workers.metrics.mse:Mse",
+    },
+)
 
-class _Entry(NamedTuple):
-    target: str  # "module:Class"
-    needs_data: bool
-
-
-_METRICS: dict[str, _Entry] = {
-    "eigen": _Entry("workers.metrics.eigen:Eigen", True),
-    "fisher": _Entry("workers.metrics.fisher:Fisher", True),
-    "gauss_newton": _Entry("workers.metrics.gauss_newton:GaussNewton", True),
-    "hutchinson": _Entry("workers.metrics.hutchinson:Hutchinson", True),
-    "input_covariance": _Entry("workers.metrics.input_covariance:InputCovariance", True),
-    "loss_delta": _Entry("workers.metrics.loss_delta:LossDelta", True),
-    "mse": _Entry("workers.metrics.mse:Mse", False),
-}
+# Torch-free answers for the built-ins; a registered metric answers from its class.
+_NEEDS_DATA = {"eigen": True, "fisher": True, "gauss_newton": True, "hutchinson": True,
+               "input_covariance": True, "loss_delta": True, "mse": False}
 
 
 def metric_names() -> tuple[str, ...]:
-    return tuple(sorted(_METRICS))
-
-
-def _unknown(name: str) -> ValueError:
-    return ValueError(f"metric: unknown {name!r} (valid: {', '.join(metric_names())})")
+    return tuple(sorted(METRICS.names()))
 
 
 def metric_needs_data(name: str) -> bool:
-    """Whether metric `name` needs calibration data (torch-free); ValueError listing the valid names."""
-    if name not in _METRICS:
-        raise _unknown(name)
-    return _METRICS[name].needs_data
+    """Whether metric `name` needs calibration data (torch-free for built-ins); ValueError listing the valid names."""
+    entry = METRICS.peek(name)
+    return entry.needs_data if entry is not None else _NEEDS_DATA[name]
+
+
+def metric_options(name: str) -> tuple[str, ...]:
+    """The option names metric `name` accepts (its constructor's keyword arguments)."""
+    cls = type(METRICS.get(name))
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init) if dataclasses.is_dataclass(cls) else ()
 
 
 def get_metric(name: str, options: Mapping[str, Any] | None = None) -> Metric:
-    """The metric `name` configured with `options`; ValueError naming the valid names / options."""
-    if name not in _METRICS:
-        raise _unknown(name)
-    module, cls_name = _METRICS[name].target.split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    """A fresh metric `name` configured with `options`; ValueError naming the valid names / options.
+
+    Fresh, not the registry's shared instance: a metric's options are its own and `measure` may
+    keep per-run state on it."""
+    cls = type(METRICS.get(name))
     options = dict(options or {})
-    if dataclasses.is_dataclass(cls):
-        valid = [f.name for f in dataclasses.fields(cls) if f.init]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"options.{unknown[0]}: unknown option for metric {name!r} (valid: {', '.join(valid)})"
-            )
-    metric = cls(**options)
-    if not metric.available():
-        raise ValueError(f"metric: {name!r} is not available (an optional dependency is missing)")
-    return metric
+    valid = metric_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"options.{unknown[0]}: unknown option for metric {name!r} (valid: {', '.join(valid)})")
+    return cls(**options)
+
+
+__all__ = ["METRICS", "get_metric", "metric_names", "metric_needs_data", "metric_options"]

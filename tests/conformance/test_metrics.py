@@ -11,13 +11,17 @@ from tests.utils.workers_factories import trained_mlp
 from workers.analysis import analyse
 from workers.data import Calibration
 from workers.errors import DatasetError
-from workers.metrics import LayerStatistic, Metric, MetricContext, get_metric, metric_names, metric_needs_data
+from workers.metrics import (
+    METRICS, LayerStatistic, Metric, MetricContext, get_metric, metric_names, metric_needs_data, metric_options,
+)
 from workers.models import find_layers
 from workers.quantizers import parse_candidates
 
 # Cheap settings so the whole suite stays fast; every metric's defaults are exercised elsewhere.
 FAST = {"hutchinson": {"tolerance": 0.3, "max_probes": 64}, "eigen": {"max_iterations": 20}}
 CANDIDATES = ["int2", "int4", "int8", "int4_asym"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def metric(name, **options):
@@ -30,8 +34,10 @@ def table(name, model, calibration, seed=0, **options):
 
 @pytest.fixture(params=metric_names())
 def name(request):
-    if not get_metric(request.param).available():
-        pytest.skip(f"{request.param}: optional dependency missing")
+    state = METRICS.available(request.param)
+    if not state:
+        assert state.reason  # an unavailable metric says why
+        pytest.skip(f"{request.param}: {state.reason}")
     return request.param
 
 
@@ -56,7 +62,32 @@ def test_registry_lookups_need_no_torch():
 def test_class_agrees_with_registry(name):
     m = get_metric(name)
     assert isinstance(m, Metric) and m.name == name and m.statistic
+    assert isinstance(m.name, str) and isinstance(m.statistic, str) and isinstance(m.needs_data, bool)
     assert m.needs_data is metric_needs_data(name)
+    assert get_metric(name) is not get_metric(name)  # options are per instance: never the shared entry
+    assert METRICS.get(name).name == name
+
+
+def test_defaults_are_valid_options(name):
+    m = get_metric(name)
+    defaults = {option: getattr(m, option) for option in metric_options(name)}
+    assert get_metric(name, defaults) == m
+
+
+def test_a_registered_metric_answers_for_itself():
+    class Probe(type(get_metric("mse"))):
+        name = "probe_metric"
+        needs_data = True
+
+    METRICS.register(Probe())
+    try:
+        assert "probe_metric" in metric_names() and metric_needs_data("probe_metric") is True
+        assert type(get_metric("probe_metric", {"normalize": "model"})) is Probe
+        assert metric_needs_data("mse") is False  # the built-ins are still there
+    finally:
+        METRICS.unregister("probe_metric")
+    with pytest.raises(ValueError, match="^metric: unknown 'probe_metric'"):
+        get_metric("probe_metric")
 
 
 @pytest.mark.parametrize("labels", [True, False], ids=["targets", "label_free"])
