@@ -166,3 +166,18 @@ def proxy_quality_for(analysis, siblings) -> dict[str, Any]:
             status=409,
         )
     return proxy_quality(tables, measured)
+
+
+def export_stored_plan(session, settings: Settings, blobs, *, plan_id: str, fmt: str, owned_by: str | None):
+    """The `Export` of a stored plan (GET /v1/plans/{id}/export): its analysis's table and its model's
+    source, looked up here so the route only parses and shapes. NotFound for another owner's plan."""
+    from service import store
+    from service.jobs.child import model_source
+
+    rec = store.get_plan(session, plan_id=plan_id, owned_by=owned_by)
+    analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
+    model = store.get_model(session, model_id=analysis.model_id)
+    return export_plan(
+        settings, fmt=fmt, table=analysis.table, assignment=dict(rec.assignment), model=model_source(model, blobs),
+        model_bytes=model.size_bytes, plan_id=rec.id,
+    )

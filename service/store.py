@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from service.db.models import (
     AnalysisRecord, DatasetRecord, EvaluationRecord, ExportRecord, FrontierRecord, JobColumns, ModelRecord, PlanRecord,
     new_id, utcnow,
 )
+from service.db.session import get_engine
 from service.errors import Conflict, NotFound
 
 ACTIVE = ("queued", "running")
@@ -40,6 +41,13 @@ def _visible(stmt, record: type[Any], owned_by: str | None):
     return stmt if owned_by is None else stmt.where(record.owned_by == owned_by)
 
 
+def ping_database(url: str) -> None:
+    """One round trip on a fresh pooled connection (readiness): raises the driver's error when the
+    database cannot answer. Not through a session, so a probe works while the pool's sessions wait."""
+    with get_engine(url).connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
 def save(session: Session, rec: Any) -> Any:
     """Add a new row and commit it: its id exists from here on, and other sessions (runners) can read it."""
     session.add(rec)
@@ -57,6 +65,14 @@ def get_dataset(session: Session, *, dataset_id: str, owned_by: str | None = Non
 
 def get_analysis(session: Session, *, analysis_id: str, owned_by: str | None = None) -> AnalysisRecord:
     return _get(session, AnalysisRecord, "analysis", analysis_id, owned_by)
+
+
+def get_succeeded_analysis(session: Session, *, analysis_id: str, owned_by: str | None = None) -> AnalysisRecord:
+    """The analysis (NotFound for another owner's), or Conflict when its table is not there yet."""
+    rec = get_analysis(session, analysis_id=analysis_id, owned_by=owned_by)
+    if rec.status != "succeeded":
+        raise Conflict(f"analysis {analysis_id} is {rec.status}, not succeeded" + (f": {rec.error}" if rec.error else ""))
+    return rec
 
 
 def get_plan(session: Session, *, plan_id: str, owned_by: str | None = None) -> PlanRecord:

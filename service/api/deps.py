@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the one session boundary, settings, blob store and queue of the running app."""
+"""FastAPI dependencies: the one session boundary, settings, blob store, queue and metrics of the running
+app. Routes reach `app.state` only through these."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from functools import partial
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from service.api.metrics import Metrics
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db.session import session_scope
@@ -30,6 +32,10 @@ def get_blobs(request: Request) -> BlobStore:
 
 def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
 
 
 def get_session_factory(request: Request) -> Callable[[], AbstractContextManager[Session]]:

@@ -7,29 +7,17 @@ from sqlalchemy.orm import Session
 
 from service import catalog, compat, planning, store
 from service.api.deps import get_queue, get_session, get_settings
+from service.api.jobs_http import submit_job
 from service.api.limits import check_active_jobs
-from service.api.responses import plan_out
+from service.api.responses import analysis_out, plan_out
 from service.api.security import Caller, Principal, get_caller, get_principal
-from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, Progress, TableOut, WarningOut
+from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, TableOut, WarningOut
 from service.config import Settings
-from service.db.models import AnalysisRecord, JobColumns, PlanRecord
-from service.errors import Conflict, InvalidInput
+from service.db.models import AnalysisRecord, PlanRecord
+from service.errors import InvalidInput
 from service.jobs import JobQueue
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
-
-
-def analysis_out(rec: AnalysisRecord) -> AnalysisOut:
-    base = f"/v1/analyses/{rec.id}"
-    links = {"self": base}
-    if rec.status == "succeeded":
-        links.update(table=f"{base}/table", plans=f"{base}/plans")
-    return AnalysisOut(
-        id=rec.id, model_id=rec.model_id, dataset_id=rec.dataset_id, candidates=rec.candidates, metric=rec.metric,
-        seed=rec.seed, options=rec.options, status=rec.status,
-        progress=Progress(fraction=rec.progress, message=rec.message), error=rec.error, attempts=rec.attempts,
-        created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at, links=links,
-    )
 
 
 @router.post("", status_code=202, response_model=AnalysisOut)
@@ -59,15 +47,6 @@ def create_analysis(
     return analysis_out(rec)
 
 
-def submit_job(session: Session, queue: JobQueue, response: Response, kind: str, rec: JobColumns, under: str) -> None:
-    """Commit the queued job row (which gives it its id), offer (kind, id) to the queue and point
-    Location at `under`/id."""
-    session.add(rec)
-    session.commit()  # the runner reads the row from its own session
-    queue.enqueue(kind, rec.id)
-    response.headers["Location"] = f"{under}/{rec.id}"
-
-
 @router.get("", response_model=list[AnalysisOut])
 def list_analyses(
     limit: int = 100, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
@@ -90,19 +69,11 @@ def get_analysis(
     return out
 
 
-def succeeded_analysis(session: Session, analysis_id: str, caller: Caller) -> AnalysisRecord:
-    """The caller's analysis (404 for another owner's), or 409 when its table is not there yet."""
-    rec = store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
-    if rec.status != "succeeded":
-        raise Conflict(f"analysis {analysis_id} is {rec.status}, not succeeded" + (f": {rec.error}" if rec.error else ""))
-    return rec
-
-
 @router.get("/{analysis_id}/table", response_model=TableOut)
 def get_table(
     analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
 ) -> TableOut:
-    rec = succeeded_analysis(session, analysis_id, caller)
+    rec = store.get_succeeded_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     return TableOut(analysis_id=rec.id, metric=rec.metric, warnings=(rec.table or {}).get("warnings") or [],
                     **catalog.table_view(rec.table))
 
@@ -112,7 +83,7 @@ def create_plan(
     analysis_id: str, body: PlanIn, response: Response, session: Session = Depends(get_session),
     caller: Caller = Depends(get_caller),
 ) -> PlanOut:
-    rec = succeeded_analysis(session, analysis_id, caller)
+    rec = store.get_succeeded_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     problem = planning.problem_for(rec.id, lambda: rec.problem)
     budget = body.budget.model_dump(exclude_none=True)
     budgets = planning.budgets_from(problem, budget)
@@ -133,6 +104,6 @@ def create_plan(
 def list_plans(
     analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
 ) -> list[PlanOut]:
-    rec = succeeded_analysis(session, analysis_id, caller)
+    rec = store.get_succeeded_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     problem = planning.problem_for(rec.id, lambda: rec.problem)
     return [plan_out(p, problem) for p in store.list_plans(session, analysis_id=analysis_id, owned_by=caller.sees)]

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import get_blobs, get_session, get_settings
+from service.api.responses import dataset_out
 from service.api.security import Caller, get_caller
-from service.api.routes.uploading import keep_if_valid, stage_upload
+from service.api.uploading import keep_if_valid, stage_upload
 from service.api.schemas import DatasetOut
 from service.blobs import BlobStore
 from service.compat import max_integer_input
@@ -21,14 +22,6 @@ from service.uploads import (
 )
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-
-
-def dataset_out(rec: DatasetRecord) -> DatasetOut:
-    return DatasetOut(
-        id=rec.id, name=rec.name, sha256=rec.sha256, size_bytes=rec.size_bytes, samples=rec.samples,
-        input_shape=rec.input_shape, input_dtype=rec.input_dtype, has_targets=rec.has_targets,
-        max_token_id=rec.max_token_id, created_at=rec.created_at,
-    )
 
 
 @router.post("", status_code=201, response_model=DatasetOut)

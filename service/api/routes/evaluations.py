@@ -14,33 +14,18 @@ from sqlalchemy.orm import Session
 
 from service import evaluations, store
 from service.api.deps import get_queue, get_session, get_session_factory, get_settings
+from service.api.jobs_http import EVENT_STREAM_DOC, Sessions, job_events, submit_job
 from service.api.limits import check_active_jobs
-from service.api.routes.analyses import submit_job, succeeded_analysis
-from service.api.routes.frontiers import get_frontier
-from service.api.routes.jobs_routes import EVENT_STREAM_DOC, Sessions, job_events
-from service.api.schemas import EvaluationIn, EvaluationOut, FrontierEvaluationIn, Progress
+from service.api.responses import evaluation_out
+from service.api.schemas import EvaluationIn, EvaluationOut, FrontierEvaluationIn
 from service.api.security import Caller, Principal, get_caller, get_principal
 from service.config import Settings
 from service.db.models import EvaluationRecord
 from service.errors import InvalidInput
 from service.jobs import JobQueue
+from service.stored_frontiers import frontier_of
 
 router = APIRouter(tags=["evaluations"])
-
-
-def evaluation_out(rec: EvaluationRecord, *, plan_costs: dict | None = None, full: bool = False) -> EvaluationOut:
-    result = rec.result if rec.status == "succeeded" else None
-    return EvaluationOut(
-        id=rec.id, target=rec.target, analysis_id=rec.analysis_id, plan_id=rec.plan_id, dataset_id=rec.dataset_id,
-        request=evaluations.public_request(rec.request),
-        status=rec.status, progress=Progress(fraction=rec.progress, message=rec.message), error=rec.error,
-        attempts=rec.attempts, created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
-        float_metrics=(result or {}).get("float"),
-        points=evaluations.measured_points(target=rec.target, request=rec.request, result=result, plan_costs=plan_costs),
-        rank_agreement=rec.rank_agreement, result=result if full else None,
-        links={"self": f"/v1/evaluations/{rec.id}", "analysis": f"/v1/analyses/{rec.analysis_id}",
-               **({"plan": f"/v1/plans/{rec.plan_id}"} if rec.plan_id else {})},
-    )
 
 
 def _submit(session: Session, queue: JobQueue, response: Response, rec: EvaluationRecord) -> EvaluationOut:
@@ -63,7 +48,7 @@ def evaluate_plan(
     (when the analysis is a Hutchinson one)."""
     check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
     plan = store.get_plan(session, plan_id=plan_id, owned_by=caller.sees)
-    analysis = succeeded_analysis(session, plan.analysis_id, caller)
+    analysis = store.get_succeeded_analysis(session, analysis_id=plan.analysis_id, owned_by=caller.sees)
     store.get_dataset(session, dataset_id=body.dataset_id, owned_by=caller.sees)
     rec = EvaluationRecord(
         target="plan", analysis_id=analysis.id, plan_id=plan.id, dataset_id=body.dataset_id,
@@ -88,12 +73,9 @@ def evaluate_frontier(
     """Measure `k` evenly spaced points of the stored frontier (computed and stored now if needed) and
     the rank agreement of their predicted damage with the measured loss."""
     check_active_jobs(session, principal=principal, limit=settings.max_active_jobs_per_token)
-    analysis = succeeded_analysis(session, analysis_id, caller)
+    analysis = store.get_succeeded_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     store.get_dataset(session, dataset_id=body.dataset_id, owned_by=caller.sees)
-    stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
-    if stored is None:  # the frontier endpoint computes and stores it (cost checked, races handled there)
-        get_frontier(analysis.id, cost=body.cost, points=body.points, session=session, caller=caller)
-        stored = store.find_frontier(session, analysis_id=analysis.id, cost=body.cost, points=body.points)
+    stored = frontier_of(session, analysis=analysis, cost=body.cost, points=body.points)  # the one GET .../frontier serves
     chosen = evaluations.choose_frontier_points(stored.data, body.k)
     if not chosen:
         raise InvalidInput("points", "the stored frontier has no points to measure")

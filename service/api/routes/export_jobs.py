@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from service import exports, store
 from service.api.deps import get_blobs, get_queue, get_session, get_session_factory, get_settings
+from service.api.jobs_http import EVENT_STREAM_DOC, Sessions, job_events, submit_job
 from service.api.limits import check_active_jobs
-from service.api.routes.analyses import submit_job
-from service.api.routes.jobs_routes import EVENT_STREAM_DOC, Sessions, job_events
-from service.api.schemas import ExportJobIn, ExportOut, Progress
+from service.api.responses import export_out
+from service.api.schemas import ExportJobIn, ExportOut
 from service.api.security import Caller, Principal, get_caller, get_principal
 from service.blobs import BlobStore
 from service.config import Settings
@@ -26,20 +26,6 @@ from service.errors import Conflict, InvalidInput
 from service.jobs import JobQueue
 
 router = APIRouter(tags=["exports"])
-
-
-def export_out(rec: ExportRecord) -> ExportOut:
-    base = f"/v1/exports/{rec.id}"
-    links = {"self": base, "events": f"{base}/events", "plan": f"/v1/plans/{rec.plan_id}"}
-    if rec.status == "succeeded":
-        links["file"] = f"{base}/file"
-    return ExportOut(
-        id=rec.id, plan_id=rec.plan_id, format=rec.format, status=rec.status,
-        progress=Progress(fraction=rec.progress, message=rec.message), error=rec.error, attempts=rec.attempts,
-        created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
-        size_bytes=rec.size_bytes, sha256=rec.sha256, filename=rec.filename, warnings=list(rec.warnings or []),
-        links=links,
-    )
 
 
 def _check_format(fmt: str) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.orm import Session
 
-from service.jobs.child import model_source
 from service import evaluations, exports, store
-from service.api.deps import get_session
+from service.api.deps import get_blobs, get_session, get_settings
 from service.api.security import Caller, get_caller
+from service.blobs import BlobStore
+from service.config import Settings
 from service.errors import InvalidInput
 
 router = APIRouter(tags=["exports"])
@@ -23,20 +24,13 @@ router = APIRouter(tags=["exports"])
 @router.get("/v1/plans/{plan_id}/export")
 def export_plan(
     plan_id: str,
-    request: Request,
     format: str = Query("json", description="json, llamacpp, llamacpp-types, gptqmodel, llmcompressor, nncf, hawq or safetensors"),
     session: Session = Depends(get_session),
+    settings: Settings = Depends(get_settings),
+    blobs: BlobStore = Depends(get_blobs),
     caller: Caller = Depends(get_caller),
 ) -> Response:
-    rec = store.get_plan(session, plan_id=plan_id, owned_by=caller.sees)
-    analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
-    model = store.get_model(session, model_id=analysis.model_id)
-    settings = request.app.state.settings
-    source = model_source(model, request.app.state.blobs)
-    exported = exports.export_plan(
-        settings, fmt=format, table=analysis.table, assignment=dict(rec.assignment), model=source,
-        model_bytes=model.size_bytes, plan_id=rec.id,
-    )
+    exported = exports.export_stored_plan(session, settings, blobs, plan_id=plan_id, fmt=format, owned_by=caller.sees)
     headers = {"Content-Disposition": f'attachment; filename="{exported.filename}"'}
     if exported.warnings:
         headers["X-Bitplan-Export-Warnings"] = " | ".join(exported.warnings).encode("ascii", "replace").decode()

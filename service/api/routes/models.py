@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import get_blobs, get_session, get_settings
+from service.api.responses import model_out
 from service.api.security import Caller, get_caller
-from service.api.routes.uploading import keep_if_valid, stage_upload
+from service.api.uploading import keep_if_valid, stage_upload
 from service.api.schemas import ModelOut
 from service.blobs import BlobStore
 from service.config import Settings
@@ -27,15 +28,6 @@ from service.uploads import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-
-
-def model_out(rec: ModelRecord) -> ModelOut:
-    return ModelOut(
-        id=rec.id, name=rec.name, sha256=rec.sha256, format=rec.format, architecture=rec.architecture,
-        hyperparams=rec.hyperparams, size_bytes=rec.size_bytes,
-        parameters=sum(int(l["parameters"]) for l in rec.layers), layers=rec.layers, inputs=rec.inputs,
-        created_at=rec.created_at,
-    )
 
 
 def _parse_spec(spec: str | None) -> tuple[str | None, dict | None]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
-
-from service.api.deps import get_settings
+from service import store
+from service.api.deps import get_metrics, get_queue, get_settings
+from service.api.metrics import Metrics
 from service.config import Settings
 from service.db import migrate
-from service.db.session import get_engine
+from service.jobs import JobQueue
 
 router = APIRouter(tags=["operations"])
 
@@ -26,8 +26,7 @@ def _check(fn) -> dict[str, Any]:
 
 
 def _database(url: str) -> dict[str, Any]:
-    with get_engine(url).connect() as conn:
-        conn.execute(text("SELECT 1"))
+    store.ping_database(url)
     return {"status": "ok"}
 
 
@@ -45,9 +44,9 @@ def _redis(redis_url: str | None) -> dict[str, Any]:
     return {"status": "ok"}
 
 
-def _worker(request: Request, redis_url: str | None) -> dict[str, Any]:
+def _worker(queue: JobQueue, redis_url: str | None) -> dict[str, Any]:
     if not redis_url:
-        running = bool(getattr(request.app.state.queue, "_threads", None))
+        running = bool(getattr(queue, "_threads", None))
         return {"status": "ok" if running else "unknown", "detail": "in-process runner"}
     try:
         import redis
@@ -68,14 +67,14 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A check failed; `checks` says which."}})
-def readyz(request: Request, settings: Settings = Depends(get_settings)) -> JSONResponse:
+def readyz(settings: Settings = Depends(get_settings), queue: JobQueue = Depends(get_queue)) -> JSONResponse:
     """Readiness: database reachable, schema at head, Redis and a worker when Redis is configured."""
     url = settings.resolved_database_url
     checks = {
         "database": _check(lambda: _database(url)),
         "migrations": _check(lambda: _migrations(url)),
         "redis": _check(lambda: _redis(settings.redis_url)),
-        "worker": _check(lambda: _worker(request, settings.redis_url)),
+        "worker": _check(lambda: _worker(queue, settings.redis_url)),
     }
     ready = all(c["status"] in ("ok", "skipped", "unknown") for c in checks.values())
     return JSONResponse(status_code=200 if ready else 503,
@@ -84,5 +83,5 @@ def readyz(request: Request, settings: Settings = Depends(get_settings)) -> JSON
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
-def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+def metrics(collected: Metrics = Depends(get_metrics)) -> Response:
+    return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,15 +7,10 @@ from sqlalchemy.orm import Session
 
 from service import tokens
 from service.api.deps import get_session
+from service.api.responses import token_out
 from service.api.schemas import TokenCreated, TokenIn, TokenOut
-from service.db.models import ApiTokenRecord
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
-
-
-def token_out(rec: ApiTokenRecord) -> TokenOut:
-    return TokenOut(id=rec.id, name=rec.name, prefix=rec.prefix, scopes=rec.scopes, created_at=rec.created_at,
-                    revoked_at=rec.revoked_at)
 
 
 @router.post("", status_code=201, response_model=TokenCreated)

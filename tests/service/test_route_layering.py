@@ -1,0 +1,62 @@
+"""Routes are thin: they parse, call the service layer, shape the response. They never import another
+route module, never query the database themselves (service.store does) and reach the app's state only
+through service.api.deps. Checked on the source with ast, so a new route cannot quietly break it."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROUTES = pathlib.Path(__file__).resolve().parents[2] / "service" / "api" / "routes"
+ROUTE_FILES = sorted(p for p in ROUTES.glob("*.py") if p.name != "__init__.py")
+# Session methods that run queries or change rows; a route hands its session to service.store instead.
+QUERY_METHODS = {"execute", "scalars", "scalar", "query", "get", "add", "delete", "merge", "refresh"}
+
+
+def _tree(path: pathlib.Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _imported_modules(tree: ast.Module) -> list[str]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # a relative import inside routes/ is a route importing a route
+                out.append("service.api.routes." + (node.module or ""))
+            elif node.module == "service.api.routes":
+                out.extend(f"service.api.routes.{a.name}" for a in node.names)
+            else:
+                out.append(node.module or "")
+    return out
+
+
+def test_there_are_route_modules_to_check():
+    assert {"analyses.py", "evaluations.py", "frontiers.py", "plans.py"} <= {p.name for p in ROUTE_FILES}
+
+
+@pytest.mark.parametrize("path", ROUTE_FILES, ids=lambda p: p.name)
+def test_routes_never_import_routes(path):
+    routes = [m for m in _imported_modules(_tree(path)) if m.startswith("service.api.routes")]
+    assert routes == [], f"{path.name} imports {routes}; move the shared code to a service-layer module"
+
+
+@pytest.mark.parametrize("path", ROUTE_FILES, ids=lambda p: p.name)
+def test_routes_run_no_queries_and_read_no_app_state(path):
+    tree = _tree(path)
+    sqlalchemy = [m for m in _imported_modules(tree) if m.startswith("sqlalchemy") and m != "sqlalchemy.orm"]
+    assert sqlalchemy == [], f"{path.name} imports {sqlalchemy}; queries belong in service.store"
+    orm_names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "sqlalchemy.orm"
+                 for a in n.names}
+    assert orm_names <= {"Session"}, f"{path.name} imports {orm_names} from sqlalchemy.orm"
+    queries = [f"line {n.lineno}: {n.func.value.id}.{n.func.attr}(...)" for n in ast.walk(tree)
+               if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+               and n.func.value.id in {"session", "s"} and n.func.attr in QUERY_METHODS]
+    assert queries == [], f"{path.name} queries the session itself: {queries}"
+    state = [n.lineno for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and n.attr == "state" and isinstance(n.value, ast.Attribute)
+             and n.value.attr == "app"]
+    assert state == [], f"{path.name} reads app.state on lines {state}; add a dependency in service.api.deps"
