@@ -2,7 +2,8 @@
 
 Each point carries its whole plan as one small integer per unit (an index into `candidates`), so a
 200-point frontier of a 500-layer model stays a few hundred kilobytes and a click on a point in the
-dashboard needs no second request.
+dashboard needs no second request. `unit_layers` (aligned with `units`) names the layers each unit's
+choice applies to: with grouping "block" a unit is a whole block (workers.table.unit_layers).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from solver import Plan, Problem, frontier, greedy_plan, lower_convex_hull, uniform_plans
 from solver.problem import Budget
+from workers.table import unit_layers
 
 
 def _candidates(problem: Problem) -> list[str]:
@@ -72,6 +74,9 @@ def compute_frontier(problem: Problem, *, cost: str, points: int, backend: str =
     return {
         "cost": cost,
         "units": [u.name for u in problem.units],
+        "unit_layers": list(
+            unit_layers([u.name for u in problem.units], getattr(problem, "groups", None)).values()
+        ),
         "candidates": cands,
         "points": [_point(problem, p, index) for p in front.points],
         "hull": [_point(problem, p, index) for p in hull],

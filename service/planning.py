@@ -8,6 +8,10 @@ analysis's warnings (workers.table.stored_problem). Every plan reports how sure 
 (solver.confidence: share of redrawn problems whose optimum agrees with it, the units that could
 flip it; 1.0 for exact metrics) and the analysis's warnings, plus `low_confidence` when the
 share is under 95%. Confidences are cached per plan: plans never change.
+
+Units: a plan names decision units (with grouping "block" a unit is a whole block). The stored
+problem carries the table's `groups` (unit → layers); `unit_choices` says, per unit, which layers
+its choice applies to, by the one expansion function (workers.table.unit_layers).
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ from solver._budget import asked_budgets
 from solver.backends import available_backends, get_backend
 from solver.confidence import confidence
 from solver.errors import BackendUnavailable, SolverError
+from workers.table import unit_layers
 
 CONFIDENT = 0.95
 
 
 @dataclass(frozen=True)
 class StoredProblem(Problem):
-    """An analysis's problem with what its plans report: per-unit damage half-widths and warnings."""
+    """An analysis's problem with what its plans report: per-unit damage half-widths, warnings and
+    the layers of each unit of several (`groups`, the table's; a unit not in it is one layer)."""
 
     uncertainty: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     warnings: tuple[dict[str, Any], ...] = ()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 _CACHE_SIZE = 64
 _cache: OrderedDict[str, Problem] = OrderedDict()
@@ -56,12 +63,40 @@ def problem_for(analysis_id: str, problem_dict: Callable[[], dict[str, Any]]) ->
     problem = StoredProblem(
         units=parsed.units, ties=parsed.ties, pins=parsed.pins, allowed=parsed.allowed,
         uncertainty=_uncertainty(raw.get("uncertainty")), warnings=tuple(dict(w) for w in raw.get("warnings") or []),
+        groups={str(u): tuple(str(n) for n in ms) for u, ms in dict(raw.get("groups") or {}).items()},
     )
     with _lock:
         _cache[analysis_id] = problem
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return problem
+
+
+def problem_of(analysis) -> Problem:
+    """`problem_for` an analysis record. A problem stored before problems carried the table's
+    `groups` gets them from the table (read once: the result is cached), so its block units are
+    still spelled out as their layers."""
+
+    def load() -> dict[str, Any]:
+        raw = analysis.problem
+        if "groups" in raw:
+            return raw
+        return {**raw, "groups": (analysis.table or {}).get("groups") or {}}
+
+    return problem_for(analysis.id, load)
+
+
+def unit_choices(problem: Problem, assignment: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A plan unit by unit, in the problem's order: {unit, candidate, damage, bytes, layers} with
+    the layers the unit's candidate applies to."""
+    members = unit_layers([u.name for u in problem.units], getattr(problem, "groups", None))
+    out = []
+    for unit in problem.units:
+        cand = assignment[unit.name]
+        opt = unit.option(cand)
+        out.append({"unit": unit.name, "candidate": cand, "damage": opt.damage,
+                    "bytes": opt.costs.get("bytes", 0.0), "layers": members[unit.name]})
+    return out
 
 
 class AskedBudgets(list):

@@ -231,10 +231,24 @@ class SolveIn(BaseModel):
 
 
 class LayerChoice(BaseModel):
-    layer: str
+    """One decision unit's choice under the name clients have read since v1: `layer` is the unit's
+    name (a layer's own name unless the analysis grouped layers; read `PlanOut.units`)."""
+
+    layer: str = Field(description="The decision unit's name (the layer's, with grouping \"layer\").")
     candidate: str
     damage: float
     bytes: float
+
+
+class UnitChoice(BaseModel):
+    """One decision unit's choice and the layers it applies to: with grouping "block" a unit is a
+    whole block whose layers all take its candidate; otherwise its one layer."""
+
+    unit: str
+    candidate: str
+    damage: float = Field(description="The unit's predicted damage: its layers' sum.")
+    bytes: float = Field(description="The unit's bytes: its layers' sum.")
+    layers: list[str] = Field(description="The model's layers (module names) that take this candidate.")
 
 
 class PlanOut(BaseModel):
@@ -251,7 +265,10 @@ class PlanOut(BaseModel):
         " it optimal but bitplan could not confirm it within its tolerance: see `bound` and `gap`) or time_limit"
         " (the best plan found; `bound` a proven lower bound, `gap` relative); gap, tolerance, bound (null when"
         " not known), backend, solve_seconds."))
-    layers: list[LayerChoice]
+    layers: list[LayerChoice] = Field(description=(
+        "One entry per decision unit, `layer` holding the unit's name: kept as it was for clients; `units`"
+        " says the same per unit and lists each unit's layers."))
+    units: list[UnitChoice] = Field(description="The plan per decision unit with the layers each applies to.")
     created_at: datetime
     links: dict[str, str]
     confidence: PlanConfidence | None = Field(None, description="How sure the plan is (null if it could not be computed).")

@@ -1,4 +1,4 @@
-"""/v1/plans: a stored plan with its per-layer choices."""
+"""/v1/plans: a stored plan with its choice per decision unit and the layers each applies to."""
 
 from __future__ import annotations
 
@@ -18,4 +18,4 @@ router = APIRouter(prefix="/v1/plans", tags=["plans"])
 def get_plan(plan_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)) -> PlanOut:
     rec = store.get_plan(session, plan_id=plan_id, owned_by=caller.sees)
     analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
-    return plan_out(rec, planning.problem_for(analysis.id, lambda: analysis.problem))
+    return plan_out(rec, planning.problem_of(analysis))

@@ -246,7 +246,11 @@ export function selectionFor(id, { frontiers, plans }) {
   if (id.startsWith("plan:")) {
     const plan = plans.find((p) => `plan:${p.id}` === id);
     if (!plan) return null;
-    const formats = Object.fromEntries(plan.layers.map((l) => [l.layer, l.candidate]));
+    // a unit's candidate for each of its layers (a block-grouped plan has one unit per block);
+    // plans served before `units` name one layer per entry of `layers`
+    const formats = plan.units
+      ? Object.fromEntries(plan.units.flatMap((u) => u.layers.map((layer) => [layer, u.candidate])))
+      : Object.fromEntries(plan.layers.map((l) => [l.layer, l.candidate]));
     return { id, label: planLabel(plan), damage: plan.predicted_damage, average_bits: plan.average_bits,
              costs: plan.costs, formats, plan };
   }
@@ -257,7 +261,9 @@ export function selectionFor(id, { frontiers, plans }) {
   const point = list && list[Number(index)];
   if (!point || !point.choices) return null;
   const formats = {};
-  frontier.units.forEach((u, i) => { formats[u] = frontier.candidates[point.choices[i]]; });
+  frontier.units.forEach((u, i) => {  // frontiers stored before `unit_layers`: one layer per unit
+    for (const layer of frontier.unit_layers ? frontier.unit_layers[i] : [u]) formats[layer] = frontier.candidates[point.choices[i]];
+  });
   const label = point.name || `${series === "front" ? "Front" : series} point ${Number(index) + 1}`;
   return { id, label, damage: point.damage, average_bits: point.average_bits, costs: point.costs, formats, point };
 }
