@@ -12,6 +12,11 @@ class WorkersError(Exception):
     """Root of every error the workers raise on purpose."""
 
 
+class RequestError(WorkersError, ValueError):
+    """A job request is malformed: a field is missing, unknown or of the wrong shape or value
+    (raised only by the `from_dict` of workers.requests; the message starts with the field)."""
+
+
 class ModelLoadError(WorkersError, ValueError):
     """A model file cannot be read, or does not fit the architecture it was declared with
     (missing / unexpected keys, shape mismatch, not a safetensors / torch.export archive)."""

@@ -1,7 +1,7 @@
 """Job functions for measured truth: evaluate a plan (with baselines), evaluate a frontier.
 
-Same contract as `workers.jobs`: plain JSON-able requests in, JSON-able results out, no torch at
-import time, `ValueError` (message starting with the field) for bad requests.
+Same contract as `workers.jobs`: an `EvaluationRequest` (workers.requests, its `from_dict` the one
+check) in, JSON-able results out, no torch at import time.
 
 Plans (the request's, the baselines', the frontier's) are keyed by decision unit, like the problem
 they come from; the request's `groups` (the analysis table's unit → layers; absent: every unit is
@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from workers.requests import BASELINES, EvaluationRequest, RequestError
+
 __all__ = [
     "baseline_plans",
     "evaluate_frontier_job",
@@ -31,66 +33,32 @@ __all__ = [
 ]
 
 Report = Callable[[float, str], None]
-EVALUATION_OPTIONS = {"batch_size": 256, "max_samples": None, "output_loss": "kl"}
-BASELINES = ("uniform", "greedy", "hawq_v3")
 
 
 def _noop(fraction: float, message: str) -> None:
     return None
 
 
-def _check_fields(request: Any, fields: tuple[str, ...]) -> None:
-    if not isinstance(request, Mapping):
-        raise ValueError("request: must be a JSON object")
-    unknown = sorted(set(request) - set(fields))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown request field (valid: {', '.join(fields)})")
+def _parsed(request: EvaluationRequest | Mapping[str, Any], target: str) -> EvaluationRequest:
+    """The request, parsed by `EvaluationRequest.from_dict` when given as JSON (tests, benchmarks)."""
+    if not isinstance(request, EvaluationRequest):
+        if target == "plan" and isinstance(request, Mapping) and request.get("assignment") is None:
+            raise RequestError("assignment: required (a plan evaluation measures one assignment)")
+        request = EvaluationRequest.from_dict(request)
+    if request.target != target:  # the job child picks the function by target: only a direct call gets here
+        raise RequestError(f"assignment: a {request.target} evaluation, not a {target} one")
+    return request
 
 
-def _options(request: Mapping[str, Any]) -> dict[str, Any]:
-    options = request.get("options") or {}
-    if not isinstance(options, Mapping):
-        raise ValueError("options: must be a JSON object")
-    unknown = sorted(set(options) - set(EVALUATION_OPTIONS))
-    if unknown:
-        raise ValueError(f"options.{unknown[0]}: unknown option (valid: {', '.join(EVALUATION_OPTIONS)})")
-    return {k: options.get(k, v) for k, v in EVALUATION_OPTIONS.items()}
-
-
-def _assignment(value: Any, field: str) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not value:
-        raise ValueError(f"{field}: must be a non-empty JSON object of unit → candidate")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ValueError(f"{field}: unit names and candidates must be strings")
-    return dict(value)
-
-
-def _groups(value: Any) -> dict[str, list[str]]:
-    """The request's `groups`: the analysis table's unit → layer names (absent or null: none)."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(
-        isinstance(unit, str) and isinstance(layers, list) and layers and all(isinstance(n, str) for n in layers)
-        for unit, layers in value.items()
-    ):
-        raise ValueError("groups: must be a JSON object of unit → non-empty list of layer names")
-    return {unit: list(layers) for unit, layers in value.items()}
-
-
-def _open(request: Mapping[str, Any], options: Mapping[str, Any], report: Report):
+def _open(request: EvaluationRequest, report: Report):
     """Load the model and evaluation data named by the request; returns an Evaluator."""
     from workers.evaluation import Evaluator, load_evaluation
-    from workers.models import ModelSource, load_model
+    from workers.models import load_model
 
-    if "model" not in request:
-        raise ValueError("model: required")
-    source = ModelSource.from_dict(request["model"])
-    path = request.get("dataset_path")
-    if not isinstance(path, str) or not path:
-        raise ValueError("dataset_path: required (evaluation data: a safetensors file with inputs, optional targets)")
+    options = request.evaluation_options
     report(0.0, "loading model and evaluation data")
-    model = load_model(source)
-    data = load_evaluation(path, batch_size=options["batch_size"], max_samples=options["max_samples"])
+    model = load_model(request.model)
+    data = load_evaluation(request.dataset_path, batch_size=options["batch_size"], max_samples=options["max_samples"])
     static = getattr(model, "bitplan_static_batch", None)
     if static is not None:  # a .pt2 exported with a fixed batch only takes whole batches of that size
         keep = data.inputs.shape[0] // static * static
@@ -101,7 +69,7 @@ def _open(request: Mapping[str, Any], options: Mapping[str, Any], report: Report
         data.targets = None if data.targets is None else data.targets[:keep]
         data.batch_size = static
     report(0.05, "float reference outputs")
-    return Evaluator(model, data, output_loss=options["output_loss"], groups=_groups(request.get("groups")))
+    return Evaluator(model, data, output_loss=options["output_loss"], groups=request.groups)
 
 
 def hawq_v3_problem(table: Mapping[str, Any]):
@@ -178,44 +146,28 @@ def baseline_plans(problem, limit: float, *, hawq_problem=None, names=BASELINES)
     return out
 
 
-def run_evaluation_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
-    """Measure one plan, and the baselines at its budget.
-
-    request = {"model": {...ModelSource}, "dataset_path": str, "assignment": {unit: candidate},
-    "groups": the table's {unit: [layer, ...]} or null, "problem": problem dict (the analysis's;
-    needed for baselines), "hawq_table": Hutchinson table dict or null, "baselines": ["uniform",
-    "greedy", "hawq_v3"] (default all when a problem is given), "options": {batch_size,
-    max_samples, output_loss}}.
+def run_evaluation_job(request: EvaluationRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Measure one plan (request.assignment), and the baselines at its budget (request.baselines;
+    None: all of them when the request has the analysis's problem).
     Returns {"plan": measured, "float": float model's loss/accuracy, "baselines": {name: plan row +
     "measured"}, "timings"}.
     """
     report = report or _noop
     started = time.perf_counter()
-    _check_fields(
-        request, ("model", "dataset_path", "assignment", "groups", "problem", "hawq_table", "baselines", "options")
-    )
-    options = _options(request)
-    assignment = _assignment(request.get("assignment"), "assignment")
-    _groups(request.get("groups"))  # a bad request fails before the model loads
+    request = _parsed(request, "plan")
+    assignment = dict(request.assignment)
     problem = hawq = None
-    if request.get("problem") is not None:
+    if request.problem is not None:
         from solver import problem_from_dict
 
-        problem = problem_from_dict(request["problem"])
-    if request.get("hawq_table") is not None:
-        hawq = hawq_v3_problem(request["hawq_table"])
-    names = request.get("baselines")
+        problem = problem_from_dict(request.problem)
+    if request.hawq_table is not None:
+        hawq = hawq_v3_problem(request.hawq_table)
+    names = request.baselines
     if names is None:
         names = list(BASELINES) if problem is not None else []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError("baselines: must be a list of names")
-    if names and problem is None:
-        raise ValueError("problem: required to build baselines")
-    for n in names:
-        if n not in BASELINES:
-            raise ValueError(f"baselines: unknown {n!r} (valid: {', '.join(BASELINES)})")
 
-    evaluator = _open(request, options, report)
+    evaluator = _open(request, report)
     report(0.1, "measuring the plan")
     result: dict[str, Any] = {"plan": evaluator.evaluate(assignment), "float": evaluator.float_metrics}
     if problem is not None:
@@ -234,52 +186,24 @@ def run_evaluation_job(request: Mapping[str, Any], report: Report | None = None)
     return result
 
 
-def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
-    """Measure K points of an analysis's frontier in one job: one model load, K plans.
-
-    request = {"model", "dataset_path", "problem": problem dict, "groups" (as for
-    run_evaluation_job), "points": K (default 8),
-    "min_bits" / "max_bits": optional average-bits range of the points, "refine_trials": Optuna
-    trials around the frontier with the measured loss as objective (0 = none; needs optuna),
-    "plans": optional list of assignments (unit → candidate) to measure instead, in that order,
-    e.g. the points of a frontier the service stored (then "points", "min_bits", "max_bits" are
-    not allowed), "options"}.
+def evaluate_frontier_job(request: EvaluationRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Measure K points of an analysis's frontier in one job: one model load, K plans (the
+    request's `plans` in that order, or `points` of the problem's frontier within
+    `min_bits`..`max_bits`), then `refine_trials` Optuna trials around them with the measured loss
+    as objective (0 = none; needs optuna).
     Returns {"points": [{bytes, average_bits, predicted_damage, assignment, measured}], "float",
     "rank_agreement": predicted damage vs measured loss across points, "refined": [...]}.
     """
     report = report or _noop
     started = time.perf_counter()
-    _check_fields(
-        request,
-        ("model", "dataset_path", "problem", "groups", "points", "min_bits", "max_bits", "refine_trials", "plans",
-         "options"),
-    )
-    options = _options(request)
-    _groups(request.get("groups"))
+    request = _parsed(request, "frontier")
     from solver import frontier, problem_from_dict
 
-    if request.get("problem") is None:
-        raise ValueError("problem: required")
-    problem = problem_from_dict(request["problem"])
-    points = request.get("points", 8)
-    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= 200:
-        raise ValueError(f"points: must be an integer in 1..200, got {points!r}")
-    trials = request.get("refine_trials", 0) or 0
-    if isinstance(trials, bool) or not isinstance(trials, int) or not 0 <= trials <= 10_000:
-        raise ValueError(f"refine_trials: must be an integer in 0..10000, got {trials!r}")
-    lo_bits, hi_bits = request.get("min_bits"), request.get("max_bits")
-    for field, value in (("min_bits", lo_bits), ("max_bits", hi_bits)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-            raise ValueError(f"{field}: must be a positive number of bits per weight")
-
-    if request.get("plans") is not None:
-        for field in ("points", "min_bits", "max_bits"):
-            if field in request:
-                raise ValueError(f"{field}: not allowed with plans (the plans are the points)")
-        given = request["plans"]
-        if not isinstance(given, list) or not given:
-            raise ValueError("plans: must be a non-empty list of assignments")
-        plans = [_given_plan(problem, _assignment(a, f"plans[{i}]"), f"plans[{i}]") for i, a in enumerate(given)]
+    problem = problem_from_dict(request.problem)
+    points, trials = request.points, request.refine_trials
+    lo_bits, hi_bits = request.min_bits, request.max_bits
+    if request.plans is not None:
+        plans = [_given_plan(problem, dict(a), f"plans[{i}]") for i, a in enumerate(request.plans)]
     else:
         front = frontier(problem, "bytes", points=max(points * 4, points))
         plans = list(front.points)
@@ -292,7 +216,7 @@ def evaluate_frontier_job(request: Mapping[str, Any], report: Report | None = No
         if not plans:
             raise ValueError("min_bits/max_bits: no frontier point lies in that range")
 
-    evaluator = _open(request, options, report)
+    evaluator = _open(request, report)
     rows = []
     for i, plan in enumerate(plans):
         report(0.1 + 0.8 * i / len(plans), f"measuring frontier point {i + 1}/{len(plans)}")

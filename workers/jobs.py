@@ -1,9 +1,10 @@
-"""The job functions a queue runs: plain JSON-able arguments in, JSON-able results out.
+"""The job functions a queue runs: a request of workers.requests in, JSON-able results out.
 
 No database access here and no torch at import time (the modules that need torch are imported
-when a job runs), so the process that enqueues jobs can import this module freely. Bad requests
-raise `ValueError` (messages start with the field); unreadable inputs raise `ModelLoadError` /
-`DatasetError` (both also `ValueError`); failures of the analysis itself raise `AnalysisError`.
+when a job runs), so the process that enqueues jobs can import this module freely. A job function
+trusts its request: `from_dict` checked it (a Mapping given instead, as tests and benchmarks do, is
+parsed by it first, so bad fields raise `RequestError`). Unreadable inputs raise `ModelLoadError` /
+`DatasetError` (both `ValueError`); failures of the analysis itself raise `AnalysisError`.
 """
 
 from __future__ import annotations
@@ -13,37 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_analysis_job"]
+from workers.requests import ANALYSIS_OPTIONS, AnalysisRequest, ExportRequest
+
+__all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_analysis_job", "run_export_job"]
 
 Report = Callable[[float, str], None]
-
-# request["options"] keys the analysis itself reads; every other key goes to the metric.
-#   batch_size    largest calibration mini-batch (lowered to fit the free memory, halved on out-of-memory)
-#   max_samples   cap on calibration samples (text: windows, default 64)
-#   max_length    cap on sequence length (text: window length in tokens, default 128)
-#   device        "auto" (CUDA when available, else CPU) | "cpu" | "cuda" | "cuda:N"
-#   hardware      roofline latency: "t4" | "a100" | "h100" | {name, peak_ops: {bits: ops/s}, bandwidth}
-#                 (without a dataset, MACs come from a zero sample of the recorded input shape)
-#   latency_table {layer: {candidate: ms}} measured latencies (instead of `hardware`)
-#   grouping      "layer" | "block" | [name prefixes]: decision units
-#   ties          "auto" (tie fusable projections found in the traced pass) | "none"
-#   refine_bits   average bits: after the analysis, solve there and correct the plan for
-#                 interactions measured on the calibration data (workers.refine); the rounds,
-#                 predicted vs measured, land in the table's provenance["refinement"]
-#   refine_rounds rounds of that loop (one forward + backward each), default 3
-ANALYSIS_OPTIONS = {
-    "batch_size": 256,
-    "max_samples": None,
-    "max_length": None,
-    "device": "auto",
-    "hardware": None,
-    "latency_table": None,
-    "grouping": "layer",
-    "ties": "auto",
-    "refine_bits": None,
-    "refine_rounds": 3,
-}
-_REQUEST_FIELDS = ("model", "dataset_path", "candidates", "metric", "seed", "options")
 
 
 def inspect_model_job(source: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -60,69 +35,27 @@ def describe_model_job(source: Mapping[str, Any]) -> dict[str, Any]:
     return describe_model(ModelSource.from_dict(source))
 
 
-def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
+def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
     """Run one sensitivity analysis; returns SensitivityTable.to_dict() plus "seed" and "timings".
-
-    request = {"model": {format, path, architecture, hyperparams}, "dataset_path": str | None,
-    "candidates": [names] (default DEFAULT_CANDIDATES), "metric": "hutchinson", "seed": int,
-    "options": {<ANALYSIS_OPTIONS keys>, <metric options>}}; model.format "hf" takes a Hugging
-    Face directory, and then dataset_path may be text (JSONL or lines) tokenized by its tokenizer. `report(fraction, message)` gets
-    progress in [0, 1]; the metric's messages carry an ETA.
-    """
+    `report(fraction, message)` gets progress in [0, 1]; the metric's messages carry an ETA."""
     report = report or (lambda fraction, message: None)
     total_started = time.perf_counter()
-    if not isinstance(request, Mapping):
-        raise ValueError("request: must be a JSON object")
-    unknown = sorted(set(request) - set(_REQUEST_FIELDS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown request field (valid: {', '.join(_REQUEST_FIELDS)})")
+    if not isinstance(request, AnalysisRequest):
+        request = AnalysisRequest.from_dict(request)
 
-    # Validate everything cheap before loading anything heavy.
-    from workers.models import ModelSource
-    from workers.quantizers import DEFAULT_CANDIDATES, parse_candidates
-
-    if "model" not in request:
-        raise ValueError("model: required")
-    source = ModelSource.from_dict(request["model"])
-    names = request.get("candidates")
-    candidates = parse_candidates(DEFAULT_CANDIDATES if names is None else names)
-    seed = request.get("seed", 0)
-    if seed is None:
-        seed = 0
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-    options = request.get("options") or {}
-    if not isinstance(options, Mapping):
-        raise ValueError("options: must be a JSON object")
-    analysis_options = {k: options.get(k, v) for k, v in ANALYSIS_OPTIONS.items()}
-    metric_options = {k: v for k, v in options.items() if k not in ANALYSIS_OPTIONS}
     from workers.costs import parse_hardware
+    from workers.metrics import get_metric
+    from workers.quantizers import DEFAULT_CANDIDATES, parse_candidates
     from workers.units import validate_grouping, validate_ties
 
+    source, dataset_path, seed = request.model, request.dataset_path, request.seed
+    candidates = parse_candidates(DEFAULT_CANDIDATES if request.candidates is None else request.candidates)
+    analysis_options = request.analysis_options
     hardware = None if analysis_options["hardware"] is None else parse_hardware(analysis_options["hardware"])
-    grouping = validate_grouping(analysis_options["grouping"])
+    grouping = validate_grouping(analysis_options["grouping"])  # the normal form: None is "layer"
     ties = validate_ties(analysis_options["ties"])
-    if hardware is not None and analysis_options["latency_table"] is not None:
-        raise ValueError("options.latency_table: give either a latency table or a hardware profile, not both")
-    dataset_path = request.get("dataset_path")
-    if dataset_path is not None and (not isinstance(dataset_path, str) or not dataset_path):
-        raise ValueError("dataset_path: must be a non-empty string or null")
     refine_bits, refine_rounds = analysis_options["refine_bits"], analysis_options["refine_rounds"]
-    if refine_bits is not None:
-        if isinstance(refine_bits, bool) or not isinstance(refine_bits, int | float) or not 0 < refine_bits < 64:
-            raise ValueError(f"options.refine_bits: must be average bits per weight in (0, 64), got {refine_bits!r}")
-        if dataset_path is None:
-            raise ValueError("options.refine_bits: the refinement measures plans on calibration data: give a dataset")
-    if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or not 0 <= refine_rounds <= 20:
-        raise ValueError(f"options.refine_rounds: must be an integer in 0..20, got {refine_rounds!r}")
-
-    from workers.metrics import get_metric
-
-    metric = get_metric(request.get("metric") or "hutchinson", metric_options)
-    if metric.needs_data and dataset_path is None:
-        from workers.errors import DatasetError
-
-        raise DatasetError(f"dataset: the {metric.name} metric needs calibration data")
+    metric = get_metric(request.metric, request.metric_options)
 
     report(0.0, "loading model")
     timings: dict[str, float] = {}
@@ -207,6 +140,18 @@ def run_analysis_job(request: Mapping[str, Any], report: Report | None = None) -
         timings["refine_s"] = time.perf_counter() - started
     timings["total_s"] = time.perf_counter() - total_started
     return {**table.to_dict(), "seed": seed, "timings": timings}
+
+
+def run_export_job(request: ExportRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Write one plan in an export format to request.out; returns {filename, media_type, warnings}."""
+    if not isinstance(request, ExportRequest):
+        request = ExportRequest.from_dict(request)
+    from workers.exports import ExportPlan, get_exporter
+
+    plan = ExportPlan.from_table(request.table, request.assignment, model=request.model.to_dict(),
+                                 root_type=request.root_type)
+    written = get_exporter(request.format).write(plan, request.out, report)
+    return {"filename": written.filename, "media_type": written.media_type, "warnings": list(written.warnings)}
 
 
 def _refine(model, calibration, table, metric, bits: float, rounds: int, report: Report) -> dict[str, Any]:

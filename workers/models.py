@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,48 +31,14 @@ from torch import nn
 
 from workers.architectures import build_model
 from workers.errors import ModelLoadError
+from workers.requests import MODEL_FORMATS as FORMATS  # ModelSource is part of the job contract
+from workers.requests import ModelSource
 
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
 
 __all__ = ["FORMATS", "LayerInfo", "ModelSource", "describe_model", "find_layers", "input_signature", "inspect_model",
            "load_model"]
-
-FORMATS = ("safetensors", "pt2", "hf")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model lives and how to read it; plain data so it travels as JSON to the job."""
-
-    format: str
-    path: str
-    architecture: str | None = None
-    hyperparams: dict[str, Any] | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
-        if not isinstance(data, Mapping):
-            raise ValueError("model: must be a JSON object")
-        unknown = sorted(set(data) - {"format", "path", "architecture", "hyperparams"})
-        if unknown:
-            raise ValueError(f"model.{unknown[0]}: unknown field")
-        fmt, path = data.get("format"), data.get("path")
-        if fmt not in FORMATS:
-            raise ValueError(f"model.format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        if not isinstance(path, str) or not path:
-            raise ValueError("model.path: must be a non-empty string")
-        arch, hyper = data.get("architecture"), data.get("hyperparams")
-        if fmt == "hf" and arch is not None:
-            raise ValueError("model.architecture: an 'hf' directory names its own architecture in config.json")
-        if fmt == "safetensors" and not isinstance(arch, str):
-            raise ValueError("model.architecture: required for a safetensors model")
-        if hyper is not None and not isinstance(hyper, Mapping):
-            raise ValueError("model.hyperparams: must be a JSON object")
-        return cls(fmt, path, arch, dict(hyper) if hyper is not None else None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

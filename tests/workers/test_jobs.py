@@ -6,7 +6,7 @@ import pytest
 
 from solver.problem import problem_from_dict, problem_to_dict
 from tests.utils.workers_factories import MLP, save_dataset, save_model, trained_mlp
-from workers.errors import DatasetError, ModelLoadError
+from workers.errors import DatasetError, ModelLoadError, RequestError
 from workers.jobs import inspect_model_job, run_analysis_job
 from workers.table import SensitivityTable
 
@@ -62,7 +62,7 @@ def test_seed_makes_runs_identical(files):
 @pytest.mark.parametrize(
     "change, error, pattern",
     [
-        ({"dataset_path": None}, DatasetError, "^dataset: the hutchinson metric needs calibration data"),
+        ({"dataset_path": None}, RequestError, "^dataset: the hutchinson metric needs calibration data"),
         ({"candidates": ["int4", "nf4"]}, ValueError, "^candidate 'nf4': unknown format"),
         ({"metric": "nosuch"}, ValueError, "^metric: unknown 'nosuch'"),
         ({"options": {"probes": 3}}, ValueError, "^options.probes: unknown option"),
