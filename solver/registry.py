@@ -10,7 +10,7 @@ The shape: `register(entry)`, `names()`, `available(name)` (whether it can run h
 `get(name)` (the entry instance; an error listing the valid names otherwise). Built-ins are named
 up front as "module:attr" targets (attr called with no arguments gives the entry) and imported on
 first lookup, so building a registry costs nothing at import and an optional library that is
-missing never breaks an import. They are always present: `register` adds or overrides a name,
+missing never breaks an import; a built-in's availability is checked once. They are always present: `register` adds or overrides a name,
 `unregister` removes only what was registered, so a built-in of the same name comes back.
 
 Entries are instances with a `name` and an `available()` that is cheap and never raises. Entries
@@ -88,6 +88,7 @@ class Registry(Generic[T]):
         self._also_valid = tuple(also_valid)
         self._unavailable = unavailable
         self._loaded: dict[str, T] = {}
+        self._builtin_state: dict[str, Availability] = {}
         self._registered: dict[str, T] = {}
         self._lock = threading.RLock()
 
@@ -116,10 +117,19 @@ class Registry(Generic[T]):
         entry, failure = self._entry(name)
         if failure is not None:
             return Availability(False, failure)
+        with self._lock:
+            known = self._builtin_state.get(name) if name not in self._registered else None
+        if known is not None:
+            return known
         if entry.available():
-            return Availability(True)
-        needs = getattr(entry, "requires", None) or self._requires.get(name)
-        return Availability(False, f"needs {needs}" if needs else "a library it needs is not installed")
+            state = Availability(True)
+        else:
+            needs = getattr(entry, "requires", None) or self._requires.get(name)
+            state = Availability(False, f"needs {needs}" if needs else "a library it needs is not installed")
+        if name not in self._registered:  # installed libraries do not change while the process runs
+            with self._lock:
+                self._builtin_state[name] = state
+        return state
 
     def get(self, name: str) -> T:
         """The entry `name`; UnknownName listing the valid names, or Unavailable saying why it cannot run."""

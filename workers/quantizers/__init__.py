@@ -24,13 +24,14 @@ Candidate-name grammar, one family per line (a name belongs to the family whose 
 
 Every name has one spelling (the registry rejects aliases with the canonical form), so names are
 table keys. Rounding is to nearest, ties to even, onto each format's exact grid; byte counts
-include every scale, offset and per-tensor factor. Parsing and byte counts need no torch; only
-`Quantizer.quantize` imports it.
+include every scale, offset and per-tensor factor. Families sit in one registry (`FAMILIES`).
+Parsing and byte counts need no torch; only `Quantizer.quantize` imports it.
 """
 
 from workers.quantizers._base import Family, Quantizer
 from workers.quantizers._registry import (
     DEFAULT_CANDIDATES,
+    FAMILIES,
     candidate_grammar,
     families,
     parse_candidate,
@@ -42,6 +43,7 @@ Candidate = Quantizer
 
 __all__ = [
     "DEFAULT_CANDIDATES",
+    "FAMILIES",
     "Candidate",
     "Family",
     "Quantizer",

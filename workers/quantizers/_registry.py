@@ -1,4 +1,6 @@
-"""The one registry of format families; candidate names are parsed by asking each family in turn.
+"""The one registry of format families (solver.registry's shape); candidate names are parsed by
+asking each available family in turn, in registration order. A name only an unavailable family
+knows is refused saying what that family needs, not as an unknown format.
 
 An "_a<bits>" suffix (activation width, 2..16) is split off here, before any family sees the
 name, so every family's formats can be paired with an activation width the same way.
@@ -6,10 +8,9 @@ name, so every family's formats can be paired with an activation width the same 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
-from functools import cache
 
+from solver.registry import Registry
 from workers.quantizers._activations import (
     DEFAULT_ACTIVATION_BITS,
     MAX_ACTIVATION_BITS,
@@ -19,15 +20,19 @@ from workers.quantizers._activations import (
 )
 from workers.quantizers._base import Family, Quantizer
 
-# family name -> "module:class"; imported on first use so registering costs nothing at import.
-_FAMILIES: dict[str, str] = {
-    "integer": "workers.quantizers._integer:IntegerFamily",
-    "float": "workers.quantizers._float:FloatFamily",
-    "mx": "workers.quantizers._mx:MXFamily",
-    "nvfp4": "workers.quantizers._nvfp4:NVFP4Family",
-    "half": "workers.quantizers._half:HalfFamily",
-    "gguf": "workers.quantizers._gguf:GGUFFamily",
-}
+# Imported on first use so building the registry costs nothing at import.
+FAMILIES: Registry[Family] = Registry(
+    "family",
+    {
+        "integer": "workers.quantizers._integer:IntegerFamily",
+        "float": "workers.quantizers._float:FloatFamily",
+        "mx": "workers.quantizers._mx:MXFamily",
+        "nvfp4": "workers.quantizers._nvfp4:NVFP4Family",
+        "half": "workers.quantizers._half:HalfFamily",
+        "gguf": "workers.quantizers._gguf:GGUFFamily",
+    },
+    requires={"gguf": "the gguf package (pip install gguf)"},
+)
 
 DEFAULT_CANDIDATES: tuple[str, ...] = ("int2", "int3", "int4", "int6", "int8")
 
@@ -37,21 +42,17 @@ _ACTIVATION_GRAMMAR = (
 )
 
 
-@cache
 def families() -> dict[str, Family]:
     """Every registered family whose optional dependencies are installed, by name."""
-    found: dict[str, Family] = {}
-    for name, target in _FAMILIES.items():
-        module, cls = target.split(":")
-        family = getattr(importlib.import_module(module), cls)()
-        if family.available():
-            found[name] = family
-    return found
+    return FAMILIES.entries()
 
 
 def candidate_grammar() -> str:
-    """One line per available family: the candidate names it accepts, then the activation suffix."""
-    lines = [f"- {name}: {fam.grammar}" for name, fam in families().items()]
+    """One line per family (an unavailable one says why), then the activation suffix."""
+    lines = []
+    for name in FAMILIES.names():
+        state = FAMILIES.available(name)
+        lines.append(f"- {name}: {FAMILIES.get(name).grammar}" if state else f"- {name}: not available here ({state.reason})")
     return "\n".join([*lines, f"- W/A pairs: {_ACTIVATION_GRAMMAR}"])
 
 
@@ -81,7 +82,19 @@ def _parse_weight_format(name: str, full: str) -> Quantizer:
             if quantizer.name != name:  # one spelling per format keeps table keys unique
                 raise ValueError(f"candidate {full!r}: write it as {full.replace(name, quantizer.name, 1)!r}")
             return quantizer
+    for family_name in FAMILIES.names():  # parsing is pure, so an unavailable family can still claim it
+        state = FAMILIES.available(family_name)
+        entry = None if state else FAMILIES.peek(family_name)
+        if entry is not None and _claims(entry, name):
+            raise ValueError(f"candidate {full!r}: the {family_name} family is not available here ({state.reason})")
     raise ValueError(f"candidate {full!r}: unknown format; valid names:\n{candidate_grammar()}")
+
+
+def _claims(family: Family, name: str) -> bool:
+    try:
+        return family.parse(name) is not None
+    except ValueError:
+        return True  # its own name, but invalid: still the family's
 
 
 def parse_candidates(names: Iterable[str]) -> list[Quantizer]:
