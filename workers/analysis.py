@@ -288,6 +288,9 @@ def analyse(
         prov["latency"] = {"model": "roofline", "hardware": hardware.to_dict()}
     elif latency_table is not None:
         prov["latency"] = {"model": "table"}
+    run_info = getattr(metric, "run_info", None)
+    if isinstance(run_info, dict) and run_info:
+        prov["metric_run"] = dict(run_info)
     stopping = getattr(metric, "stopping", None)
     if isinstance(stopping, dict) and stopping:
         prov["stopping"] = dict(stopping)

@@ -191,3 +191,73 @@ def test_bad_options_name_the_field():
         get_metric("input_covariance", {"weighting": "hessian"})
     with pytest.raises(ValueError, match="options.folds"):
         get_metric("input_covariance", {"folds": 1})
+
+
+def hf_lm(kind, tmp_path, hidden=16):
+    from tests.utils.hf_factories import save_tiny
+    from workers.models import load_model
+
+    return load_model({"format": "hf", "path": save_tiny(kind, tmp_path / kind, hidden=hidden)})
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("weighting", ["none", "fisher"])
+def test_block_by_block_pass_gives_the_whole_model_table(tmp_path, kind, weighting):
+    """Streaming the blocks changes where the statistics live, not what they sum."""
+    model = hf_lm(kind, tmp_path)
+    ids = torch.randint(4, 30, (12, 10), generator=torch.Generator().manual_seed(1))
+    cal = Calibration(ids, None, batch_size=4, token_ids=True)
+    run = lambda mode: analyse(model, cal, parse_candidates(CANDIDATES),  # noqa: E731
+                               get_metric("input_covariance", {"streaming": mode, "weighting": weighting}), seed=3)
+    whole, streamed = run("whole"), run("blocks")
+    assert whole.provenance["metric_run"]["input_statistics"] == "whole"
+    assert streamed.provenance["metric_run"]["input_statistics"] == "blocks"
+    assert streamed.provenance["metric_run"]["blocks"] == 2
+    assert streamed.provenance["metric_run"]["resident_statistics_mib"] < whole.provenance["metric_run"]["statistics_mib"]
+    for a, b in zip(whole.layers, streamed.layers, strict=True):
+        assert a.name == b.name
+        for ca, cb in zip(a.candidates, b.candidates, strict=True):
+            assert cb.damage == pytest.approx(ca.damage, rel=1e-9, abs=1e-30), (a.name, ca.name)
+            assert cb.damage > 0
+
+
+def test_projections_reading_one_input_share_one_statistic(tmp_path):
+    """q/k/v (and gate/up) read the same normalised hidden state: one A among them, same damages."""
+    from workers.metrics.input_covariance import _share_inputs, _uses
+
+    model = hf_lm("llama", tmp_path)
+    ids = torch.randint(4, 30, (4, 10), generator=torch.Generator().manual_seed(1))
+    cal = Calibration(ids, None, batch_size=4, token_ids=True)
+    uses = {info.name: _uses(model, info, w)[0] for info, w in find_layers(model)}
+    with torch.no_grad():
+        _share_inputs(model, cal, list(uses.values()))
+    attn = "model.layers.0.self_attn."
+    assert uses[attn + "q_proj"].stat is uses[attn + "k_proj"].stat is uses[attn + "v_proj"].stat
+    assert uses[attn + "o_proj"].stat is not uses[attn + "q_proj"].stat
+    mlp = "model.layers.0.mlp."
+    assert uses[mlp + "gate_proj"].stat is uses[mlp + "up_proj"].stat
+    assert uses[mlp + "down_proj"].stat is not uses[mlp + "up_proj"].stat
+    # and the shared statistic gives each projection its own exact output error
+    x = layer_inputs(model, ids)
+    got, _ = measured(model, cal, weighting="none", folds=2)
+    d = deltas(model)
+    for name in (attn + "q_proj", attn + "k_proj", mlp + "up_proj"):
+        module = dict(model.named_modules())[name]
+        inputs = x[name]
+        want = output_error(module, inputs.reshape(-1, inputs.shape[-1]), d[name]["int3"])
+        assert got[name]["int3"] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_model_without_repeated_blocks_says_why_it_ran_whole():
+    model, x, _ = trained_mlp()
+    cal = Calibration(x, None, batch_size=16)
+    table = analyse(model, cal, parse_candidates(CANDIDATES), get_metric("input_covariance", {"streaming": "blocks"}),
+                    seed=0)
+    run = table.provenance["metric_run"]
+    assert run["input_statistics"] == "whole"
+    assert "no repeated blocks" in run["reason"]
+
+
+def test_bad_streaming_option_names_the_field():
+    with pytest.raises(ValueError, match="options.streaming"):
+        get_metric("input_covariance", {"streaming": "sometimes"})

@@ -25,8 +25,13 @@ with A = diag(token counts). A weight used by several modules (tied embedding / 
 the damage of every use (the cross terms between uses are ignored). Any other module owning a
 layer weight is an AnalysisError naming the layer.
 
+Memory and time: modules that read the same tensor (q/k/v, gate/up) share one A; products run in
+float32 and sum in float64. A large model's statistics (folds × Σ d_in² float64 values) are built
+block by block (see _StagePlan), so only one block's are resident; the analysis's provenance says
+which pass ran (`metric_run`).
+
 Confidence interval: the calibration samples are split into `folds` (a seeded permutation), each
-fold's A is kept apart (memory: folds × Σ_l d_in² float64 values), each fold gives its own
+fold's A is kept apart, each fold gives its own
 estimate of d, and the 95% half-width is 1.96 · s / √folds over those estimates. B is shared by
 the folds, so the interval covers the input statistic, not the Fisher draws.
 
@@ -50,12 +55,15 @@ from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
     Z95, calibrated_params, check_loss, check_positive_ints, grad_only_for, measured_damage,
 )
-from workers.metrics._loss import forward, uses_label_free
+from workers.metrics._loss import forward, model_device, uses_label_free
 
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
 
 WEIGHTINGS = ("fisher", "none")
+STREAMINGS = ("auto", "blocks", "whole")
+# above this many bytes of input statistics, "auto" works block by block
+STREAM_ABOVE_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -64,12 +72,14 @@ class InputCovariance(Metric):
     samples are split into for the confidence interval; `fisher_batches` calibration batches whose
     backward pass (with labels drawn from the model) gives the output weights B; `loss` as for the
     other metrics (it only names the table's loss: the Gauss-Newton matrix of cross-entropy and of
-    KL is the same, so the weights are the same)."""
+    KL is the same, so the weights are the same); `streaming` "auto" (block by block once the
+    statistics pass STREAM_ABOVE_BYTES), "blocks" or "whole" (see _StagePlan)."""
 
     weighting: str = "fisher"
     folds: int = 8
     fisher_batches: int = 4
     loss: str = "auto"
+    streaming: str = "auto"
 
     name: ClassVar[str] = "input_covariance"
     statistic: ClassVar[str] = "max_quadratic_damage"
@@ -82,90 +92,87 @@ class InputCovariance(Metric):
         if self.folds < 2:
             raise ValueError("options.folds: at least 2 folds are needed for a confidence interval")
         check_loss(self.loss)
+        if self.streaming not in STREAMINGS:
+            raise ValueError(f"options.streaming: must be one of {', '.join(STREAMINGS)}, got {self.streaming!r}")
+        self.run_info: dict = {}
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
         params = calibrated_params(self.name, ctx)
         calibration = ctx.calibration
         uses_label_free(ctx.model, calibration, self.loss)  # validates options.loss against the data
         uses = [_uses(ctx.model, info, weight) for info, weight in ctx.layers]
+        flat = [use for layer in uses for use in layer]
         samples = calibration.samples
         folds = min(self.folds, samples)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         fold_of = torch.empty(samples, dtype=torch.long)
         fold_of[torch.randperm(samples, generator=gen)] = torch.arange(samples) % folds
         fisher_batches = min(self.fisher_batches, len(calibration)) if self.weighting == "fisher" else 0
-        steps = fisher_batches + len(calibration)
+        with torch.no_grad():
+            _share_inputs(ctx.model, calibration, flat)
+        plan = _StagePlan.of(ctx.model, flat, folds, self.streaming)
+        self.run_info = plan.describe()
+        chunks = _fold_chunks(calibration, fold_of, folds)
+        steps = fisher_batches + len(plan.stages) * len(chunks)
         started = time.perf_counter()
+        done = [0]
 
-        def progress(done: int, what: str) -> None:
-            eta = (time.perf_counter() - started) / done * (steps - done)
-            ctx.report(done / steps, f"input_covariance: {what}, ETA {eta:.0f} s")
+        def progress(what: str) -> None:
+            done[0] += 1
+            eta = (time.perf_counter() - started) / done[0] * (steps - done[0])
+            ctx.report(done[0] / steps, f"input_covariance: {what}, ETA {eta:.0f} s")
 
         with grad_only_for(ctx.model, params if fisher_batches else []):
             if fisher_batches:
-                self._output_weights(ctx, uses, fisher_batches, gen, progress)
-            rows = 0
-            for layer in uses:
-                for use in layer:
-                    use.start(folds)
-            hooks = [use.module.register_forward_hook(use.capture) for layer in uses for use in layer]
-            try:
-                with torch.no_grad():
-                    start = 0
-                    for b, (x, _) in enumerate(calibration.batches()):
-                        n = x.shape[0]
-                        owner = fold_of[start : start + n]
-                        for g in owner.unique().tolist():
-                            for layer in uses:
-                                for use in layer:
-                                    use.fold = g
-                            out = forward(ctx.model, x[owner == g])
-                            rows += out[..., 0].numel()
-                        start += n
-                        progress(fisher_batches + b + 1, f"batch {b + 1} of {len(calibration)} (input covariance)")
-            finally:
-                for h in hooks:
-                    h.remove()
-        if fisher_batches:
-            for layer in uses:
-                for use in layer:
+                rows = self._output_weights(ctx, flat, fisher_batches, gen, progress)
+                for use in flat:
                     use.finish_weights(rows)
         sizes = torch.bincount(fold_of, minlength=folds).to(torch.float64)
-        stats = []
-        for (info, weight), layer in zip(ctx.layers, uses, strict=True):
-            damage, half = {}, {}
-            for q in ctx.candidates:
-                with torch.no_grad():
-                    w = weight.detach().to(torch.float32)
-                    delta = (info.quantize(q, w) - w).to(torch.float64)
-                per_fold = sum(use.fold_damages(delta) for use in layer)
-                damage[q.name], half[q.name] = _damage_ci(per_fold, sizes)
-            for use in layer:
-                use.release()
-            if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
-                raise AnalysisError("input_covariance: the damage is not finite (NaN/inf in the activations)")
-            worst = max(damage, key=damage.__getitem__) if damage else None
-            stats.append(
-                LayerStatistic(
-                    mean=damage[worst] if worst is not None else 0.0,
-                    ci_halfwidth=half[worst] if worst is not None else 0.0,
-                    samples=folds,
-                    converged=True,
-                    extra={"damage": damage, "ci": half, "worst": worst},
-                )
-            )
+        stats: list[LayerStatistic | None] = [None] * len(uses)
+        pending = set(range(len(uses)))
+        for stage in plan.run(ctx.model, chunks, folds, progress):
+            for i in sorted(pending):
+                if not all(use.stat.finished for use in uses[i]):
+                    continue
+                stats[i] = self._statistic(ctx.layers[i], uses[i], ctx.candidates, sizes, folds)
+                pending.discard(i)
         ctx.report(
             1.0,
             f"input_covariance: {len(params)} layers × {len(ctx.candidates)} candidates, {samples} samples,"
-            f" weighting {self.weighting}",
+            f" weighting {self.weighting}, {plan.mode} pass",
         )
         return stats
 
-    def _output_weights(self, ctx, uses, batches, gen, progress) -> None:
-        """Σ (∂ℓ/∂y_o)² and the positions it sums over, for every use (B once the output rows are
-        known), ℓ the summed cross-entropy of labels drawn from the model's own softmax."""
-        flat = [use for layer in uses for use in layer]
+    def _statistic(self, layer, layer_uses, candidates, sizes, folds) -> LayerStatistic:
+        """The layer's damages once every use's input statistic is complete; the statistics of
+        this layer's uses are freed (unless a use of a layer still pending shares them)."""
+        info, weight = layer
+        damage, half = {}, {}
+        for q in candidates:
+            with torch.no_grad():
+                w = weight.detach().to(torch.float32)
+                delta = info.quantize(q, w) - w
+            per_fold = sum(use.fold_damages(delta) for use in layer_uses)
+            damage[q.name], half[q.name] = _damage_ci(per_fold, sizes)
+        for use in layer_uses:
+            use.release()
+        if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
+            raise AnalysisError("input_covariance: the damage is not finite (NaN/inf in the activations)")
+        worst = max(damage, key=damage.__getitem__) if damage else None
+        return LayerStatistic(
+            mean=damage[worst] if worst is not None else 0.0,
+            ci_halfwidth=half[worst] if worst is not None else 0.0,
+            samples=folds,
+            converged=True,
+            extra={"damage": damage, "ci": half, "worst": worst},
+        )
+
+    def _output_weights(self, ctx, flat, batches, gen, progress) -> int:
+        """Σ (∂ℓ/∂y_o)² and the positions it sums over, for every use, ℓ the summed cross-entropy
+        of labels drawn from the model's own softmax; returns the calibration set's output rows
+        (the R of B = mean / R), from the rows per sample of these batches."""
         outputs: dict[int, list[torch.Tensor]] = {}
+        rows = seen = 0
 
         def keep(i: int):
             def hook(module, inputs, out):
@@ -183,6 +190,8 @@ class InputCovariance(Metric):
             finally:
                 for h in hooks:
                     h.remove()
+            rows += out[..., 0].numel()
+            seen += x.shape[0]
             logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
             with torch.no_grad():
                 probs = torch.softmax(logits.detach(), dim=-1).cpu().to(torch.float64)
@@ -192,7 +201,10 @@ class InputCovariance(Metric):
             grads = torch.autograd.grad(value, [t for _, t in order], allow_unused=True) if order else []
             for (i, t), g in zip(order, grads, strict=True):
                 flat[i].add_gradient(torch.zeros_like(t) if g is None else g.detach())
-            progress(b + 1, f"batch {b + 1} of {batches} (sampled Fisher)")
+            del out, logits, value, grads, order
+            outputs.clear()
+            progress(f"batch {b + 1} of {batches} (sampled Fisher)")
+        return round(rows / max(seen, 1) * ctx.calibration.samples)
 
     def damage(
         self, stat: LayerStatistic, candidate: Quantizer, weight: torch.Tensor, quantized: torch.Tensor
@@ -213,15 +225,42 @@ def _damage_ci(per_fold: torch.Tensor, sizes: torch.Tensor) -> tuple[float, floa
     return value, Z95 * math.sqrt(var / g)
 
 
+class _InputStat:
+    """A = Σ x xᵀ per fold for one input, shared by every use that reads the same tensor (q/k/v
+    projections read one normalised hidden state: one A, not three). Per-batch products run in
+    float32 (the fast kernels) and are summed in float64."""
+
+    def __init__(self):
+        self.a: torch.Tensor | None = None
+        self.rows = 0
+        self.users = 0
+        self.last: torch.Tensor | None = None  # the input last added (identity marks a shared read)
+        self.finished = False
+
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        return math.prod(shape) * 8
+
+    def allocate(self, shape: tuple[int, ...], device) -> None:
+        if self.a is None:
+            self.a = torch.zeros(shape, dtype=torch.float64, device=device)
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.a = None
+
+
 class _Use:
-    """One module's use of a layer weight: its per-fold input statistic A and output weights B.
+    """One module's use of a layer weight: its input statistic (maybe shared) and output weights B.
     Subclasses know how the module's input maps to rows x (and its weight to ΔW rows)."""
 
     def __init__(self, module: nn.Module, transposed: bool = False):
         self.module = module
         self.transposed = transposed
         self.fold = 0
-        self.a: torch.Tensor | None = None
+        self.rows = 0
+        self.stat = _InputStat()
+        self.stat.users = 1
         self.b_sum: torch.Tensor | None = None
         self.b_positions = 0
         self.b: torch.Tensor | None = None  # None: weighting "none" (B = I)
@@ -240,7 +279,7 @@ class _Use:
         if self.b_sum is None:
             self.b = torch.zeros(self.out_channels(), dtype=torch.float64, device=self.weight().device)
         else:
-            self.b = self.b_sum / max(self.b_positions, 1) / rows
+            self.b = self.b_sum / max(self.b_positions, 1) / max(rows, 1)
         self.b_sum = None
 
     # --- input statistic
@@ -251,34 +290,58 @@ class _Use:
         w = self.weight()
         return int(w.shape[1] if self.transposed else w.shape[0])
 
-    def start(self, folds: int) -> None:
+    def shape(self, folds: int) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def start(self, folds: int) -> None:
+        self.stat.allocate(self.shape(folds), self.weight().device)
+
     def capture(self, module, inputs, out) -> None:
+        x = inputs[0]
+        self.rows += self._rows(x)
+        stat = self.stat
+        if stat.last is x:  # a sibling sharing this statistic already added this very tensor
+            return
+        stat.last = x
+        stat.rows += self._rows(x)
+        self._add(x.detach(), stat.a[self.fold])
+
+    def _rows(self, x: torch.Tensor) -> int:
+        return int(x.numel() // x.shape[-1])
+
+    def _add(self, x: torch.Tensor, a: torch.Tensor) -> None:
         raise NotImplementedError
 
     def fold_damages(self, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def release(self) -> None:
-        self.a = None
+        self.stat.release()
+
+
+def _quadratic(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """½ ⟨A_f, M⟩ for every fold f (A: (folds, *shape), M: shape), in float64 without a
+    folds-sized temporary."""
+    return 0.5 * (a.reshape(a.shape[0], -1) @ m.reshape(-1).to(torch.float64)).cpu()
 
 
 class _LinearUse(_Use):
-    def start(self, folds: int) -> None:
+    def d_in(self) -> int:
         w = self.weight()
-        d_in = int(w.shape[0] if self.transposed else w.shape[1])
-        self.a = torch.zeros(folds, d_in, d_in, dtype=torch.float64, device=w.device)
+        return int(w.shape[0] if self.transposed else w.shape[1])
 
-    def capture(self, module, inputs, out) -> None:
-        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-        self.a[self.fold].addmm_(x.T, x)
+    def shape(self, folds: int) -> tuple[int, ...]:
+        return (folds, self.d_in(), self.d_in())
+
+    def _add(self, x: torch.Tensor, a: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        a.add_(x.T @ x)
 
     def fold_damages(self, delta: torch.Tensor) -> torch.Tensor:
-        dw = (delta.T if self.transposed else delta).to(self.a.device)  # (out, in)
-        weighted = dw if self.b is None else dw * self.b.unsqueeze(1)
-        m = weighted.T @ dw  # Σ_o B_o ΔW_oᵀ ΔW_o
-        return 0.5 * (self.a * m).sum(dim=(1, 2)).cpu()
+        a = self.stat.a
+        dw = (delta.T if self.transposed else delta).to(a.device, torch.float32)  # (out, in)
+        weighted = dw if self.b is None else dw * self.b.to(torch.float32).unsqueeze(1)
+        return _quadratic(a, weighted.T @ dw)  # M = Σ_o B_o ΔW_oᵀ ΔW_o
 
 
 class _ConvUse(_Use):
@@ -288,13 +351,14 @@ class _ConvUse(_Use):
         flat = g.transpose(0, 1).reshape(g.shape[1], -1)  # (out channels, batch × positions)
         return flat.pow(2).sum(dim=1), flat.shape[1]
 
-    def start(self, folds: int) -> None:
-        w = self.weight()
-        k = int(w[0].numel())  # in/groups × kernel
-        self.a = torch.zeros(folds, self.module.groups, k, k, dtype=torch.float64, device=w.device)
+    def shape(self, folds: int) -> tuple[int, ...]:
+        k = int(self.weight()[0].numel())  # in/groups × kernel
+        return (folds, self.module.groups, k, k)
 
-    def capture(self, module, inputs, out) -> None:
-        x = inputs[0].detach()
+    def _rows(self, x: torch.Tensor) -> int:
+        return int(x.shape[0])
+
+    def _add(self, x: torch.Tensor, a: torch.Tensor) -> None:
         m = self.module
         one_d = isinstance(m, nn.Conv1d)
         if x.dim() == (2 if one_d else 3):  # an unbatched input
@@ -306,19 +370,18 @@ class _ConvUse(_Use):
         if one_d:
             x = x.unsqueeze(2)
             kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
-        patches = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C·k, L)
+        patches = F.unfold(x.to(torch.float32), kernel, dilation=dilation, stride=stride)  # (N, C·k, L)
         groups = m.groups
         k = patches.shape[1] // groups
         patches = patches.reshape(patches.shape[0], groups, k, -1).permute(1, 0, 3, 2).reshape(groups, -1, k)
-        patches = patches.to(torch.float64)
-        self.a[self.fold].baddbmm_(patches.transpose(1, 2), patches)
+        a.add_(torch.bmm(patches.transpose(1, 2), patches))
 
     def fold_damages(self, delta: torch.Tensor) -> torch.Tensor:
+        a = self.stat.a
         groups = self.module.groups
-        dw = delta.to(self.a.device).reshape(groups, delta.shape[0] // groups, -1)  # (G, out/G, k)
-        weighted = dw if self.b is None else dw * self.b.reshape(groups, -1, 1)
-        m = weighted.transpose(1, 2) @ dw  # (G, k, k)
-        return 0.5 * (self.a * m.unsqueeze(0)).sum(dim=(1, 2, 3)).cpu()
+        dw = delta.to(a.device, torch.float32).reshape(groups, delta.shape[0] // groups, -1)  # (G, out/G, k)
+        weighted = dw if self.b is None else dw * self.b.to(torch.float32).reshape(groups, -1, 1)
+        return _quadratic(a, weighted.transpose(1, 2) @ dw)  # (G, k, k)
 
 
 class _EmbeddingUse(_Use):
@@ -328,18 +391,214 @@ class _EmbeddingUse(_Use):
     def out_channels(self) -> int:
         return int(self.weight().shape[1])
 
-    def start(self, folds: int) -> None:
-        w = self.weight()
-        self.a = torch.zeros(folds, int(w.shape[0]), dtype=torch.float64, device=w.device)
+    def shape(self, folds: int) -> tuple[int, ...]:
+        return (folds, int(self.weight().shape[0]))
 
-    def capture(self, module, inputs, out) -> None:
-        ids = inputs[0].detach().reshape(-1)
-        self.a[self.fold].add_(torch.bincount(ids, minlength=self.a.shape[1]).to(torch.float64))
+    def _rows(self, x: torch.Tensor) -> int:
+        return int(x.numel())
+
+    def _add(self, x: torch.Tensor, a: torch.Tensor) -> None:
+        a.add_(torch.bincount(x.reshape(-1), minlength=a.shape[0]).to(torch.float64))
 
     def fold_damages(self, delta: torch.Tensor) -> torch.Tensor:
-        sq = delta.to(self.a.device).pow(2)  # (vocab, dim)
+        a = self.stat.a
+        sq = delta.to(a.device, torch.float64).pow(2)  # (vocab, dim)
         per_token = sq.sum(dim=1) if self.b is None else sq @ self.b
-        return 0.5 * (self.a @ per_token).cpu()
+        return 0.5 * (a @ per_token).cpu()
+
+
+def _fold_chunks(calibration, fold_of: torch.Tensor, folds: int) -> list[tuple[torch.Tensor, int]]:
+    """(inputs, fold) batches of at most the calibration's batch size, each within one fold, so a
+    fold's statistic is summed over full batches."""
+    chunks = []
+    for g in range(folds):
+        idx = (fold_of == g).nonzero().squeeze(1)
+        for i in range(0, idx.numel(), calibration.batch_size):
+            chunks.append((calibration.inputs[idx[i : i + calibration.batch_size]], g))
+    return chunks
+
+
+def _share_inputs(model: nn.Module, calibration, uses: list[_Use]) -> None:
+    """Linear uses that read the very same input tensor (found on one sample) share one A."""
+    linear = [u for u in uses if isinstance(u, _LinearUse)]
+    if len(linear) < 2:
+        return
+    seen: dict[int, list[torch.Tensor]] = {}
+
+    def keep(i: int):
+        def hook(module, inputs, out):
+            seen.setdefault(i, []).append(inputs[0])
+
+        return hook
+
+    x, _ = next(iter(calibration.batches()))
+    hooks = [u.module.register_forward_hook(keep(i)) for i, u in enumerate(linear)]
+    try:
+        forward(model, x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    leaders: list[tuple[list[torch.Tensor], _LinearUse]] = []
+    for i, use in enumerate(linear):
+        mine = seen.get(i, [])
+        for theirs, leader in leaders:
+            if (mine and len(mine) == len(theirs) and all(m is t for m, t in zip(mine, theirs, strict=True))
+                    and leader.d_in() == use.d_in() and leader.weight().device == use.weight().device):
+                use.stat = leader.stat
+                leader.stat.users += 1
+                break
+        else:
+            leaders.append((mine, use))
+
+
+class _Stop(Exception):
+    """Raised after the block a streamed stage works on: the rest of the model is not needed."""
+
+
+@dataclass
+class _StagePlan:
+    """Which pass accumulates the input statistics.
+
+    "whole": one forward of the whole model with every use hooked; all statistics live at once.
+    "blocks": the model's repeated blocks (the largest nn.ModuleList of same-type modules holding
+    layers) are worked on one at a time: stage s runs every calibration chunk through block s only
+    (blocks before it replay their outputs captured in stage s − 1, the forward stops after it), so
+    only block s's statistics and one block's boundary activations are resident; a last stage
+    replays every block and runs what lies outside them (embeddings, LM head)."""
+
+    mode: str
+    blocks: list[nn.Module]
+    stages: list[list[_Use]]
+    statistic_bytes: int
+    peak_statistic_bytes: int
+    reason: str
+
+    @classmethod
+    def of(cls, model: nn.Module, uses: list[_Use], folds: int, streaming: str) -> _StagePlan:
+        stats = {id(u.stat): (u.stat, u.shape(folds)) for u in uses}
+        total = sum(st.nbytes(shape) for st, shape in stats.values())
+        blocks, reason = _find_blocks(model, uses)
+        want = streaming == "blocks" or (streaming == "auto" and total > STREAM_ABOVE_BYTES)
+        if streaming == "auto" and not want:
+            reason = f"the statistics fit ({total / 2**20:.0f} MiB ≤ {STREAM_ABOVE_BYTES / 2**20:.0f} MiB)"
+        if not (want and blocks):
+            return cls("whole", [], [uses], total, total, reason)
+        stage_of: dict[int, int] = {}
+        for s, block in enumerate(blocks):
+            for module in block.modules():
+                stage_of.setdefault(id(module), s)
+        stages: list[list[_Use]] = [[] for _ in range(len(blocks) + 1)]
+        for use in uses:
+            stages[stage_of.get(id(use.module), len(blocks))].append(use)
+        peak = max(sum(st.nbytes(shape) for st, shape in {id(u.stat): (u.stat, u.shape(folds)) for u in stage}.values())
+                   for stage in stages)
+        return cls("blocks", blocks, stages, total, peak, f"{len(blocks)} repeated blocks")
+
+    def describe(self) -> dict:
+        return {
+            "input_statistics": self.mode,
+            "blocks": len(self.blocks),
+            "statistics_mib": round(self.statistic_bytes / 2**20, 1),
+            "resident_statistics_mib": round(self.peak_statistic_bytes / 2**20, 1),
+            "reason": self.reason,
+        }
+
+    def run(self, model: nn.Module, chunks, folds: int, progress):
+        """Accumulate every stage; yields after each one (its statistics complete)."""
+        carried: list = []
+        last = len(self.stages) - 1
+        for s, stage in enumerate(self.stages):
+            for use in stage:
+                use.start(folds)
+            hooks = [use.module.register_forward_hook(use.capture) for use in stage]
+            outputs: list = []
+            try:
+                where = f"block {s + 1} of {len(self.blocks)}" if s < len(self.blocks) else "whole model"
+                for c, (x, g) in enumerate(chunks):
+                    for use in stage:
+                        use.fold = g
+                    with torch.no_grad():
+                        self._chunk(model, x, s, carried[c] if carried else None, outputs)
+                    progress(f"{where}, batch {c + 1} of {len(chunks)} (input covariance)")
+            finally:
+                for h in hooks:
+                    h.remove()
+                _restore(self.blocks)
+            carried = outputs
+            for use in stage:
+                use.stat.last = None
+                if use.rows != use.stat.rows:
+                    raise AnalysisError(
+                        f"input_covariance: a module grouped as sharing its input with another read a different"
+                        f" input ({type(use.module).__name__}); run with options.streaming='whole'"
+                    )
+                use.stat.finished = True
+            if s == last:
+                carried = []
+            yield s
+
+    def _chunk(self, model, x, s: int, replay, outputs: list) -> None:
+        if not self.blocks:
+            forward(model, x)
+            return
+        for j, block in enumerate(self.blocks):
+            if j < s:
+                block.forward = _replaying(replay)
+            elif j == s:
+                block.forward = _stopping(block, outputs)
+        try:
+            model(x.to(model_device(model)))
+        except _Stop:
+            return
+        except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
+            raise AnalysisError(
+                f"model forward failed on a calibration batch of shape {list(x.shape)} (streamed block"
+                f" {s + 1}): {type(exc).__name__}: {exc}; run with options.streaming='whole'"
+            ) from exc
+
+
+def _replaying(value):
+    def replay(*args, **kwargs):
+        return value
+
+    return replay
+
+
+def _stopping(block: nn.Module, outputs: list):
+    original = type(block).forward.__get__(block)
+
+    def run(*args, **kwargs):
+        outputs.append(original(*args, **kwargs))
+        raise _Stop
+
+    return run
+
+
+def _restore(blocks: list[nn.Module]) -> None:
+    for block in blocks:
+        block.__dict__.pop("forward", None)
+
+
+def _find_blocks(model: nn.Module, uses: list[_Use]) -> tuple[list[nn.Module], str]:
+    """The model's repeated blocks: the nn.ModuleList of ≥ 2 same-type modules that holds the most
+    layer uses (none: a reason why)."""
+    owned = {id(u.module) for u in uses}
+    best: list[nn.Module] = []
+    best_count = 0
+    for module in model.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1:
+            continue
+        if any("forward" in child.__dict__ for child in module):
+            continue  # an instance-level forward (a wrapper's hook) is not ours to swap
+        count = sum(1 for child in module for m in child.modules() if id(m) in owned)
+        if count > best_count:
+            best, best_count = list(module), count
+    if sum(1 for b in best if any(id(m) in owned for m in b.modules())) < 2:
+        return [], "no repeated blocks (an nn.ModuleList of same-type modules holding layers) were found"
+    return best, f"{len(best)} repeated blocks"
 
 
 def _uses(model: nn.Module, info, weight: nn.Parameter) -> list[_Use]:
