@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.jobs import backend_names, get_backend
+from service.jobs import QUEUES, backend_names
 from tests.utils.queue_factories import (
     LONG, SMALL, Workers, job_children, job_process, queue_settings, state, submit, wait_done, wait_until,
 )
@@ -33,7 +33,7 @@ def make_harness(request, tmp_path, digits):
     made = []
 
     def make(**overrides) -> Harness:
-        if not get_backend(request.param).available():
+        if not QUEUES.available(request.param):
             pytest.skip(f"queue back-end {request.param} not available")
         if request.param == "rq":
             url = request.getfixturevalue("postgres_url")

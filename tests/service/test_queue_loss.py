@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.db import migrate
-from service.jobs import get_backend
+from service.jobs import QUEUES
 from service.jobs.rq_queue import RQQueue
 from tests.service.test_queue_redis_down import queued_analysis
 from tests.utils.queue_factories import SMALL, Workers, queue_settings, state, submit, wait_done, wait_until
 from tests.utils.servers import start_redis
 from tests.utils.service_factories import upload_dataset, upload_model
 
-pytestmark = pytest.mark.skipif(not get_backend("rq").available(), reason="rq and redis not installed")
+pytestmark = pytest.mark.skipif(not QUEUES.available("rq"), reason="rq and redis not installed")
 
 
 @pytest.fixture

@@ -13,14 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.jobs import get_backend
+from service.jobs import QUEUES
 from tests.utils.queue_factories import (
     LONG, SMALL, Workers, completions, install_completion_counter, job_children, job_launcher, queue_settings,
     state, submit, wait_done, wait_until,
 )
 from tests.utils.service_factories import upload_dataset, upload_model
 
-pytestmark = pytest.mark.skipif(not get_backend("rq").available(), reason="rq and redis not installed")
+pytestmark = pytest.mark.skipif(not QUEUES.available("rq"), reason="rq and redis not installed")
 
 
 @pytest.fixture
