@@ -114,9 +114,7 @@ class Registry(Generic[T]):
 
     def available(self, name: str) -> Availability:
         """Whether entry `name` can run here, with the reason when not; UnknownName when there is none."""
-        entry, failure = self._entry(name)
-        if failure is not None:
-            return Availability(False, failure)
+        entry = self._entry(name)
         with self._lock:
             known = self._builtin_state.get(name) if name not in self._registered else None
         if known is not None:
@@ -139,7 +137,7 @@ class Registry(Generic[T]):
                 f"{self.kind}: {name!r} is not available here ({state.reason})",
                 kind=self.kind, name=name, valid=self.available_names(),
             )
-        return self._entry(name)[0]
+        return self._entry(name)
 
     def peek(self, name: str) -> T | None:
         """The entry if it is registered or already imported, else None: never imports (so torch-free
@@ -151,30 +149,30 @@ class Registry(Generic[T]):
 
     def entries(self) -> dict[str, T]:
         """The entries that can run here, by name, in `names()` order."""
-        return {name: self._entry(name)[0] for name in self.names() if self.available(name)}
+        return {name: self._entry(name) for name in self.names() if self.available(name)}
 
     def available_names(self) -> tuple[str, ...]:
         return tuple(self.entries())
 
-    def _entry(self, name: str) -> tuple[T, None] | tuple[None, str]:
-        """The entry, loading a built-in on first use; (None, why) when its module cannot be imported."""
+    def _entry(self, name: str) -> T:
+        """The entry, loading a built-in on first use; UnknownName when there is none."""
         with self._lock:
             if name in self._registered:
-                return self._registered[name], None
+                return self._registered[name]
             if name in self._loaded:
-                return self._loaded[name], None
+                return self._loaded[name]
             if name not in self._builtins:
                 valid = self.valid_names()
                 raise UnknownName(
                     f"{self.kind}: unknown {name!r} (valid: {', '.join(valid)})", kind=self.kind, name=name, valid=valid
                 )
             target = self._builtins[name]
-            try:
-                entry = _load(target)() if isinstance(target, str) else target()
-            except ImportError as exc:  # a required import of the module itself failed: say so, do not break
-                return None, f"cannot import it: {exc}"
+            # An ImportError here is not "unavailable": modules import their optional libraries
+            # lazily, so it is a real failure (a broken install, or no memory to map torch) and is
+            # raised as such.
+            entry = _load(target)() if isinstance(target, str) else target()
             self._loaded[name] = entry
-            return entry, None
+            return entry
 
 
 def _load(target: str) -> Callable[[], T]:

@@ -83,9 +83,8 @@ def _parse_weight_format(name: str, full: str) -> Quantizer:
                 raise ValueError(f"candidate {full!r}: write it as {full.replace(name, quantizer.name, 1)!r}")
             return quantizer
     for family_name in FAMILIES.names():  # parsing is pure, so an unavailable family can still claim it
-        state = FAMILIES.available(family_name)
-        entry = None if state else FAMILIES.peek(family_name)
-        if entry is not None and _claims(entry, name):
+        state = FAMILIES.available(family_name)  # loads the family, so peek finds it
+        if not state and _claims(FAMILIES.peek(family_name), name):
             raise ValueError(f"candidate {full!r}: the {family_name} family is not available here ({state.reason})")
     raise ValueError(f"candidate {full!r}: unknown format; valid names:\n{candidate_grammar()}")
 
