@@ -20,7 +20,7 @@ def frontier_of(session: Session, *, analysis: AnalysisRecord, cost: str, points
     stored = store.find_frontier(session, analysis_id=analysis.id, cost=cost, points=points)
     if stored is not None:
         return stored
-    problem = planning.problem_for(analysis.id, lambda: analysis.problem)
+    problem = planning.problem_of(analysis)
     if cost not in problem.cost_names:
         raise InvalidInput("cost", f"this analysis has no cost {cost!r}; it has {list(problem.cost_names)}")
     data = compute_frontier(problem, cost=cost, points=points)

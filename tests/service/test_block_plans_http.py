@@ -129,3 +129,16 @@ def test_exports(served, grouping):
     for layer, candidate in by_layer.items():
         if layer.startswith("transformer.h."):  # GPTQ keeps embeddings 16-bit (and says so)
             assert read[layer]["bits"] == int(candidate[3:]), layer
+
+
+def test_a_problem_stored_before_it_carried_groups_gets_them_from_the_table():
+    import uuid
+    from types import SimpleNamespace
+
+    from service import planning
+
+    unit = {"name": "b.0", "weights": 4, "options": [{"candidate": "int4", "damage": 1.0, "costs": {"bytes": 2}}]}
+    old = SimpleNamespace(id=str(uuid.uuid4()), problem={"version": 1, "units": [unit]},
+                          table={"groups": {"b.0": ["b.0.q", "b.0.k"]}})
+    assert planning.unit_choices(planning.problem_of(old), {"b.0": "int4"}) == [
+        {"unit": "b.0", "candidate": "int4", "damage": 1.0, "bytes": 2.0, "layers": ["b.0.q", "b.0.k"]}]

@@ -64,7 +64,7 @@ def get_analysis(
     rec = store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     out = analysis_out(rec)
     if rec.status == "succeeded":
-        stored = planning.problem_for(rec.id, lambda: rec.problem)
+        stored = planning.problem_of(rec)
         out.warnings = [WarningOut.model_validate(w) for w in getattr(stored, "warnings", ())]
     return out
 
@@ -84,7 +84,7 @@ def create_plan(
     caller: Caller = Depends(get_caller),
 ) -> PlanOut:
     rec = store.get_succeeded_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
-    problem = planning.problem_for(rec.id, lambda: rec.problem)
+    problem = planning.problem_of(rec)
     budget = body.budget.model_dump(exclude_none=True)
     budgets = planning.budgets_from(problem, budget)
     plan = planning.make_plan(problem, budgets, backend=body.backend, time_limit=body.time_limit_s)
@@ -105,5 +105,5 @@ def list_plans(
     analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
 ) -> list[PlanOut]:
     rec = store.get_succeeded_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
-    problem = planning.problem_for(rec.id, lambda: rec.problem)
+    problem = planning.problem_of(rec)
     return [plan_out(p, problem) for p in store.list_plans(session, analysis_id=analysis_id, owned_by=caller.sees)]
