@@ -200,7 +200,8 @@ def _ilp_frontier(
     model: Model, cost: str, points: int, cap: float, extra: dict[str, float], backend: str
 ) -> list[Plan]:
     check_reachable(model, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
-    impl = auto_backend(len(extra) + 1, general=True) if backend == "auto" else get_backend(backend, len(extra) + 1)
+    n_budgets = len(extra) + 1
+    impl = auto_backend(n_budgets, general=True) if backend == "auto" else get_backend(backend, n_budgets)
     # Ends of the grid: the cheapest plan meeting the extra budgets, and the least-damage one.
     cheapest = impl.solve(model, model.cost(cost), extra)
     if cheapest.choice is None:

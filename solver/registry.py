@@ -10,8 +10,9 @@ The shape: `register(entry)`, `names()`, `available(name)` (whether it can run h
 `get(name)` (the entry instance; an error listing the valid names otherwise). Built-ins are named
 up front as "module:attr" targets (attr called with no arguments gives the entry) and imported on
 first lookup, so building a registry costs nothing at import and an optional library that is
-missing never breaks an import; a built-in's availability is checked once. They are always present: `register` adds or overrides a name,
-`unregister` removes only what was registered, so a built-in of the same name comes back.
+missing never breaks an import; a built-in's availability is checked once. They are always
+present: `register` adds or overrides a name, `unregister` removes only what was registered, so a
+built-in of the same name comes back.
 
 Entries are instances with a `name` and an `available()` that is cheap and never raises. Entries
 are shared: one instance serves every caller, so they must be immutable or stateless. Thread-safe.
@@ -163,9 +164,8 @@ class Registry(Generic[T]):
                 return self._loaded[name]
             if name not in self._builtins:
                 valid = self.valid_names()
-                raise UnknownName(
-                    f"{self.kind}: unknown {name!r} (valid: {', '.join(valid)})", kind=self.kind, name=name, valid=valid
-                )
+                message = f"{self.kind}: unknown {name!r} (valid: {', '.join(valid)})"
+                raise UnknownName(message, kind=self.kind, name=name, valid=valid)
             target = self._builtins[name]
             # An ImportError here is not "unavailable": modules import their optional libraries
             # lazily, so it is a real failure (a broken install, or no memory to map torch) and is

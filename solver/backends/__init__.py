@@ -64,7 +64,8 @@ def auto_backend(n_budgets: int, *, general: bool = False) -> Backend:
             if backend.applies(n_budgets):
                 return backend
     kind = "general ILP" if general else "installed"
-    raise BackendUnavailable(f"backend: no {kind} back-end accepts {n_budgets} budgets", kind="backend", name=AUTO)
+    message = f"backend: no {kind} back-end accepts {n_budgets} budgets"
+    raise BackendUnavailable(message, kind="backend", name=AUTO)
 
 
 def get_backend(name: str, n_budgets: int = 1) -> Backend:
@@ -74,5 +75,6 @@ def get_backend(name: str, n_budgets: int = 1) -> Backend:
         return auto_backend(n_budgets)
     backend = BACKENDS.get(name)
     if not backend.applies(n_budgets):
-        raise ValueError(f"backend: {name!r} accepts at most {backend.max_budgets} budget(s), got {n_budgets}")
+        limit = backend.max_budgets
+        raise ValueError(f"backend: {name!r} accepts at most {limit} budget(s), got {n_budgets}")
     return backend

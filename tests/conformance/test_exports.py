@@ -4,7 +4,9 @@ refuses with an ExportError. Per-format details live in tests/workers/test_expor
 
 import pytest
 
-from workers.exports import EXPORTERS, Export, ExportError, Exporter, ExportPlan, exporter_names, exporters, get_exporter
+from workers.exports import (
+    EXPORTERS, Export, ExportError, Exporter, ExportPlan, exporter_names, exporters, get_exporter,
+)
 
 LAYERS = [
     {"name": "fc1", "kind": "linear", "weight_shape": [8, 6]},
@@ -49,5 +51,6 @@ def test_exports_deterministically_and_reads_back_or_refuses(name):
 
 
 def test_unknown_format_lists_every_registered_one():
-    with pytest.raises(ValueError, match="^format: unknown 'onnx' \\(valid: " + ", ".join(exporter_names()) + "\\)$"):
+    listed = ", ".join(exporter_names())
+    with pytest.raises(ValueError, match=f"^format: unknown 'onnx' \\(valid: {listed}\\)$"):
         get_exporter("onnx")

@@ -1,4 +1,5 @@
-"""The one registry of export formats (solver.registry's shape); implementations are imported on first lookup."""
+"""The one registry of export formats (solver.registry's shape); implementations are imported on
+first lookup."""
 
 from __future__ import annotations
 

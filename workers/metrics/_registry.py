@@ -37,7 +37,8 @@ def metric_names() -> tuple[str, ...]:
 
 
 def metric_needs_data(name: str) -> bool:
-    """Whether metric `name` needs calibration data (torch-free for built-ins); ValueError listing the valid names."""
+    """Whether metric `name` needs calibration data (torch-free for built-ins); ValueError listing
+    the valid names."""
     entry = METRICS.peek(name)
     return entry.needs_data if entry is not None else _NEEDS_DATA[name]
 
@@ -58,7 +59,8 @@ def get_metric(name: str, options: Mapping[str, Any] | None = None) -> Metric:
     valid = metric_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"options.{unknown[0]}: unknown option for metric {name!r} (valid: {', '.join(valid)})")
+        listed = ", ".join(valid)
+        raise ValueError(f"options.{unknown[0]}: unknown option for metric {name!r} (valid: {listed})")
     return cls(**options)
 
 

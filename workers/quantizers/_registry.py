@@ -52,7 +52,8 @@ def candidate_grammar() -> str:
     lines = []
     for name in FAMILIES.names():
         state = FAMILIES.available(name)
-        lines.append(f"- {name}: {FAMILIES.get(name).grammar}" if state else f"- {name}: not available here ({state.reason})")
+        says = FAMILIES.get(name).grammar if state else f"not available here ({state.reason})"
+        lines.append(f"- {name}: {says}")
     return "\n".join([*lines, f"- W/A pairs: {_ACTIVATION_GRAMMAR}"])
 
 
@@ -85,7 +86,8 @@ def _parse_weight_format(name: str, full: str) -> Quantizer:
     for family_name in FAMILIES.names():  # parsing is pure, so an unavailable family can still claim it
         state = FAMILIES.available(family_name)  # loads the family, so peek finds it
         if not state and _claims(FAMILIES.peek(family_name), name):
-            raise ValueError(f"candidate {full!r}: the {family_name} family is not available here ({state.reason})")
+            why = state.reason
+            raise ValueError(f"candidate {full!r}: the {family_name} family is not available here ({why})")
     raise ValueError(f"candidate {full!r}: unknown format; valid names:\n{candidate_grammar()}")
 
 
