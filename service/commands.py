@@ -205,7 +205,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     for w in plan.get("warnings") or []:
         if w.get("layer"):
             by_layer.setdefault(w["layer"], []).append(w["code"])
-    rows = [("layer", "candidate", "bytes", "damage", "warnings")]
+    # a block-grouped plan's rows are its units (PlanOut.layers holds one entry per unit)
+    grouped = any(u["layers"] != [u["unit"]] for u in plan.get("units") or [])
+    rows = [("unit" if grouped else "layer", "candidate", "bytes", "damage", "warnings")]
     rows += [(l["layer"], l["candidate"], f"{l['bytes']:.0f}", f"{l['damage']:.4g}", ", ".join(by_layer.get(l["layer"], [])))
              for l in plan["layers"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -73,6 +73,10 @@ def test_a_block_plan_names_units_and_their_layers(served):
         (u["unit"], u["candidate"], u["bytes"]) for u in plan["units"]]
     assert sum(u["bytes"] for u in plan["units"]) == pytest.approx(plan["total_bytes"])
     assert client.get(f"/v1/plans/{plan['id']}").json()["units"] == plan["units"]
+    from service.commands import format_plan
+
+    assert format_plan(plan).splitlines()[0].split()[0] == "unit"  # the CLI's table says what its rows are
+    assert format_plan(plans["layer"]).splitlines()[0].split()[0] == "layer"
     front = client.get(f"/v1/analyses/{plan['analysis_id']}/frontier", params={"points": 4}).json()
     assert dict(zip(front["units"], front["unit_layers"], strict=True)) == {u: units[u]["layers"] for u in units}
 
