@@ -14,6 +14,7 @@ from workers.errors import DatasetError
 from workers.metrics import (
     METRICS, LayerStatistic, Metric, MetricContext, get_metric, metric_names, metric_needs_data, metric_options,
 )
+from workers.metrics._registry import NEEDS_DATA
 from workers.models import find_layers
 from workers.quantizers import parse_candidates
 
@@ -44,6 +45,7 @@ def name(request):
 def test_registry_lists_the_metrics():
     assert set(metric_names()) >= {"hutchinson", "eigen", "fisher", "gauss_newton", "mse", "loss_delta"}
     assert [n for n in metric_names() if not metric_needs_data(n)] == ["mse"]
+    assert set(NEEDS_DATA) == set(metric_names())  # every built-in answers without torch
     with pytest.raises(ValueError, match="^metric: unknown 'hessian' .*valid: eigen, fisher, gauss_newton, hutchinson"):
         get_metric("hessian")
     with pytest.raises(ValueError, match="^metric: unknown 'x'.*loss_delta"):
@@ -63,7 +65,7 @@ def test_class_agrees_with_registry(name):
     m = get_metric(name)
     assert isinstance(m, Metric) and m.name == name and m.statistic
     assert isinstance(m.name, str) and isinstance(m.statistic, str) and isinstance(m.needs_data, bool)
-    assert m.needs_data is metric_needs_data(name)
+    assert m.needs_data is NEEDS_DATA[name] is metric_needs_data(name)  # the torch-free record agrees
     assert get_metric(name) is not get_metric(name)  # options are per instance: never the shared entry
     assert METRICS.get(name).name == name
 

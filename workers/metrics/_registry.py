@@ -28,7 +28,7 @@ METRICS: Registry[Metric] = Registry(
 )
 
 # Torch-free answers for the built-ins; a registered metric answers from its class.
-_NEEDS_DATA = {"eigen": True, "fisher": True, "gauss_newton": True, "hutchinson": True,
+NEEDS_DATA = {"eigen": True, "fisher": True, "gauss_newton": True, "hutchinson": True,
                "input_covariance": True, "loss_delta": True, "mse": False}
 
 
@@ -40,7 +40,7 @@ def metric_needs_data(name: str) -> bool:
     """Whether metric `name` needs calibration data (torch-free for built-ins); ValueError listing
     the valid names."""
     entry = METRICS.peek(name)
-    return entry.needs_data if entry is not None else _NEEDS_DATA[name]
+    return entry.needs_data if entry is not None else NEEDS_DATA[name]
 
 
 def metric_options(name: str) -> tuple[str, ...]:
