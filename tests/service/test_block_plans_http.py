@@ -127,6 +127,14 @@ def test_exports(served, grouping):
         expected = info.quantize(parse_candidate(by_layer[info.name]), weight).to(weight.dtype)
         assert torch.equal(state[f"{info.name}.weight"], expected), info.name
 
+    # the export job builds the same checkpoint
+    r = client.post(f"/v1/plans/{plan['id']}/exports", json={"format": "safetensors"})
+    assert r.status_code == 202, r.text
+    job = wait_finished(client, r.headers["Location"], 300)
+    assert job["status"] == "succeeded", job["error"]
+    built = load(client.get(f"{r.headers['Location']}/file").content)
+    assert built.keys() == state.keys() and all(torch.equal(built[k], state[k]) for k in built)
+
     r = client.get(f"/v1/plans/{plan['id']}/export", params={"format": "gptqmodel"})
     assert r.status_code == 200, r.text
     read = get_exporter("gptqmodel").read(r.content, list(by_layer))
