@@ -6,7 +6,7 @@ another owner is NotFound, exactly like a row that does not exist, so ids reveal
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, text, update
@@ -22,9 +22,10 @@ from service.errors import Conflict, NotFound
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
-# Every job kind and its record (same lifecycle columns, service.db.models.JobColumns): the lifecycle
-# functions below take a kind and work on its table, so queues, runner, reaper and child share them.
-JOB_KINDS: dict[str, type[JobColumns]] = {
+# The record of every job kind (same lifecycle columns, service.db.models.JobColumns): the lifecycle
+# functions below take a kind and work on its table. The rest of a kind (its request, how it is built,
+# its work) is its entry in service.jobs.kinds.KINDS, which has one entry for each key here.
+JOB_RECORDS: dict[str, type[JobColumns]] = {
     "analysis": AnalysisRecord, "evaluation": EvaluationRecord, "export": ExportRecord,
 }
 
@@ -103,9 +104,9 @@ def sibling_analyses(session: Session, *, analysis: AnalysisRecord, owned_by: st
 def job_record(kind: str) -> type[JobColumns]:
     """The record class of a job kind ("analysis", "evaluation", "export"); ValueError naming the valid kinds."""
     try:
-        return JOB_KINDS[kind]
+        return JOB_RECORDS[kind]
     except KeyError:
-        raise ValueError(f"kind: unknown job kind {kind!r}; valid kinds: {', '.join(JOB_KINDS)}") from None
+        raise ValueError(f"kind: unknown job kind {kind!r}; valid kinds: {', '.join(JOB_RECORDS)}") from None
 
 
 def get_job(session: Session, *, kind: str, job_id: str, owned_by: str | None = None) -> Any:
@@ -135,9 +136,14 @@ def claim_job(session: Session, *, kind: str, job_id: str) -> str | None:
     return owner if result.rowcount == 1 else None
 
 
-def queued_job_ids(session: Session, *, kind: str) -> list[str]:
+def queued_job_ids(session: Session, *, kind: str, created_before: datetime | None = None) -> list[str]:
+    """Queued rows of `kind`, oldest first; with `created_before`, only those created by then and not
+    waiting for a retry backoff (what a queue whose message may be lost offers again)."""
     rec = job_record(kind)
-    return list(session.scalars(select(rec.id).where(rec.status == "queued").order_by(rec.created_at)))
+    conditions = [rec.status == "queued"]
+    if created_before is not None:
+        conditions += [rec.retry_at.is_(None), rec.created_at <= created_before]
+    return list(session.scalars(select(rec.id).where(*conditions).order_by(rec.created_at)))
 
 
 def requeue_interrupted(
@@ -186,7 +192,7 @@ def report_progress(
 def count_active_jobs(session: Session, *, token_id: str) -> int:
     """Queued and running jobs of every kind submitted with one token (the per-token concurrency limit)."""
     total = 0
-    for rec in JOB_KINDS.values():
+    for rec in JOB_RECORDS.values():
         stmt = select(func.count()).select_from(rec).where(rec.token_id == token_id, rec.status.in_(ACTIVE))
         total += int(session.scalar(stmt) or 0)
     return total

@@ -92,7 +92,7 @@ class JobColumns:
     Why a mixin and not one generic jobs table: each kind keeps its inputs and results as real
     columns with real foreign keys (an analysis's table, an evaluation's plan), existing rows and
     queries stay as they are, and the store's lifecycle functions take the record class from one
-    registry (`store.JOB_KINDS`), so no lifecycle code is written twice.
+    registry (`store.JOB_RECORDS`), so no lifecycle code is written twice.
     """
 
     status: Mapped[str] = mapped_column(String(20), index=True, default="queued")

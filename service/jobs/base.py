@@ -1,6 +1,6 @@
 """The queue seam: where an accepted job (an analysis, an evaluation) goes to be run.
 
-A job is a kind (a key of service.store.JOB_KINDS) and the id of its row; every kind has the same
+A job is a kind (a key of service.jobs.kinds.KINDS) and the id of its row; every kind has the same
 lifecycle columns, so a back-end never needs to know what a kind computes.
 
 Rules for implementations: `enqueue` is called after the job's row is committed with status

@@ -15,6 +15,7 @@ import threading
 from service import store
 from service.config import Settings
 from service.db.session import session_scope
+from service.jobs.kinds import KINDS
 from service.jobs.base import JobQueue
 from service.jobs.reaper import Reaper, staging_sweeper
 from service.jobs.runner import JobRunner, RunnerConfig
@@ -42,7 +43,7 @@ class InlineQueue(JobQueue):
         self._pending.put((kind, job_id))
 
     def start(self) -> None:
-        for kind in store.JOB_KINDS:
+        for kind in KINDS:
             with session_scope(self.url) as s:
                 requeued = store.requeue_interrupted(s, kind=kind)
                 leftover = store.queued_job_ids(s, kind=kind)

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from service import store
 from service.db.session import session_scope
+from service.jobs.kinds import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Reaper:
     def run_once(self) -> list[tuple[str, str]]:
         """One sweep over every job kind; returns the (kind, id) pairs offered again."""
         offered = []
-        for kind in store.JOB_KINDS:
+        for kind in KINDS:
             with session_scope(self.database_url) as s:
                 stale = store.requeue_interrupted(
                     s, kind=kind, stale_after=self.stale_after, max_attempts=self.max_attempts

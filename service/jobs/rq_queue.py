@@ -12,12 +12,11 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select
-
 from service import store
 from service.config import Settings
 from service.db.models import utcnow
 from service.db.session import session_scope
+from service.jobs.kinds import KINDS
 from service.jobs.base import JobQueue
 from service.jobs.reaper import Reaper, staging_sweeper
 
@@ -100,11 +99,9 @@ class RQQueue(JobQueue):
 
         cutoff = utcnow() - self.lost_after
         candidates = []
-        for kind in store.JOB_KINDS:
-            rec = store.job_record(kind)
+        for kind in KINDS:
             with session_scope(self.url) as s:
-                ids = s.scalars(select(rec.id).where(
-                    rec.status == "queued", rec.retry_at.is_(None), rec.created_at <= cutoff)).all()
+                ids = store.queued_job_ids(s, kind=kind, created_before=cutoff)
             candidates += [(kind, job_id) for job_id in ids]
         if not candidates:
             return []
@@ -114,7 +111,7 @@ class RQQueue(JobQueue):
         return [c for c, job in zip(candidates, jobs) if job is None or job.get_status(refresh=False) not in _PENDING]
 
     def start(self) -> None:
-        for kind in store.JOB_KINDS:
+        for kind in KINDS:
             with session_scope(self.url) as s:
                 leftover = store.queued_job_ids(s, kind=kind)
             for job_id in leftover:  # messages lost with a Redis that restarted empty

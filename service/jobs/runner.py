@@ -28,6 +28,7 @@ from service.db.session import session_scope
 from service.errors import StorageError
 from service.jobs import child
 from service.jobs.child import TRANSIENT_EXIT
+from service.jobs.kinds import Payload, get_kind
 from service.jobs.process import Limits, kill_tree, start_child
 from service.jobs.sandbox import Sandbox, sandbox_mode_for
 from service.redact import redact_paths
@@ -116,18 +117,17 @@ class JobRunner:
         try:
             return self._start(kind, job_id, owner, payload)
         finally:
-            for path in child.output_paths(payload):  # moved into the store, or not wanted: never left
+            for path in payload.output_paths():  # moved into the store, or not wanted: never left
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _start(self, kind: str, job_id: str, owner: str, payload: dict) -> str:
+    def _start(self, kind: str, job_id: str, owner: str, payload: Payload) -> str:
         c = self.config
-        missing = [Path(p).name for p in child.input_paths(payload) if not Path(p).exists()]
+        missing = [Path(p).name for p in payload.input_paths() if not Path(p).exists()]
         if missing:  # the sandbox could not even bind it: say so instead of retrying a child that cannot start
             error = f"blob store: {', '.join(missing)} is missing (deleted from BITPLAN_DATA_DIR?)"
             return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": error})
-        sandbox = (Sandbox(read_only=child.input_paths(payload), writable=child.output_paths(payload))
-                   if c.sandbox else None)
-        if sandbox is None and payload["request"]["model"]["format"] in CODE_FORMATS:
+        sandbox = Sandbox(read_only=payload.input_paths(), writable=payload.output_paths()) if c.sandbox else None
+        if sandbox is None and payload.request.model.format in CODE_FORMATS:
             error = ("model.format: a pt2 model is only ever loaded in the sandbox, which is switched off on this "
                      "server (BITPLAN_SANDBOX=off)")
             return self._after_exit(kind, job_id, owner, 1, "", {"outcome": "failed", "error": error})
@@ -148,15 +148,15 @@ class JobRunner:
     def _blobs(self) -> BlobStore:
         return BlobStore(self.config.data_dir / "blobs")
 
-    def _prepare(self, kind: str, job_id: str) -> dict:
-        """The child's request, read here: the child never sees the database."""
+    def _prepare(self, kind: str, job_id: str) -> Payload:
+        """The child's request, read here (the kind's `build`): the child never sees the database."""
         with session_scope(self.config.database_url) as s:
-            return child.PREPARE[kind](s, job_id, self._blobs())
+            return get_kind(kind).build(s, job_id, self._blobs())
 
-    def _watch(self, kind: str, job_id: str, owner: str, proc: subprocess.Popen, payload: dict) -> str:
+    def _watch(self, kind: str, job_id: str, owner: str, proc: subprocess.Popen, payload: Payload) -> str:
         c = self.config
         job = dict(kind=kind, job_id=job_id)
-        stream = _ChildStream(proc, json.dumps(payload))
+        stream = _ChildStream(proc, json.dumps(payload.to_dict()))
         next_beat = time.monotonic() + c.heartbeat_s
         reported = None
         while True:
@@ -186,17 +186,18 @@ class JobRunner:
                     if time.monotonic() >= next_beat:
                         store.heartbeat(s, **job, owner=owner)
                         next_beat = time.monotonic() + c.heartbeat_s
-                        _touch(child.output_paths(payload))  # the staging sweep never takes a live folder
+                        _touch(payload.output_paths())  # the staging sweep never takes a live folder
             except StorageError:
                 log.warning("%s %s: database unavailable while watching; still waiting", kind, job_id)
         return self._after_exit(kind, job_id, owner, proc.returncode, stream.stderr(), stream.outcome, payload)
 
     def _after_exit(self, kind: str, job_id: str, owner: str, returncode: int, stderr: str,
-                    outcome: dict | None = None, payload: dict | None = None) -> str:
+                    outcome: dict | None = None, payload: Payload | None = None) -> str:
         """Record what the child said (its outcome line), or decide on a retry when it said nothing.
-        A kind that writes a file has it moved into the blob store first (child.COLLECT), and removed
-        again if the success cannot be recorded (child.DISCARD), so a row never names a missing file."""
+        A kind that writes a file has it moved into the blob store first (its `collect`), and removed
+        again if the success cannot be recorded (its `discard`), so a row never names a missing file."""
         c = self.config
+        job_kind = get_kind(kind)
         job = dict(kind=kind, job_id=job_id)
         with session_scope(c.database_url) as s:
             rec = store.get_job(s, **job)
@@ -211,16 +212,16 @@ class JobRunner:
                 status = outcome["outcome"]
                 error = redact_paths(outcome["error"]) if outcome.get("error") else None
                 outputs = outcome.get("outputs") if status == "succeeded" else None
-                if status == "succeeded" and kind in child.COLLECT:
+                if status == "succeeded" and job_kind.collect is not None:
                     try:
-                        outputs = child.COLLECT[kind](job_id, payload, outputs or {}, self._blobs())
+                        outputs = job_kind.collect(job_id, payload, outputs or {}, self._blobs())
                     except OSError as exc:  # the child said it wrote a file that is not there
                         status, outputs = "failed", None
                         error = redact_paths(f"the job's output could not be stored: {exc}")
                 recorded = store.finish_attempt(s, **job, owner=owner, status=status, error=error, outputs=outputs)
-                if not recorded and status == "succeeded" and kind in child.DISCARD:
+                if not recorded and status == "succeeded" and job_kind.discard is not None:
                     s.expire_all()
-                    child.DISCARD[kind](s, job_id, outputs, self._blobs())
+                    job_kind.discard(s, job_id, outputs, self._blobs())
                 return status
             reason = redact_paths(describe_exit(returncode, stderr))
             if rec.attempts < c.max_attempts:

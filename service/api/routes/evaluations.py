@@ -1,6 +1,6 @@
 """Evaluations: measure a plan (and its baselines) or points of a stored frontier on evaluation data.
 
-An evaluation is a job like an analysis (service.store.JOB_KINDS): the route commits a queued row and
+An evaluation is a job like an analysis (service.jobs.kinds.KINDS): the route commits a queued row and
 offers (kind "evaluation", id) to the queue; a child process measures, and the row carries status,
 progress, attempts, cancel and the result. Bad evaluation data (wrong input shape for the model) is
 found by the job and fails it with the worker's message.
