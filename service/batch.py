@@ -35,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.client import ApiError, BitplanClient
 from service.commands import confidence_text, progress_line, warning_summary
-from solver._budget import AVG_BITS, BudgetError, asked_budgets, parse_budget_text
+from service.budgets import budget_limits, located_error
+from solver._budget import AVG_BITS, BudgetError, parse_budget_text
 
 __all__ = ["BatchJob", "load_batch", "run_batch", "BatchError", "batch_schema"]
 
@@ -60,21 +61,23 @@ class BatchJob(BaseModel):
     budgets: list[dict[str, float] | float | str] = Field(
         default_factory=list, description="Each a number (avg_bits), 'COST=LIMIT' text, or {word: limit, ...}.")
 
-    @field_validator("budgets")
+    @field_validator("budgets", mode="before")
     @classmethod
-    def _budgets(cls, value: list) -> list[dict[str, float]]:
+    def _budgets(cls, value: Any) -> Any:
+        """Each budget read by the solver's one parser (service.budgets), so its errors name the
+        budget and word (`budgets.0.avg_bits`) in the API's words."""
+        if not isinstance(value, list):
+            return value
         out = []
-        for b in value:
+        for i, b in enumerate(value):
             try:
-                if isinstance(b, (int, float)):
-                    b = {AVG_BITS: float(b)}
+                if isinstance(b, (int, float)):  # a bool too: the parser refuses it as a limit
+                    b = {AVG_BITS: b}
                 elif isinstance(b, str):
                     b = dict([parse_budget_text(b)])
-                out.append(asked_budgets(b))
             except BudgetError as exc:
-                raise ValueError(str(exc)) from None
-            if not out[-1]:
-                raise ValueError("a budget needs at least one limit, e.g. 4 or {avg_bits: 4}")
+                raise located_error(exc, title=cls.__name__, at=(i,), value=b) from None
+            out.append(budget_limits(b, title=cls.__name__, at=(i,)))
         return out
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.budgets import budget_field
 from service.errors import InvalidInput
 from solver import (
     Budget, BudgetError, InfeasibleBudget, Plan, Problem, budgets_from_mapping, explain_infeasible, problem_from_dict,
@@ -113,12 +114,8 @@ def budgets_from(problem: Problem, budget: dict[str, Any]) -> AskedBudgets:
     `avg_bits` (alias `average_bits`) becomes bytes; an unknown word → 422 listing the valid ones."""
     try:
         return AskedBudgets(budgets_from_mapping(budget, problem), asked_budgets(budget))
-    except BudgetError as exc:
-        field = f"budget.{exc.word}" if exc.word else "budget"
-        message = str(exc)
-        for prefix in (f"budget {exc.word}: ", "budget: "):  # the field already says where
-            message = message.removeprefix(prefix)
-        raise InvalidInput(field, message) from exc
+    except BudgetError as exc:  # the field says where; the reason is the solver's own words
+        raise InvalidInput(budget_field(exc), exc.reason) from exc
 
 
 def finite(x: float | None) -> float | None:

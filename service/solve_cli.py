@@ -8,7 +8,7 @@ from pathlib import Path
 
 from service.frontiers import compute_frontier
 from solver import InfeasibleBudget, SolverError, explain_infeasible, parse_budget, problem_from_dict, solve
-from solver._budget import parse_budget_text
+from solver._budget import asked_budget_texts
 
 
 def _load(path: str) -> dict:
@@ -20,6 +20,9 @@ def run_solve(path: str, *, budgets: list[str], frontier_points: int | None, cos
               as_json: bool) -> int:
     try:
         problem = problem_from_dict(_load(path))
+        # The solver's one parser, as the API's: the rules on the whole budget (a word twice, avg_bits
+        # with bytes), then each text against the problem, its errors quoting the text as typed.
+        asked = asked_budget_texts(budgets) if budgets else {}
         parsed = [parse_budget(text, problem) for text in budgets]
     except (OSError, json.JSONDecodeError, ValueError, SolverError) as exc:
         print(f"bitplan solve: {exc}", file=sys.stderr)
@@ -33,7 +36,7 @@ def run_solve(path: str, *, budgets: list[str], frontier_points: int | None, cos
             try:
                 plan = solve(problem, parsed, backend=backend)
             except InfeasibleBudget as exc:
-                raise explain_infeasible(exc, problem, dict(parse_budget_text(t) for t in budgets)) from exc
+                raise explain_infeasible(exc, problem, asked) from exc
             out["plan"] = {"assignment": plan.assignment, "damage": plan.damage, "costs": plan.costs,
                            "status": plan.status, "gap": plan.gap, "tolerance": plan.tolerance,
                            "backend": plan.backend, "solve_seconds": plan.solve_seconds}

@@ -19,11 +19,14 @@ ALIASES = {"average_bits": AVG_BITS}
 
 
 class BudgetError(ValueError):
-    """A budget that cannot be parsed; `word` is the budget word it is about (None: the whole text)."""
+    """A budget that cannot be parsed. `word`: the budget word it is about (None: the whole budget);
+    `reason`: what is wrong, without saying where, for callers that name the field themselves (the
+    API's `budget.avg_bits`, a batch file's `budgets.0.avg_bits`), so every tool gives the same words."""
 
-    def __init__(self, message: str, word: str | None = None):
-        super().__init__(message)
+    def __init__(self, reason: str, word: str | None = None, *, where: str | None = None):
+        super().__init__(f"budget {where}: {reason}" if where else f"budget: {reason}")
         self.word = word
+        self.reason = reason
 
 
 def budget_word(name: str) -> str:
@@ -40,15 +43,15 @@ def valid_words(problem: Problem) -> list[str]:
     return words
 
 
-def _limit(value: object, where: str) -> float:
+def _limit(value: object, where: str, word: str | None = None) -> float:
     if isinstance(value, bool):
-        raise BudgetError(f"budget {where}: limit {value!r} is not a number")
+        raise BudgetError(f"limit {value!r} is not a number", word, where=where)
     try:
         limit = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise BudgetError(f"budget {where}: limit {value!r} is not a number") from None
+        raise BudgetError(f"limit {value!r} is not a number", word, where=where) from None
     if not math.isfinite(limit) or limit < 0:
-        raise BudgetError(f"budget {where}: limit must be a finite number ≥ 0")
+        raise BudgetError("limit must be a finite number ≥ 0", word, where=where)
     return limit
 
 
@@ -56,14 +59,14 @@ def _one(word: str, limit: float, problem: Problem, where: str) -> Budget:
     known = problem.cost_names
     if word == AVG_BITS:
         if "bytes" not in known:
-            raise BudgetError(f"budget {where}: avg_bits needs a 'bytes' cost, the problem has: {', '.join(known)}", word)
+            raise BudgetError(f"avg_bits needs a 'bytes' cost, the problem has: {', '.join(known)}", word, where=where)
         if problem.total_weights <= 0:
-            raise BudgetError(f"budget {where}: avg_bits needs units with weights > 0", word)
+            raise BudgetError("avg_bits needs units with weights > 0", word, where=where)
         if limit <= 0:
-            raise BudgetError(f"budget {where}: average bits must be positive", word)
+            raise BudgetError("average bits must be positive", word, where=where)
         return average_bits_budget(problem, limit)
     if word not in known:
-        raise BudgetError(f"budget {where}: unknown cost {word!r}; valid: {', '.join(valid_words(problem))}", word)
+        raise BudgetError(f"unknown cost {word!r}; valid: {', '.join(valid_words(problem))}", word, where=where)
     return Budget(word, limit)
 
 
@@ -72,8 +75,9 @@ def parse_budget_text(text: str) -> tuple[str, float]:
     name, sep, value = str(text).partition("=")
     name, value = name.strip(), value.strip()
     if not sep or not name or not value:
-        raise BudgetError(f"budget {text!r} must look like COST=LIMIT, e.g. bytes=1e6 or avg_bits=4")
-    return budget_word(name), _limit(value, repr(text))
+        raise BudgetError("must look like COST=LIMIT, e.g. bytes=1e6 or avg_bits=4", where=repr(text))
+    word = budget_word(name)
+    return word, _limit(value, repr(text), word)
 
 
 def parse_budget(text: str, problem: Problem) -> Budget:
@@ -87,19 +91,36 @@ def parse_budget(text: str, problem: Problem) -> Budget:
 
 
 def asked_budgets(budget: Mapping[str, object]) -> dict[str, float]:
-    """A mapping of budget words → canonical words and float limits; None values skipped.
-    `avg_bits` together with `bytes` (or with its alias) is refused: both limit the same total."""
+    """A mapping of budget words → canonical words and float limits; None values skipped. The rules
+    that need no problem, for every tool (API bodies, batch files, `bitplan solve`): at least one
+    limit; each a finite number ≥ 0 (avg_bits > 0); a word once (an alias counts as its word);
+    `avg_bits` together with `bytes` is refused, as both limit the same total."""
     asked: dict[str, float] = {}
     for key, value in budget.items():
         if value is None:
             continue
         word = budget_word(key)
         if word in asked:
-            raise BudgetError(f"budget: {key!r} repeats {word!r}", word)
-        asked[word] = _limit(value, str(key))
+            raise BudgetError(f"{key!r} repeats {word!r}")
+        asked[word] = _limit(value, str(key), word)
+        if word == AVG_BITS and asked[word] <= 0:
+            raise BudgetError("average bits must be positive", word, where=str(key))
     if AVG_BITS in asked and "bytes" in asked:
-        raise BudgetError("budget: give avg_bits or bytes, not both (both limit the total bytes)", AVG_BITS)
+        raise BudgetError("give avg_bits or bytes, not both (both limit the total bytes)")
+    if not asked:
+        raise BudgetError("give at least one limit, e.g. avg_bits or bytes")
     return asked
+
+
+def asked_budget_texts(texts: list[str]) -> dict[str, float]:
+    """Repeated `COST=LIMIT` texts (`bitplan solve --budget`, all of which must hold) → one mapping,
+    by the rules of asked_budgets; a word given twice is refused, not silently overwritten."""
+    pairs = [parse_budget_text(text) for text in texts]
+    words = [word for word, _ in pairs]
+    for word in words:
+        if words.count(word) > 1:
+            raise BudgetError(f"{word!r} given twice")
+    return asked_budgets(dict(pairs))
 
 
 def budgets_from_mapping(budget: Mapping[str, object], problem: Problem) -> list[Budget]:

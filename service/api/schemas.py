@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.budgets import budget_limits
+
 
 class LayerOut(BaseModel):
     name: str
@@ -168,32 +170,18 @@ class TableOut(BaseModel):
 class BudgetIn(BaseModel):
     """Upper limits: `bytes` or `avg_bits` (bits per weight, scale overhead included; `average_bits`
     is accepted as an alias), plus any other cost the analysis has (e.g. `bops`, `latency_ms`) as
-    `name: limit`. The words are the solver's (solver._budget), the same in the CLI and batch files."""
+    `name: limit`. Read by the solver's one budget parser (solver._budget, via service.budgets), the
+    same as the CLI and batch files; whether each word is a cost of the analysis is checked at solve."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": "number"}})
 
-    bytes: float | None = Field(None, gt=0)
-    avg_bits: float | None = Field(None, gt=0, le=64)
+    bytes: float | None = Field(None, description="Total bytes, ≥ 0.")
+    avg_bits: float | None = Field(None, description="Average bits per quantizable weight, > 0.")
 
     @model_validator(mode="before")
     @classmethod
-    def _alias(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "average_bits" in data:
-            if "avg_bits" in data:
-                raise ValueError("give avg_bits or its alias average_bits, not both")
-            data = {("avg_bits" if k == "average_bits" else k): v for k, v in data.items()}
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> "BudgetIn":
-        for name, value in (self.model_extra or {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}: a budget limit must be a number > 0")
-        if self.bytes is not None and self.avg_bits is not None:
-            raise ValueError("give avg_bits or bytes, not both (both limit the total bytes)")
-        if self.bytes is None and self.avg_bits is None and not self.model_extra:
-            raise ValueError("give at least one limit, e.g. avg_bits or bytes")
-        return self
+    def _parse(cls, data: Any) -> Any:
+        return budget_limits(data, title=cls.__name__)
 
 
 class PlanIn(BaseModel):
