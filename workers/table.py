@@ -1,7 +1,10 @@
 """The sensitivity table: per layer × candidate, predicted damage and cost, and the statistics behind it.
 
 Plain data with a JSON form (`to_dict` / `from_dict`) so it can be stored, served and edited, and
-`to_problem` turns it into the solver's input. Nothing here imports torch.
+`to_problem` turns it into the solver's input, one decision unit per group of layers (`groups`).
+`unit_layers` / `layer_formats` are the one way back from units to layers: every plan (keyed by
+unit) is spelled out as layer formats there before torch, an evaluation or an export reads it.
+Nothing here imports torch.
 
 Backward compatible: the fields added with costs and units (`bops`, `latency_ms`, `macs`,
 `shared_with`, `groups`, `ties`, `provenance`) and with confidence (`damage_ci`, `warnings`) are
