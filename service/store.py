@@ -9,13 +9,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.models import (
-    AnalysisRecord, DatasetRecord, EvaluationRecord, ExportRecord, FrontierRecord, JobColumns, ModelRecord, PlanRecord,
-    new_id, utcnow,
+    AnalysisRecord, DatasetRecord, EvaluationRecord, ExportRecord, FrontierRecord, IdempotencyRecord, JobColumns,
+    ModelRecord, PlanRecord, new_id, utcnow,
 )
 from service.db.session import get_engine
 from service.errors import Conflict, NotFound
@@ -99,6 +99,20 @@ def sibling_analyses(session: Session, *, analysis: AnalysisRecord, owned_by: st
         AnalysisRecord.status == "succeeded",
     )
     return list(session.scalars(_visible(stmt, AnalysisRecord, owned_by)))
+
+
+def analysis_counts(session: Session) -> dict[str, int]:
+    """Analyses by status (Prometheus' jobs by state and queue depth)."""
+    stmt = select(AnalysisRecord.status, func.count()).group_by(AnalysisRecord.status)
+    return {status: int(n) for status, n in session.execute(stmt).all()}
+
+
+def finished_analysis_spans(session: Session) -> list[tuple[str, Any, Any]]:
+    """(status, started_at, finished_at) of every succeeded or failed analysis (Prometheus' durations)."""
+    stmt = select(AnalysisRecord.status, AnalysisRecord.started_at, AnalysisRecord.finished_at).where(
+        AnalysisRecord.status.in_(("succeeded", "failed")),
+        AnalysisRecord.started_at.is_not(None), AnalysisRecord.finished_at.is_not(None))
+    return [tuple(row) for row in session.execute(stmt).all()]
 
 
 def job_record(kind: str) -> type[JobColumns]:
@@ -338,3 +352,57 @@ def list_evaluations(
 
 def get_export(session: Session, *, export_id: str, owned_by: str | None = None) -> ExportRecord:
     return get_job(session, kind="export", job_id=export_id, owned_by=owned_by)
+
+
+# Idempotency keys (service.api.idempotency): one row per (owner, key) holding the first response, replayed
+# to a retry of the same request.
+
+
+def begin_idempotent(
+    session: Session, *, owner: str, key: str, request_hash: str, ttl_s: int, stale_after: timedelta
+) -> tuple[str, Any] | None:
+    """('new', row id) | ('replay', row, detached) | ('mismatch', None) | ('in_flight', None); None when a
+    concurrent duplicate inserted the row first (the session is rolled back; the caller looks again in a
+    new one). An expired row is replaced; an in-flight one older than `stale_after` is taken over."""
+    now = utcnow()
+    rec = session.scalar(select(IdempotencyRecord).where(
+        IdempotencyRecord.owner == owner, IdempotencyRecord.key == key))
+    if rec is not None and rec.expires_at < now:
+        session.delete(rec)
+        session.flush()
+        rec = None
+    if rec is None:
+        session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now))
+        rec = IdempotencyRecord(owner=owner, key=key, request_hash=request_hash, state="in_flight",
+                                expires_at=now + timedelta(seconds=ttl_s))
+        session.add(rec)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            return None
+        return "new", rec.id
+    if rec.request_hash != request_hash:
+        return "mismatch", None
+    if rec.state == "in_flight":
+        if rec.created_at < now - stale_after:
+            rec.created_at = now  # its process died; this request takes it over
+            return "new", rec.id
+        return "in_flight", None
+    session.expunge(rec)
+    return "replay", rec
+
+
+def finish_idempotent(session: Session, *, row_id: str, status: int, headers: dict[str, str], body: bytes) -> None:
+    """Store the response of the request that owns the row, for replays."""
+    rec = session.get(IdempotencyRecord, row_id)
+    if rec is not None:
+        rec.state = "done"
+        rec.response_status = status
+        rec.response_headers = headers
+        rec.response_body = body
+
+
+def release_idempotent(session: Session, *, row_id: str) -> None:
+    """Forget the key: the request raised, or its answer (5xx, transient, too large) is not one to replay."""
+    session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == row_id))

@@ -23,13 +23,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import store
 from service.config import Settings
-from service.db.models import IdempotencyRecord, utcnow
 from service.db.session import session_scope
 
 __all__ = ["IdempotencyMiddleware", "document_header", "HEADER"]
@@ -79,51 +77,23 @@ def _hash_body(spool, digest, boundary: bytes | None) -> None:
 
 def _begin(url: str, *, owner: str, key: str, request_hash: str, ttl_s: int) -> tuple[str, Any]:
     """('new', row id) | ('replay', row) | ('mismatch', None) | ('in_flight', None)."""
-    now = utcnow()
     for _ in range(2):
         with session_scope(url) as session:
-            rec = session.scalar(select(IdempotencyRecord).where(
-                IdempotencyRecord.owner == owner, IdempotencyRecord.key == key))
-            if rec is not None and rec.expires_at < now:
-                session.delete(rec)
-                session.flush()
-                rec = None
-            if rec is None:
-                session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now))
-                rec = IdempotencyRecord(owner=owner, key=key, request_hash=request_hash, state="in_flight",
-                                        expires_at=now + timedelta(seconds=ttl_s))
-                session.add(rec)
-                try:
-                    session.flush()
-                except IntegrityError:
-                    session.rollback()  # a concurrent duplicate inserted it first: look again
-                    continue
-                return "new", rec.id
-            if rec.request_hash != request_hash:
-                return "mismatch", None
-            if rec.state == "in_flight":
-                if rec.created_at < now - STALE_IN_FLIGHT:
-                    rec.created_at = now  # its process died; this request takes it over
-                    return "new", rec.id
-                return "in_flight", None
-            session.expunge(rec)
-            return "replay", rec
+            outcome = store.begin_idempotent(session, owner=owner, key=key, request_hash=request_hash, ttl_s=ttl_s,
+                                             stale_after=STALE_IN_FLIGHT)
+            if outcome is not None:  # None: a concurrent duplicate inserted it first, look again
+                return outcome
     return "in_flight", None
 
 
 def _finish(url: str, *, row_id: str, status: int, headers: dict[str, str], body: bytes) -> None:
     with session_scope(url) as session:
-        rec = session.get(IdempotencyRecord, row_id)
-        if rec is not None:
-            rec.state = "done"
-            rec.response_status = status
-            rec.response_headers = headers
-            rec.response_body = body
+        store.finish_idempotent(session, row_id=row_id, status=status, headers=headers, body=body)
 
 
 def _release(url: str, *, row_id: str) -> None:
     with session_scope(url) as session:
-        session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == row_id))
+        store.release_idempotent(session, row_id=row_id)
 
 
 class IdempotencyMiddleware:

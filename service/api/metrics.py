@@ -12,10 +12,9 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
-from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.db.models import AnalysisRecord
+from service import store
 from service.db.session import session_scope
 
 __all__ = ["Metrics", "MetricsMiddleware"]
@@ -35,12 +34,8 @@ class _JobsCollector:
         up = GaugeMetricFamily("bitplan_database_up", "1 when the last scrape could read the database.")
         try:
             with session_scope(self.url) as session:
-                counts = dict(session.execute(
-                    select(AnalysisRecord.status, func.count()).group_by(AnalysisRecord.status)).all())
-                spans = session.execute(
-                    select(AnalysisRecord.status, AnalysisRecord.started_at, AnalysisRecord.finished_at).where(
-                        AnalysisRecord.status.in_(("succeeded", "failed")),
-                        AnalysisRecord.started_at.is_not(None), AnalysisRecord.finished_at.is_not(None))).all()
+                counts = store.analysis_counts(session)
+                spans = store.finished_analysis_spans(session)
         except Exception:
             up.add_metric([], 0)
             yield up
