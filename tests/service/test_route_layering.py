@@ -1,6 +1,7 @@
 """Routes are thin: they parse, call the service layer, shape the response. They never import another
 route module, never query the database themselves (service.store does) and reach the app's state only
-through service.api.deps. Checked on the source with ast, so a new route cannot quietly break it."""
+through service.api.deps. Outside the storage modules nothing in service/ builds a query. Checked on the
+source with ast, so a new module cannot quietly break it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pathlib
 
 import pytest
 
-ROUTES = pathlib.Path(__file__).resolve().parents[2] / "service" / "api" / "routes"
+SERVICE = pathlib.Path(__file__).resolve().parents[2] / "service"
+ROUTES = SERVICE / "api" / "routes"
 ROUTE_FILES = sorted(p for p in ROUTES.glob("*.py") if p.name != "__init__.py")
 # Session methods that run queries or change rows; a route hands its session to service.store instead.
 QUERY_METHODS = {"execute", "scalars", "scalar", "query", "get", "add", "delete", "merge", "refresh"}
@@ -34,6 +36,21 @@ def _imported_modules(tree: ast.Module) -> list[str]:
     return out
 
 
+def _is_storage(path: pathlib.Path) -> bool:
+    """The storage modules: the data-access functions, the token table's, the ORM and sessions."""
+    rel = path.relative_to(SERVICE)
+    return rel.name in {"store.py", "tokens.py"} or bool({"db", "storage"} & set(rel.parts[:-1]))
+
+
+SERVICE_FILES = sorted(p for p in SERVICE.rglob("*.py") if not _is_storage(p))
+
+
+def _session_queries(tree: ast.Module) -> list[str]:
+    return [f"line {n.lineno}: {n.func.value.id}.{n.func.attr}(...)" for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+            and n.func.value.id in {"session", "s"} and n.func.attr in QUERY_METHODS]
+
+
 def test_there_are_route_modules_to_check():
     assert {"analyses.py", "evaluations.py", "frontiers.py", "plans.py"} <= {p.name for p in ROUTE_FILES}
 
@@ -52,11 +69,18 @@ def test_routes_run_no_queries_and_read_no_app_state(path):
     orm_names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "sqlalchemy.orm"
                  for a in n.names}
     assert orm_names <= {"Session"}, f"{path.name} imports {orm_names} from sqlalchemy.orm"
-    queries = [f"line {n.lineno}: {n.func.value.id}.{n.func.attr}(...)" for n in ast.walk(tree)
-               if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
-               and n.func.value.id in {"session", "s"} and n.func.attr in QUERY_METHODS]
+    queries = _session_queries(tree)
     assert queries == [], f"{path.name} queries the session itself: {queries}"
     state = [n.lineno for n in ast.walk(tree)
              if isinstance(n, ast.Attribute) and n.attr == "state" and isinstance(n.value, ast.Attribute)
              and n.value.attr == "app"]
     assert state == [], f"{path.name} reads app.state on lines {state}; add a dependency in service.api.deps"
+
+
+@pytest.mark.parametrize("path", SERVICE_FILES, ids=lambda p: str(p.relative_to(SERVICE)))
+def test_queries_live_only_in_the_storage_modules(path):
+    tree = _tree(path)
+    sqlalchemy = [m for m in _imported_modules(tree) if m.startswith("sqlalchemy") and m != "sqlalchemy.orm"]
+    assert sqlalchemy == [], f"{path.relative_to(SERVICE)} imports {sqlalchemy}; queries belong in service.store"
+    queries = _session_queries(tree)
+    assert queries == [], f"{path.relative_to(SERVICE)} queries the session itself: {queries}"
