@@ -39,7 +39,7 @@ def _imported_modules(tree: ast.Module) -> list[str]:
 def _is_storage(path: pathlib.Path) -> bool:
     """The storage modules: the data-access functions, the token table's, the ORM and sessions."""
     rel = path.relative_to(SERVICE)
-    return rel.name in {"store.py", "tokens.py"} or bool({"db", "storage"} & set(rel.parts[:-1]))
+    return rel.as_posix() in {"store.py", "tokens.py"} or rel.parts[0] in {"db", "storage"}
 
 
 SERVICE_FILES = sorted(p for p in SERVICE.rglob("*.py") if not _is_storage(p))
