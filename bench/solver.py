@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from solver import Budget, Option, Problem, Unit, average_bits_budget, frontier, frontier_2d, solve  # noqa: E402
-from solver._model import compile_problem  # noqa: E402
+from solver._compiled import compile_problem  # noqa: E402
 from solver.backends import get_backend  # noqa: E402
 from tests.utils.llm_tables import LLAMA70B_BITS, synthetic_llm  # noqa: E402
 
@@ -194,11 +194,11 @@ def main() -> None:
         row("  (bitplan − HiGHS) / HiGHS damage", f"{(big_plan.damage - ref.damage) / ref.damage:+.2e}")
 
 
-def mip(model, limits: dict[str, float]) -> tuple[float, float, str]:
+def mip(compiled, limits: dict[str, float]) -> tuple[float, float, str]:
     """One point as a MIP: HiGHS on bitplan's layout, unchecked (what the back-end alone says)."""
     t = time.perf_counter()
-    out = get_backend("highs", len(limits)).solve(model, model.damage, limits)
-    return time.perf_counter() - t, model.totals(out.choice)[0], out.status
+    out = get_backend("highs", len(limits)).solve(compiled, compiled.damage, limits)
+    return time.perf_counter() - t, compiled.totals(out.choice)[0], out.status
 
 
 def best_within(points, limits: dict[str, float]) -> float:
@@ -208,11 +208,11 @@ def best_within(points, limits: dict[str, float]) -> float:
     return min(fit)
 
 
-def compare(row, label: str, seconds: float, points, cells: list[dict[str, float]], sample: int, model) -> None:
+def compare(row, label: str, seconds: float, points, cells: list[dict[str, float]], sample: int, compiled) -> None:
     pick = np.unique(np.linspace(0, len(cells) - 1, min(sample, len(cells))).round().astype(int))
     times, worse, better, claimed, gain, worst = [], 0, 0, 0, 0.0, 0.0
     for i in pick:
-        secs, damage, status = mip(model, cells[i])
+        secs, damage, status = mip(compiled, cells[i])
         times.append(secs)
         ours = best_within(points, cells[i])
         rel = (ours - damage) / abs(damage)
@@ -243,7 +243,7 @@ def compare(row, label: str, seconds: float, points, cells: list[dict[str, float
 
 def two_budgets(row, sample: int) -> None:
     p = synthetic_llm(560, LLAMA70B_BITS, seed=0)
-    model = compile_problem(p)
+    compiled = compile_problem(p)
     best = solve(p, [])
     # frontier_2d's grid: each cost from its least achievable value to its value in the least-damage plan
     lo = {c: sum(min(o.costs[c] for o in u.options) for u in p.units) for c in ("bytes", "latency_ms")}
@@ -253,7 +253,7 @@ def two_budgets(row, sample: int) -> None:
     secs = time.perf_counter() - t
     cells = [{"bytes": float(a), "latency_ms": float(b)} for a in axes["bytes"] for b in axes["latency_ms"]]
     cells = [c for c in cells if any(all(q.costs[n] <= v * (1 + 1e-10) for n, v in c.items()) for q in front.points)]
-    compare(row, f"560×8 bytes+latency, {len(cells)}-cell frontier_2d", secs, front.points, cells, sample, model)
+    compare(row, f"560×8 bytes+latency, {len(cells)}-cell frontier_2d", secs, front.points, cells, sample, compiled)
 
     lat = Budget("latency_ms", 0.5 * best.costs["latency_ms"])
     t = time.perf_counter()
@@ -263,7 +263,7 @@ def two_budgets(row, sample: int) -> None:
     grid = np.linspace(front.points[0].costs["bytes"], front.points[-1].costs["bytes"], 100)
     cells = [{"bytes": float(b), "latency_ms": lat.limit} for b in grid]
     label = f"560×8, 100-point bytes frontier, latency ≤ {lat.limit:.0f} ms ({binding} points bind it)"
-    compare(row, label, secs, front.points, cells, sample, model)
+    compare(row, label, secs, front.points, cells, sample, compiled)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from solver._model import Model, compile_problem, limits_of
+from solver._compiled import CompiledProblem, compile_problem, limits_of
 from solver._solve import check_reachable
 from solver.backends._ilp import fits
 from solver.backends._mckp import Knapsack
@@ -15,8 +15,8 @@ from solver.plan import STATUS_HEURISTIC, Plan
 from solver.problem import Budget, Problem
 
 
-def _bound(model: Model, cost: str, limit: float) -> float:
-    return Knapsack(model.cost(cost), model.damage, model.valid).lagrangian_bound(limit)
+def _bound(compiled: CompiledProblem, cost: str, limit: float) -> float:
+    return Knapsack(compiled.cost(cost), compiled.damage, compiled.valid).lagrangian_bound(limit)
 
 
 def greedy_plan(problem: Problem, budget: Budget) -> Plan:
@@ -24,15 +24,15 @@ def greedy_plan(problem: Problem, budget: Budget) -> Plan:
     whose next cheaper candidate adds the least damage per unit of cost saved, until the budget
     holds. Ties, pins and allowed subsets are respected; status "heuristic" with a proven bound."""
     started = time.perf_counter()
-    model = compile_problem(problem)
-    limits = limits_of(model, [budget])
-    check_reachable(model, limits)
-    cost = np.where(model.valid, model.cost(budget.cost), np.inf)
-    dmg = model.damage
-    n = model.n_groups
+    compiled = compile_problem(problem)
+    limits = limits_of(compiled, [budget])
+    check_reachable(compiled, limits)
+    cost = np.where(compiled.valid, compiled.cost(budget.cost), np.inf)
+    dmg = compiled.damage
+    n = compiled.n_groups
     # Each group's options from dearest to cheapest (least damage first among equal costs).
     ladders = [
-        sorted(np.flatnonzero(model.valid[g]).tolist(), key=lambda j, g=g: (-cost[g, j], dmg[g, j]))
+        sorted(np.flatnonzero(compiled.valid[g]).tolist(), key=lambda j, g=g: (-cost[g, j], dmg[g, j]))
         for g in range(n)
     ]
     pos = [0] * n
@@ -59,12 +59,12 @@ def greedy_plan(problem: Problem, budget: Budget) -> Plan:
         total -= cost[g, cur] - cost[g, ladder[pos[g]]]
         choice[g] = ladder[pos[g]]
         push(g)
-    return model.plan(
+    return compiled.plan(
         choice,
         backend="greedy",
         started=started,
         status=STATUS_HEURISTIC,
-        bound=_bound(model, budget.cost, budget.limit),
+        bound=_bound(compiled, budget.cost, budget.limit),
     )
 
 
@@ -73,16 +73,16 @@ def uniform_plans(problem: Problem, *, cost: str = "bytes") -> dict[str, Plan]:
     every unit at it. Each carries the proven least damage reachable within its own `cost` as its
     bound (when the problem has that cost), so its gap shows what uniform leaves on the table."""
     started = time.perf_counter()
-    model = compile_problem(problem)
-    has_cost = cost in model.costs
-    common = set(model.candidates[0]).intersection(*map(set, model.candidates[1:]))
+    compiled = compile_problem(problem)
+    has_cost = cost in compiled.costs
+    common = set(compiled.candidates[0]).intersection(*map(set, compiled.candidates[1:]))
     plans: dict[str, Plan] = {}
-    for cand in model.candidates[0]:
+    for cand in compiled.candidates[0]:
         if cand not in common:
             continue
-        choice = np.array([cands.index(cand) for cands in model.candidates], dtype=np.intp)
-        damage, totals = model.totals(choice)
-        bound = _bound(model, cost, totals[cost]) if has_cost else float(model.damage.min(axis=1).sum())
-        plans[cand] = model.plan(choice, backend="uniform", started=started, status=STATUS_HEURISTIC, bound=bound)
+        choice = np.array([cands.index(cand) for cands in compiled.candidates], dtype=np.intp)
+        damage, totals = compiled.totals(choice)
+        bound = _bound(compiled, cost, totals[cost]) if has_cost else float(compiled.damage.min(axis=1).sum())
+        plans[cand] = compiled.plan(choice, backend="uniform", started=started, status=STATUS_HEURISTIC, bound=bound)
         started = time.perf_counter()
     return plans

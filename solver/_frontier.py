@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver._model import Model, compile_problem, limits_of
-from solver._solve import check_reachable, solve_model
+from solver._compiled import CompiledProblem, compile_problem, limits_of
+from solver._solve import check_reachable, solve_compiled
 from solver.backends import auto_backend, get_backend
 from solver.backends import _lattice
 from solver.backends._ilp import fits
@@ -59,20 +59,20 @@ def frontier(
     """
     if points < 1:
         raise ValueError(f"points must be ≥ 1, got {points}")
-    model = compile_problem(problem)
-    model.cost(cost)
-    extra = limits_of(model, [b for b in budgets if b.cost != cost])
+    compiled = compile_problem(problem)
+    compiled.cost(cost)
+    extra = limits_of(compiled, [b for b in budgets if b.cost != cost])
     cap = min((b.limit for b in budgets if b.cost == cost), default=np.inf)
     if not extra and backend in ("auto", "dp", "mckp"):
         plans = None
         if backend != "mckp":
-            plans = _lattice_frontier(model, cost, points, cap)
+            plans = _lattice_frontier(compiled, cost, points, cap)
         if plans is None:
-            plans = _knapsack_frontier(model, cost, points, cap)
+            plans = _knapsack_frontier(compiled, cost, points, cap)
     elif len(extra) == 1 and backend in ("auto", "mckp2"):
-        plans = _two_frontier(model, cost, points, cap, extra)
+        plans = _two_frontier(compiled, cost, points, cap, extra)
     else:
-        plans = _ilp_frontier(model, cost, points, cap, extra, backend)
+        plans = _ilp_frontier(compiled, cost, points, cap, extra, backend)
     return Frontier(cost=cost, points=_non_dominated(plans, (cost,)))
 
 
@@ -83,46 +83,48 @@ def _grid(lo: float, hi: float, cap: float, points: int) -> np.ndarray:
     return np.linspace(lo, hi, points)
 
 
-def _lattice_frontier(model: Model, cost: str, points: int, cap: float) -> list[Plan] | None:
+def _lattice_frontier(compiled: CompiledProblem, cost: str, points: int, cap: float) -> list[Plan] | None:
     """Every grid point from one DP pass over the cost lattice; None when the DP does not apply
     (costs off a lattice, too many levels) so the caller falls back to the per-budget search."""
     started = time.perf_counter()
-    c = model.cost(cost)
-    lo = model.minimum(cost)
+    c = compiled.cost(cost)
+    lo = compiled.minimum(cost)
     if cap < lo:
-        check_reachable(model, {cost: cap})
-    ks = Knapsack(c, model.damage, model.valid)
-    rows = np.arange(model.n_groups)
+        check_reachable(compiled, {cost: cap})
+    ks = Knapsack(c, compiled.damage, compiled.valid)
+    rows = np.arange(compiled.n_groups)
     hull = ks.root_hull
     hi = float(ks.cost[rows, hull.vertices[rows, hull.n_steps]].sum())
     budgets = _grid(lo, hi, cap, points)
-    choices = lattice_choices(model, cost, budgets, ks)
+    choices = lattice_choices(compiled, cost, budgets, ks)
     if choices is None:
         return None
     seconds = (time.perf_counter() - started) / len(budgets)
-    tol = objective_tolerance(model.damage, model.valid)
-    return [model.plan(ch, backend="dp", started=time.perf_counter() - seconds, tolerance=_rel(tol, ch, model)) for ch in choices]
+    tol = objective_tolerance(compiled.damage, compiled.valid)
+    return [compiled.plan(ch, backend="dp", started=time.perf_counter() - seconds, tolerance=_rel(tol, ch, compiled)) for ch in choices]
 
 
-def _rel(abs_tol: float, choice: np.ndarray, model: Model) -> float:
-    damage = model.totals(choice)[0]
+def _rel(abs_tol: float, choice: np.ndarray, compiled: CompiledProblem) -> float:
+    damage = compiled.totals(choice)[0]
     return abs_tol / max(abs(damage), abs_tol, 1e-300)
 
 
-def lattice_choices(model: Model, cost: str, budgets: np.ndarray, ks: Knapsack) -> list[np.ndarray] | None:
+def lattice_choices(
+    compiled: CompiledProblem, cost: str, budgets: np.ndarray, ks: Knapsack
+) -> list[np.ndarray] | None:
     """The one-budget optimum at each of `budgets` from one DP pass over the cost lattice; None when
     the DP does not apply (costs off a lattice, too many levels)."""
-    c = model.cost(cost)
-    keep = _lattice.undominated(c, model.damage, model.valid)
+    c = compiled.cost(cost)
+    keep = _lattice.undominated(c, compiled.damage, compiled.valid)
     lat = _lattice.find_lattice(c, keep)
     if lat is None or not _lattice.affordable(lat.levels, lat.top):
         return None
-    table = _lattice.run(lat.levels, model.damage, lat.top)
+    table = _lattice.run(lat.levels, compiled.damage, lat.top)
     tops = np.array([min(lat.level_of(float(b)), lat.top) for b in budgets])
     levels = table.best_levels(tops)
     if (levels < 0).any():
         return None
-    rows = np.arange(model.n_groups)
+    rows = np.arange(compiled.n_groups)
     out = []
     for budget, choice in zip(budgets, table.backtrack(levels)):
         if not fits(float(c[rows, choice].sum()), float(budget)):  # rounding at a level's edge
@@ -131,27 +133,29 @@ def lattice_choices(model: Model, cost: str, budgets: np.ndarray, ks: Knapsack) 
     return out
 
 
-def _knapsack_frontier(model: Model, cost: str, points: int, cap: float) -> list[Plan]:
+def _knapsack_frontier(compiled: CompiledProblem, cost: str, points: int, cap: float) -> list[Plan]:
     started = time.perf_counter()
-    ks = Knapsack(model.cost(cost), model.damage, model.valid)
+    ks = Knapsack(compiled.cost(cost), compiled.damage, compiled.valid)
     lo = ks.minimum_cost()
     if cap < lo:
-        check_reachable(model, {cost: cap})
-    rows = np.arange(model.n_groups)
+        check_reachable(compiled, {cost: cap})
+    rows = np.arange(compiled.n_groups)
     hull = ks.root_hull
     dearest = hull.vertices[rows, hull.n_steps]
     hi = float(ks.cost[rows, dearest].sum())
     plans, prev = [], None
-    tol = objective_tolerance(model.damage, model.valid)
+    tol = objective_tolerance(compiled.damage, compiled.valid)
     for budget in _grid(lo, hi, cap, points):
         out = ks.solve(float(budget), start=prev)
         prev = out.choice
-        plans.append(model.plan(out.choice, backend="mckp", started=started, tolerance=_rel(tol, out.choice, model)))
+        plans.append(compiled.plan(out.choice, backend="mckp", started=started, tolerance=_rel(tol, out.choice, compiled)))
         started = time.perf_counter()
     return plans
 
 
-def _two_frontier(model: Model, cost: str, points: int, cap: float, extra: dict[str, float]) -> list[Plan]:
+def _two_frontier(
+    compiled: CompiledProblem, cost: str, points: int, cap: float, extra: dict[str, float]
+) -> list[Plan]:
     """Frontier on `cost` under one extra budget by the exact two-budget knapsack, one shared
     instance (its one-budget hulls serve every point). Where the extra budget does not bind, the
     one-budget optimum is the answer: for costs on a lattice one DP pass gives those for every
@@ -159,22 +163,22 @@ def _two_frontier(model: Model, cost: str, points: int, cap: float, extra: dict[
     so the previous optimum still fits) and its multiplier."""
     started = time.perf_counter()
     (other, limit), = extra.items()
-    check_reachable(model, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
-    c, o = model.cost(cost), model.cost(other)
+    check_reachable(compiled, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
+    c, o = compiled.cost(cost), compiled.cost(other)
     # Ends of the grid: the cheapest plan meeting the extra budget, and the least-damage one.
-    cheapest = Knapsack(o, c, model.valid).solve(limit)
-    best = Knapsack(o, model.damage, model.valid).solve(limit)
+    cheapest = Knapsack(o, c, compiled.valid).solve(limit)
+    best = Knapsack(o, compiled.damage, compiled.valid).solve(limit)
     if cheapest.choice is None or best.choice is None:
         raise InfeasibleBudget(
-            "the extra budgets cannot all be met together", minimums={other: model.minimum(other)}, violated=()
+            "the extra budgets cannot all be met together", minimums={other: compiled.minimum(other)}, violated=()
         )
-    lo = model.totals(cheapest.choice)[1][cost]
-    hi = model.totals(best.choice)[1][cost]
+    lo = compiled.totals(cheapest.choice)[1][cost]
+    hi = compiled.totals(best.choice)[1][cost]
     budgets = _grid(lo, hi, cap, points)
-    two = TwoBudget(c, o, model.damage, model.valid)
-    free = lattice_choices(model, cost, budgets, two.ka) or [None] * len(budgets)
-    tol = objective_tolerance(model.damage, model.valid)
-    rows = np.arange(model.n_groups)
+    two = TwoBudget(c, o, compiled.damage, compiled.valid)
+    free = lattice_choices(compiled, cost, budgets, two.ka) or [None] * len(budgets)
+    tol = objective_tolerance(compiled.damage, compiled.valid)
+    rows = np.arange(compiled.n_groups)
     plans, prev, hint = [], cheapest.choice, None
     for budget, alone in zip(budgets, free):
         if alone is not None and fits(float(o[rows, alone].sum()), limit):
@@ -185,38 +189,39 @@ def _two_frontier(model: Model, cost: str, points: int, cap: float, extra: dict[
                 started = time.perf_counter()
                 continue
             if out.status != "optimal":  # the core search gave up: the general path, checked
-                plans.append(solve_model(model, {**extra, cost: float(budget)}, start=prev))
-                prev = model.choice_of(plans[-1])
+                plans.append(solve_compiled(compiled, {**extra, cost: float(budget)}, start=prev))
+                prev = compiled.choice_of(plans[-1])
                 started = time.perf_counter()
                 continue
             choice, hint = out.choice, two.last_mu or hint
         prev = choice
-        plans.append(model.plan(choice, backend="mckp2", started=started, tolerance=_rel(tol, choice, model)))
+        tolerance = _rel(tol, choice, compiled)
+        plans.append(compiled.plan(choice, backend="mckp2", started=started, tolerance=tolerance))
         started = time.perf_counter()
     return plans
 
 
 def _ilp_frontier(
-    model: Model, cost: str, points: int, cap: float, extra: dict[str, float], backend: str
+    compiled: CompiledProblem, cost: str, points: int, cap: float, extra: dict[str, float], backend: str
 ) -> list[Plan]:
-    check_reachable(model, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
+    check_reachable(compiled, {**extra, **({cost: cap} if np.isfinite(cap) else {})})
     n_budgets = len(extra) + 1
     impl = auto_backend(n_budgets, general=True) if backend == "auto" else get_backend(backend, n_budgets)
     # Ends of the grid: the cheapest plan meeting the extra budgets, and the least-damage one.
-    cheapest = impl.solve(model, model.cost(cost), extra)
+    cheapest = impl.solve(compiled, compiled.cost(cost), extra)
     if cheapest.choice is None:
         raise InfeasibleBudget(
             "the extra budgets cannot all be met together",
-            minimums={n: model.minimum(n) for n in extra},
+            minimums={n: compiled.minimum(n) for n in extra},
             violated=(),
         )
-    lo = model.totals(cheapest.choice)[1][cost]
-    best = solve_model(model, extra, backend=impl.name if extra else backend)
+    lo = compiled.totals(cheapest.choice)[1][cost]
+    best = solve_compiled(compiled, extra, backend=impl.name if extra else backend)
     hi = best.costs[cost]
     plans, prev = [], cheapest.choice
     for budget in _grid(lo, hi, cap, points):
-        plan = solve_model(model, {**extra, cost: float(budget)}, backend=impl.name, start=prev)
-        prev = model.choice_of(plan)
+        plan = solve_compiled(compiled, {**extra, cost: float(budget)}, backend=impl.name, start=prev)
+        prev = compiled.choice_of(plan)
         plans.append(plan)
     return plans
 
@@ -242,12 +247,12 @@ def lower_convex_hull(problem: Problem, cost: str = "bytes") -> list[Plan]:
     """Every vertex of the lower convex hull of (cost, damage) over all plans, cheapest first: the
     plans minimising damage + λ·cost as λ sweeps from +∞ to 0. Each is optimal for its own cost."""
     started = time.perf_counter()
-    model = compile_problem(problem)
-    ks = Knapsack(model.cost(cost), model.damage, model.valid)
+    compiled = compile_problem(problem)
+    ks = Knapsack(compiled.cost(cost), compiled.damage, compiled.valid)
     hull = ks.root_hull
     choice = hull.base.copy()
-    steps = np.zeros(model.n_groups, dtype=np.intp)
-    plans = [model.plan(choice, backend="lagrangian", started=started)]
+    steps = np.zeros(compiled.n_groups, dtype=np.intp)
+    plans = [compiled.plan(choice, backend="lagrangian", started=started)]
     eff = hull.eff
     breaks = np.flatnonzero(np.r_[eff[1:] != eff[:-1], True]) if eff.size else np.empty(0, dtype=np.intp)
     begin = 0
@@ -257,7 +262,7 @@ def lower_convex_hull(problem: Problem, cost: str = "bytes") -> list[Plan]:
         choice[rows] = hull.vertices[rows, steps[rows]]
         begin = end
         started_point = time.perf_counter()
-        plans.append(model.plan(choice, backend="lagrangian", started=started_point))
+        plans.append(compiled.plan(choice, backend="lagrangian", started=started_point))
     return plans
 
 
@@ -278,18 +283,18 @@ def frontier_2d(
         raise ValueError(f"grid must be two positive counts, got {grid}")
     if costs[0] == costs[1]:
         raise ValueError("frontier_2d needs two different costs")
-    model = compile_problem(problem)
-    extra = limits_of(model, [b for b in budgets if b.cost not in costs])
-    best = solve_model(model, extra, backend=backend)
+    compiled = compile_problem(problem)
+    extra = limits_of(compiled, [b for b in budgets if b.cost not in costs])
+    best = solve_compiled(compiled, extra, backend=backend)
     axes = []
     for c in costs:
         cap = min((b.limit for b in budgets if b.cost == c), default=np.inf)
-        axes.append(_grid(model.minimum(c), best.costs[c], cap, n if c == costs[0] else m))
+        axes.append(_grid(compiled.minimum(c), best.costs[c], cap, n if c == costs[0] else m))
     name = backend if backend == "auto" else get_backend(backend, len(extra) + 2).name
     # No extra budget: one shared two-budget knapsack (its one-budget hulls serve every cell).
-    two = TwoBudget(model.cost(costs[0]), model.cost(costs[1]), model.damage, model.valid)
+    two = TwoBudget(compiled.cost(costs[0]), compiled.cost(costs[1]), compiled.damage, compiled.valid)
     shared = not extra and name in ("auto", "mckp2")
-    tol = objective_tolerance(model.damage, model.valid)
+    tol = objective_tolerance(compiled.damage, compiled.valid)
     plans: list[Plan] = []
     for a in axes[0]:
         prev, hint = None, None
@@ -302,14 +307,14 @@ def frontier_2d(
                 if out.status == "optimal":
                     hint = two.last_mu or hint
                     prev = out.choice
-                    plans.append(model.plan(out.choice, backend="mckp2", started=started, tolerance=_rel(tol, out.choice, model)))
+                    plans.append(compiled.plan(out.choice, backend="mckp2", started=started, tolerance=_rel(tol, out.choice, compiled)))
                     continue
             try:
-                plan = solve_model(
-                    model, {**extra, costs[0]: float(a), costs[1]: float(b)}, backend=name, start=prev
+                plan = solve_compiled(
+                    compiled, {**extra, costs[0]: float(a), costs[1]: float(b)}, backend=name, start=prev
                 )
             except InfeasibleBudget:
                 continue
-            prev = model.choice_of(plan)
+            prev = compiled.choice_of(plan)
             plans.append(plan)
     return Frontier2D(costs=costs, points=_non_dominated(plans, costs))

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from solver._model import Model, compile_problem, limits_of
+from solver._compiled import CompiledProblem, compile_problem, limits_of
 import numpy as np
 
 from solver.backends import AUTO, auto_backend, get_backend
@@ -28,9 +28,9 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
-def check_reachable(model: Model, limits: Mapping[str, float]) -> dict[str, float]:
+def check_reachable(compiled: CompiledProblem, limits: Mapping[str, float]) -> dict[str, float]:
     """Minimum of every budgeted cost; raises InfeasibleBudget naming the limits below theirs."""
-    minimums = {name: model.minimum(name) for name in limits}
+    minimums = {name: compiled.minimum(name) for name in limits}
     violated = tuple(n for n, lim in limits.items() if not fits(minimums[n], lim))
     if violated:
         parts = "; ".join(
@@ -57,8 +57,8 @@ class _Result:
     abs_tol: float | None = None
 
 
-def solve_model(
-    model: Model,
+def solve_compiled(
+    compiled: CompiledProblem,
     limits: Mapping[str, float],
     *,
     backend: str = "auto",
@@ -70,19 +70,19 @@ def solve_model(
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit}")
     impl = get_backend(backend, len(limits))
-    minimums = check_reachable(model, limits)
+    minimums = check_reachable(compiled, limits)
     if backend == AUTO and impl.name in ("mckp", "mckp2"):
-        res = _auto_exact(model, limits, time_limit, start, started)
+        res = _auto_exact(compiled, limits, time_limit, start, started)
     elif impl.name in EXACT:
-        out = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start)
-        res = _Result(out, impl.name, objective_tolerance(model.damage, model.valid))
+        out = impl.solve(compiled, compiled.damage, limits, time_limit=time_limit, start=start)
+        res = _Result(out, impl.name, objective_tolerance(compiled.damage, compiled.valid))
     else:
-        out = impl.solve(model, model.damage, limits, time_limit=time_limit, start=start)
-        res = _checked(model, limits, _Result(out, impl.name), _left(time_limit, started))
-    return plan_of(model, limits, res, minimums, time_limit, started)
+        out = impl.solve(compiled, compiled.damage, limits, time_limit=time_limit, start=start)
+        res = _checked(compiled, limits, _Result(out, impl.name), _left(time_limit, started))
+    return plan_of(compiled, limits, res, minimums, time_limit, started)
 
 
-def plan_of(model: Model, limits, res: _Result, minimums, time_limit, started) -> Plan:
+def plan_of(compiled: CompiledProblem, limits, res: _Result, minimums, time_limit, started) -> Plan:
     out, name = res.out, res.backend
     if out.status == "infeasible":
         names = ", ".join(f"{n} ≤ {_fmt(v)}" for n, v in limits.items())
@@ -92,12 +92,12 @@ def plan_of(model: Model, limits, res: _Result, minimums, time_limit, started) -
     if out.choice is None:
         raise TimeLimitReached(f"time limit of {time_limit} s ended before {name} found a plan")
     if out.status == "optimal":
-        damage = model.totals(out.choice)[0]
+        damage = compiled.totals(out.choice)[0]
         bound = None if res.abs_tol is not None else out.bound
         tol = _relative(res.abs_tol, damage) if res.abs_tol is not None else TOLERANCE
-        return model.plan(out.choice, backend=name, started=started, status=STATUS_OPTIMAL, bound=bound, tolerance=tol)
+        return compiled.plan(out.choice, backend=name, started=started, status=STATUS_OPTIMAL, bound=bound, tolerance=tol)
     status = STATUS_TIME_LIMIT if out.status == "time_limit" else STATUS_FEASIBLE
-    return model.plan(out.choice, backend=name, started=started, status=status, bound=out.bound)
+    return compiled.plan(out.choice, backend=name, started=started, status=status, bound=out.bound)
 
 
 def _relative(abs_tol: float, damage: float) -> float:
@@ -108,19 +108,21 @@ def _left(time_limit: float | None, started: float) -> float | None:
     return None if time_limit is None else max(time_limit - (time.perf_counter() - started), 1e-3)
 
 
-def exact_solver(model: Model, limits: Mapping[str, float]):
+def exact_solver(compiled: CompiledProblem, limits: Mapping[str, float]):
     """The exact method for these limits (≤ 2), as a callable (start, time_limit) → Outcome."""
     names = list(limits)
     if len(names) == 2:
-        two = TwoBudget(model.cost(names[0]), model.cost(names[1]), model.damage, model.valid)
+        two = TwoBudget(compiled.cost(names[0]), compiled.cost(names[1]), compiled.damage, compiled.valid)
         return "mckp2", lambda start, tl: two.solve(limits[names[0]], limits[names[1]], start=start, time_limit=tl)
-    cost = model.cost(names[0]) if names else np.zeros(model.valid.shape)
+    cost = compiled.cost(names[0]) if names else np.zeros(compiled.valid.shape)
     limit = limits[names[0]] if names else 0.0
-    ks = Knapsack(cost, model.damage, model.valid)
+    ks = Knapsack(cost, compiled.damage, compiled.valid)
     return "mckp", lambda start, tl: ks.solve(limit, start=start, time_limit=tl)
 
 
-def _checked(model: Model, limits: Mapping[str, float], res: _Result, time_limit: float | None) -> _Result:
+def _checked(
+    compiled: CompiledProblem, limits: Mapping[str, float], res: _Result, time_limit: float | None
+) -> _Result:
     """An ILP back-end's "optimal" checked against bitplan's own methods. Up to two budgets the
     exact knapsack methods are rerun from the ILP's plan (quick with that incumbent): a better plan
     replaces it (named after its method), otherwise the ILP's plan is optimal to their tolerance.
@@ -130,19 +132,19 @@ def _checked(model: Model, limits: Mapping[str, float], res: _Result, time_limit
     if out.status != "optimal" or out.choice is None:
         return res
     started = time.perf_counter()
-    abs_tol = objective_tolerance(model.damage, model.valid)
-    value = model.totals(out.choice)[0]
+    abs_tol = objective_tolerance(compiled.damage, compiled.valid)
+    value = compiled.totals(out.choice)[0]
     names = list(limits)
     groups = [names] if len(names) <= 2 else list(itertools.combinations(names, 2))
     bound = -np.inf
     for group in groups:
         sub = {n: limits[n] for n in group}
-        method, run = exact_solver(model, sub)
+        method, run = exact_solver(compiled, sub)
         start = out.choice if len(groups) == 1 else None
         ex = run(start, _left(time_limit, started))
         if ex.status == "optimal" and ex.choice is not None:
-            ex_value = model.totals(ex.choice)[0]
-            if not violation(model, ex.choice, limits):
+            ex_value = compiled.totals(ex.choice)[0]
+            if not violation(compiled, ex.choice, limits):
                 if ex_value < value - abs_tol:
                     return _Result(ex, method, abs_tol)
                 return _Result(out, res.backend, abs_tol)
@@ -159,22 +161,22 @@ def _checked(model: Model, limits: Mapping[str, float], res: _Result, time_limit
 AUTO_NODE_LIMIT = 50_000
 
 
-def _auto_exact(model: Model, limits, time_limit, start, started) -> _Result:
+def _auto_exact(compiled: CompiledProblem, limits, time_limit, start, started) -> _Result:
     """The knapsack methods first (one budget: with a node limit; two: with their state cap); if
     they stop incomplete (adversarial tables with many equal trade-offs), hand the incumbent to
     the general ILP as a warm start, and measure its plan against the knapsack's proven bound."""
-    abs_tol = objective_tolerance(model.damage, model.valid)
+    abs_tol = objective_tolerance(compiled.damage, compiled.valid)
     if len(limits) == 2:
         (na, la), (nb, lb) = limits.items()
-        two = TwoBudget(model.cost(na), model.cost(nb), model.damage, model.valid)
+        two = TwoBudget(compiled.cost(na), compiled.cost(nb), compiled.damage, compiled.valid)
         out, name = two.solve(la, lb, start=start, time_limit=time_limit), "mckp2"
     else:
         if limits:
             (cname, limit), = limits.items()
-            cost = model.cost(cname)
+            cost = compiled.cost(cname)
         else:
-            cost, limit = np.zeros(model.valid.shape), 0.0
-        out = Knapsack(cost, model.damage, model.valid).solve(
+            cost, limit = np.zeros(compiled.valid.shape), 0.0
+        out = Knapsack(cost, compiled.damage, compiled.valid).solve(
             limit, time_limit=time_limit, start=start, node_limit=AUTO_NODE_LIMIT
         )
         name = "mckp"
@@ -184,13 +186,15 @@ def _auto_exact(model: Model, limits, time_limit, start, started) -> _Result:
         general = auto_backend(len(limits), general=True)
     except BackendUnavailable:
         return _Result(Outcome(out.choice, "feasible", out.bound), name)
-    ilp = general.solve(model, model.damage, limits, time_limit=_left(time_limit, started), start=out.choice)
+    ilp = general.solve(
+        compiled, compiled.damage, limits, time_limit=_left(time_limit, started), start=out.choice
+    )
     bound = max(out.bound, ilp.bound if ilp.status != "optimal" else -np.inf)
-    if ilp.choice is None or model.totals(ilp.choice)[0] > model.totals(out.choice)[0]:
+    if ilp.choice is None or compiled.totals(ilp.choice)[0] > compiled.totals(out.choice)[0]:
         best, who = out.choice, name
     else:
         best, who = ilp.choice, general.name
-    value = model.totals(best)[0]
+    value = compiled.totals(best)[0]
     bound = min(bound, value)
     if relative_gap(value, bound) <= TOLERANCE:
         return _Result(Outcome(best, "optimal", bound), who)
@@ -215,5 +219,5 @@ def solve(
     """
     if isinstance(budgets, Budget):
         budgets = [budgets]
-    model = compile_problem(problem)
-    return solve_model(model, limits_of(model, budgets), backend=backend, time_limit=time_limit)
+    compiled = compile_problem(problem)
+    return solve_compiled(compiled, limits_of(compiled, budgets), backend=backend, time_limit=time_limit)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver._model import compile_problem, limits_of
+from solver._compiled import compile_problem, limits_of
 from solver._frontier import frontier
 from solver.backends._ilp import fits
 from solver.plan import STATUS_HEURISTIC, Plan
@@ -66,14 +66,14 @@ def search(
     else:
         raise ValueError(f"unknown sampler {sampler!r}; valid: nsga2, tpe")
 
-    model = compile_problem(problem)
-    limits = limits_of(model, budgets)
+    compiled = compile_problem(problem)
+    limits = limits_of(compiled, budgets)
     units = problem.units
-    keys = [units[m[0]].name for m in model.members]
-    choices = [list(c) for c in model.candidates]
+    keys = [units[m[0]].name for m in compiled.members]
+    choices = [list(c) for c in compiled.candidates]
 
     seeds = list(seed_plans)
-    cost_objs = [n for n, _ in objectives if n in model.costs]
+    cost_objs = [n for n, _ in objectives if n in compiled.costs]
     if seed_frontier_points > 0 and cost_objs:
         seeds += frontier(problem, cost_objs[0], seed_frontier_points, budgets=budgets).points
 
@@ -88,7 +88,7 @@ def search(
         choice = np.array(
             [c.index(trial.suggest_categorical(k, c)) for k, c in zip(keys, choices)], dtype=np.intp
         )
-        plan = model.plan(choice, backend=f"optuna-{sampler}", started=started, status=STATUS_HEURISTIC)
+        plan = compiled.plan(choice, backend=f"optuna-{sampler}", started=started, status=STATUS_HEURISTIC)
         if not all(fits(plan.costs[n], lim) for n, lim in limits.items()):
             raise optuna.TrialPruned("breaks a budget")
         measured = dict(evaluate(plan))

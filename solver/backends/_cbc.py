@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from solver._model import Model
+from solver._compiled import CompiledProblem
 from solver.backends._ilp import Layout, solve_tightened
 from solver.backends.base import Backend, Outcome
 
@@ -33,7 +33,7 @@ class CbcBackend(Backend):
 
     def solve(
         self,
-        model: Model,
+        compiled: CompiledProblem,
         objective: np.ndarray,
         limits: Mapping[str, float],
         *,
@@ -45,7 +45,7 @@ class CbcBackend(Backend):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return _run(lay, time_limit)
 
-        return solve_tightened(model, objective, limits, run)
+        return solve_tightened(compiled, objective, limits, run)
 
 
 def _build(lay: Layout, *, relax: bool):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from solver._model import Model
+from solver._compiled import CompiledProblem
 from solver.backends._ilp import Layout, solve_tightened
 from solver.backends.base import Backend, Outcome
 
@@ -23,7 +23,7 @@ class HighsBackend(Backend):
 
     def solve(
         self,
-        model: Model,
+        compiled: CompiledProblem,
         objective: np.ndarray,
         limits: Mapping[str, float],
         *,
@@ -32,7 +32,7 @@ class HighsBackend(Backend):
     ) -> Outcome:
         # After a tightening the old plan no longer fits: warm-start only the first try.
         return solve_tightened(
-            model, objective, limits, lambda lay, first: _run(lay, time_limit, start if first else None)
+            compiled, objective, limits, lambda lay, first: _run(lay, time_limit, start if first else None)
         )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver._model import Model
+from solver._compiled import CompiledProblem
 from solver.backends.base import Outcome
 from solver.errors import SolverError
 
@@ -53,11 +53,11 @@ class Layout:
         return scaled * self.obj_scale + self.obj_shift
 
 
-def layout(model: Model, objective: np.ndarray, limits: Mapping[str, float]) -> Layout | None:
+def layout(compiled: CompiledProblem, objective: np.ndarray, limits: Mapping[str, float]) -> Layout | None:
     """Columns and rows of the ILP, or None when the fixed groups alone break a limit."""
-    valid = model.valid
+    valid = compiled.valid
     names = tuple(limits)
-    costs = [np.where(valid, model.cost(n), np.inf) for n in names]
+    costs = [np.where(valid, compiled.cost(n), np.inf) for n in names]
     obj = np.where(valid, objective, np.inf)
     # k dominates j: no worse everywhere, and better somewhere or earlier (keeps one of equals).
     le = obj[:, :, None] <= obj[:, None, :]
@@ -79,7 +79,7 @@ def layout(model: Model, objective: np.ndarray, limits: Mapping[str, float]) -> 
     gmin = np.where(keep, obj, np.inf).min(axis=1)
     col_obj = obj[col_group, col_option] - gmin[col_group]
     shift_obj += gmin[free].sum()
-    scale = _objective_scale(model, objective, limits, float(shift_obj), col_obj)
+    scale = _objective_scale(compiled, objective, limits, float(shift_obj), col_obj)
 
     coef = np.zeros((len(names), col_group.size))
     upper = np.zeros(len(names))
@@ -105,7 +105,7 @@ def layout(model: Model, objective: np.ndarray, limits: Mapping[str, float]) -> 
     )
 
 
-def _objective_scale(model: Model, objective: np.ndarray, limits: Mapping[str, float], shift: float, col_obj) -> float:
+def _objective_scale(compiled: CompiledProblem, objective: np.ndarray, limits: Mapping[str, float], shift: float, col_obj) -> float:
     """What the shifted objective is divided by: the LP bound of the optimum over the shift when
     that is clearly positive, else the largest column. Solvers' optimality tolerances are absolute;
     scaled by the largest column (a 2-bit option's damage), a plan 1e-4 worse than the optimum at
@@ -115,18 +115,19 @@ def _objective_scale(model: Model, objective: np.ndarray, limits: Mapping[str, f
     top = float(col_obj.max()) if col_obj.size and col_obj.max() > 0 else 1.0
     est = -np.inf
     for name, limit in limits.items():
-        est = max(est, Knapsack(model.cost(name), objective, model.valid).lagrangian_bound(limit) - shift)
+        knapsack = Knapsack(compiled.cost(name), objective, compiled.valid)
+        est = max(est, knapsack.lagrangian_bound(limit) - shift)
     return est if np.isfinite(est) and est > 1e-9 * top else top
 
 
-def violation(model: Model, choice: np.ndarray, limits: Mapping[str, float]) -> dict[str, float]:
+def violation(compiled: CompiledProblem, choice: np.ndarray, limits: Mapping[str, float]) -> dict[str, float]:
     """Limits a choice exceeds (beyond rounding), with the excess."""
-    _, totals = model.totals(choice)
+    _, totals = compiled.totals(choice)
     return {n: totals[n] - lim for n, lim in limits.items() if not fits(totals[n], lim)}
 
 
 def solve_tightened(
-    model: Model,
+    compiled: CompiledProblem,
     objective: np.ndarray,
     limits: Mapping[str, float],
     run: Callable[[Layout, bool], Outcome],
@@ -135,13 +136,13 @@ def solve_tightened(
     over a limit through, tighten that limit by twice the excess and solve again (a few tries)."""
     limits = dict(limits)
     for attempt in range(TIGHTEN_TRIES):
-        lay = layout(model, objective, limits)
+        lay = layout(compiled, objective, limits)
         if lay is None:
             return Outcome(None, "infeasible", float("inf"))
         out = run(lay, attempt == 0)
         if out.choice is None:
             return out
-        over = violation(model, out.choice, limits)
+        over = violation(compiled, out.choice, limits)
         if not over:
             return out
         for name, excess in over.items():

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver._model import Model
+from solver._compiled import CompiledProblem
 from solver.backends._ilp import FEAS_REL
 from solver.backends.base import Backend, Outcome, single_budget
 
@@ -242,7 +242,7 @@ class DpBackend(Backend):
 
     def solve(
         self,
-        model: Model,
+        compiled: CompiledProblem,
         objective: np.ndarray,
         limits: Mapping[str, float],
         *,
@@ -251,11 +251,11 @@ class DpBackend(Backend):
     ) -> Outcome:
         from solver.backends._mckp import Knapsack
 
-        cost, limit = single_budget(model, limits, "dp")
-        status, choice = solve_budget(cost, objective, model.valid, limit)
+        cost, limit = single_budget(compiled, limits, "dp")
+        status, choice = solve_budget(cost, objective, compiled.valid, limit)
         if status == "optimal":
             value = float(objective[np.arange(choice.size), choice].sum())
             return Outcome(choice, "optimal", value)
         if status == "infeasible":
             return Outcome(None, "infeasible", float("inf"))
-        return Knapsack(cost, objective, model.valid).solve(limit, time_limit=time_limit, start=start)
+        return Knapsack(cost, objective, compiled.valid).solve(limit, time_limit=time_limit, start=start)

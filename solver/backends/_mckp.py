@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver._model import Model
+from solver._compiled import CompiledProblem
 from solver.backends import _lattice, _pareto
 from solver.backends._ilp import FEAS_REL
 from solver.backends.base import Backend, Outcome, single_budget
@@ -166,7 +166,7 @@ def objective_tolerance(obj: np.ndarray, valid: np.ndarray) -> float:
 
 
 class Knapsack:
-    """Exact solver for one objective and one cost over a Model, reusable across budgets."""
+    """Exact solver for one objective and one cost over a CompiledProblem, reusable across budgets."""
 
     def __init__(self, cost: np.ndarray, obj: np.ndarray, valid: np.ndarray, *, core_dp: bool | None = None):
         self.core_dp = CORE_DP if core_dp is None else core_dp
@@ -361,12 +361,12 @@ class MckpBackend(Backend):
 
     def solve(
         self,
-        model: Model,
+        compiled: CompiledProblem,
         objective: np.ndarray,
         limits: Mapping[str, float],
         *,
         time_limit: float | None = None,
         start: np.ndarray | None = None,
     ) -> Outcome:
-        cost, limit = single_budget(model, limits, "mckp")
-        return Knapsack(cost, objective, model.valid).solve(limit, time_limit=time_limit, start=start)
+        cost, limit = single_budget(compiled, limits, "mckp")
+        return Knapsack(cost, objective, compiled.valid).solve(limit, time_limit=time_limit, start=start)

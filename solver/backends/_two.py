@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver._model import Model
+from solver._compiled import CompiledProblem
 from solver.backends._ilp import FEAS_REL, fits
 from solver.backends._mckp import Knapsack, _Hull
 from solver.backends.base import Backend, Outcome
@@ -50,7 +50,7 @@ class Multipliers:
 
 
 class TwoBudget:
-    """Exact solver for one objective and two costs over a Model's arrays, reusable across limits
+    """Exact solver for one objective and two costs over a CompiledProblem's arrays, reusable across limits
     (the one-budget knapsacks' hulls do not depend on the limits)."""
 
     def __init__(self, cost_a: np.ndarray, cost_b: np.ndarray, obj: np.ndarray, valid: np.ndarray):
@@ -459,7 +459,7 @@ class Mckp2Backend(Backend):
 
     def solve(
         self,
-        model: Model,
+        compiled: CompiledProblem,
         objective: np.ndarray,
         limits: Mapping[str, float],
         *,
@@ -471,10 +471,10 @@ class Mckp2Backend(Backend):
         if len(limits) < 2:
             if limits:
                 (name, limit), = limits.items()
-                cost = model.cost(name)
+                cost = compiled.cost(name)
             else:
-                cost, limit = np.zeros(model.valid.shape), 0.0
-            return Knapsack(cost, objective, model.valid).solve(limit, time_limit=time_limit, start=start)
+                cost, limit = np.zeros(compiled.valid.shape), 0.0
+            return Knapsack(cost, objective, compiled.valid).solve(limit, time_limit=time_limit, start=start)
         (na, la), (nb, lb) = limits.items()
-        two = TwoBudget(model.cost(na), model.cost(nb), objective, model.valid)
+        two = TwoBudget(compiled.cost(na), compiled.cost(nb), objective, compiled.valid)
         return two.solve(la, lb, start=start, time_limit=time_limit)

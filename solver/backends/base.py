@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from solver._model import Model
+from solver._compiled import CompiledProblem
 
 OutcomeStatus = Literal["optimal", "time_limit", "incomplete", "infeasible", "no_solution"]
 
@@ -25,12 +25,12 @@ class Outcome:
 
 
 class Backend(ABC):
-    """Minimises a separable objective over a Model under upper limits on named costs.
+    """Minimises a separable objective over a CompiledProblem under upper limits on named costs.
 
     Rules:
     - `name` is unique in the registry; `max_budgets` is how many limits it accepts (None: any).
     - `available()` is cheap, imports the optional library lazily and never raises.
-    - `solve` must not mutate the Model, the objective or the limits, keeps no state between calls
+    - `solve` must not mutate the CompiledProblem, the objective or the limits, keeps no state between calls
       (one instance serves concurrent threads) and returns "optimal" only with a proof.
     - `objective[g, j]` is finite for every valid slot; invalid slots must never be chosen.
     - `start` is an optional feasible choice to warm-start from; it may be ignored.
@@ -46,7 +46,7 @@ class Backend(ABC):
     @abstractmethod
     def solve(
         self,
-        model: Model,
+        compiled: CompiledProblem,
         objective: np.ndarray,
         limits: Mapping[str, float],
         *,
@@ -59,12 +59,14 @@ class Backend(ABC):
         return self.max_budgets is None or n_budgets <= self.max_budgets
 
 
-def single_budget(model: Model, limits: Mapping[str, float], backend: str) -> tuple[np.ndarray, float]:
+def single_budget(
+    compiled: CompiledProblem, limits: Mapping[str, float], backend: str
+) -> tuple[np.ndarray, float]:
     """The one limited cost and its limit for a back-end that takes at most one budget (no budget:
     a zero cost under a zero limit)."""
     if len(limits) > 1:
         raise ValueError(f"the {backend} back-end takes at most one budget")
     if limits:
         (name, limit), = limits.items()
-        return model.cost(name), limit
-    return np.zeros(model.valid.shape), 0.0
+        return compiled.cost(name), limit
+    return np.zeros(compiled.valid.shape), 0.0

@@ -194,7 +194,7 @@ def test_unavailable_backend_is_reported_not_imported():
         def available(self) -> bool:
             return False
 
-        def solve(self, model, objective, limits, *, time_limit=None, start=None):
+        def solve(self, compiled, objective, limits, *, time_limit=None, start=None):
             raise AssertionError("never called")
 
     register(Missing())
@@ -221,7 +221,7 @@ class Custom(Backend):
     name = "custom"
     def available(self):
         return True
-    def solve(self, model, objective, limits, *, time_limit=None, start=None):
+    def solve(self, compiled, objective, limits, *, time_limit=None, start=None):
         raise AssertionError("never called")
 
 register(Custom())

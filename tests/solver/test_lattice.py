@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis import assume
 
 from solver import Budget, Option, Problem, Unit, frontier, problem_from_dict, solve
-from solver._model import compile_problem
+from solver._compiled import compile_problem
 from solver.backends import _lattice, _mckp, _pareto
 from solver.backends._mckp import Knapsack, _Hull
 from solver.errors import ProblemError
@@ -65,19 +65,19 @@ def _every_budget(problem: Problem) -> list[float]:
 @given(problem=st.one_of(degenerate(), problems(costs=("bytes",))))
 def test_dp_table_gives_every_budget_optimum(problem):
     """One DP pass: the prefix minimum at each plan total's level equals brute force there."""
-    model = compile_problem(problem)
-    cost = model.cost("bytes")
-    keep = _lattice.undominated(cost, model.damage, model.valid)
+    compiled = compile_problem(problem)
+    cost = compiled.cost("bytes")
+    keep = _lattice.undominated(cost, compiled.damage, compiled.valid)
     lat = _lattice.find_lattice(cost, keep)
     assert lat is not None  # integer multiples of one scale always lie on a lattice
-    table = _lattice.run(lat.levels, model.damage, lat.top)
+    table = _lattice.run(lat.levels, compiled.damage, lat.top)
     budgets = _every_budget(problem)
     ks = table.best_levels(np.array([lat.level_of(b) for b in budgets]))
     choices = table.backtrack(ks)
-    rows = np.arange(model.n_groups)
+    rows = np.arange(compiled.n_groups)
     for budget, choice in zip(budgets, choices):
-        assert model.valid[rows, choice].all()
-        got, costs = model.totals(choice)
+        assert compiled.valid[rows, choice].all()
+        got, costs = compiled.totals(choice)
         assert costs["bytes"] <= budget * (1 + 1e-10) + 1e-300
         assert abs(got - brute_force(problem, [Budget("bytes", budget)])) <= damage_tol(problem)
 
@@ -104,13 +104,13 @@ def test_dp_frontier_equals_per_budget_exact_solves(problem, points):
 @given(problem=st.one_of(degenerate(), degenerate(float_costs=True), problems(costs=("bytes",))), data=st.data())
 def test_core_methods_match_brute_force(problem, data):
     """The two core solvers the B&B calls at its root, run on the whole problem at any budget."""
-    model = compile_problem(problem)
-    cost, dmg, valid = model.cost("bytes"), model.damage, model.valid
+    compiled = compile_problem(problem)
+    cost, dmg, valid = compiled.cost("bytes"), compiled.damage, compiled.valid
     values = _every_budget(problem)
     budget = data.draw(st.one_of(st.sampled_from(values), st.floats(0, max(values) * 1.2 + 1)))
     expected = brute_force(problem, [Budget("bytes", budget)])
     slack = 1e-10 * max(1.0, budget)
-    rows = np.arange(model.n_groups)
+    rows = np.arange(compiled.n_groups)
 
     status, choice = _lattice.solve_budget(cost, dmg, valid, budget)
     if status == "optimal":
@@ -137,11 +137,11 @@ def test_knapsack_with_and_without_core_dp_match_brute_force(problem, data):
     values = _every_budget(problem)
     budget = data.draw(st.sampled_from(values))
     expected = brute_force(problem, [Budget("bytes", budget)])
-    model = compile_problem(problem)
+    compiled = compile_problem(problem)
     for core_dp in (True, False):
-        out = Knapsack(model.cost("bytes"), model.damage, model.valid, core_dp=core_dp).solve(budget)
+        out = Knapsack(compiled.cost("bytes"), compiled.damage, compiled.valid, core_dp=core_dp).solve(budget)
         assert out.status == "optimal"
-        assert abs(model.totals(out.choice)[0] - expected) <= damage_tol(problem)
+        assert abs(compiled.totals(out.choice)[0] - expected) <= damage_tol(problem)
 
 
 def test_lattice_detection():

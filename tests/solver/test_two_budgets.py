@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from solver import Budget, Option, Problem, Unit, average_bits_budget, frontier, frontier_2d, solve
-from solver._model import compile_problem
+from solver._compiled import compile_problem
 from solver.backends import BACKENDS, _two, get_backend, register
 from solver.backends._two import TwoBudget, _core, _undominated3
 from solver.backends.base import Backend, Outcome
@@ -49,10 +49,10 @@ def test_ilp_objective_scaled_to_the_optimum_finds_it_unchecked(name):
     """The ILP layout divides the objective by the LP bound of its optimum, not by the largest
     column, so the solver's absolute tolerances no longer let the 2e-7-worse plan through."""
     problem, size, latency, alone = _llama_case()
-    model = compile_problem(problem)
-    out = get_backend(name, 2).solve(model, model.damage, {"bytes": size.limit, "latency_ms": latency.limit})
+    compiled = compile_problem(problem)
+    out = get_backend(name, 2).solve(compiled, compiled.damage, {"bytes": size.limit, "latency_ms": latency.limit})
     assert out.status == "optimal"
-    assert model.totals(out.choice)[0] <= alone.damage * (1 + 1e-12)
+    assert compiled.totals(out.choice)[0] <= alone.damage * (1 + 1e-12)
 
 
 class _Liar(Backend):
@@ -63,9 +63,9 @@ class _Liar(Backend):
     def available(self) -> bool:
         return True
 
-    def solve(self, model, objective, limits, *, time_limit=None, start=None):
-        rows = np.arange(model.n_groups)
-        cheapest = np.argmin(np.where(model.valid, sum(model.cost(n) for n in limits), np.inf), axis=1)
+    def solve(self, compiled, objective, limits, *, time_limit=None, start=None):
+        rows = np.arange(compiled.n_groups)
+        cheapest = np.argmin(np.where(compiled.valid, sum(compiled.cost(n) for n in limits), np.inf), axis=1)
         return Outcome(cheapest, "optimal", float(objective[rows, cheapest].sum()))
 
 
@@ -152,20 +152,20 @@ def test_dominance_filter_keeps_every_undominated_state(states):
 def test_core_dp_alone_is_exact(problem, data):
     """The core DP with no incumbent and no multipliers (rc all zero) is a plain exact search."""
     budgets = data.draw(budgets_for(problem, ["bytes", "lat"]))
-    model = compile_problem(problem)
-    ca, cb = model.cost("bytes"), model.cost("lat")
-    valid = model.valid
+    compiled = compile_problem(problem)
+    ca, cb = compiled.cost("bytes"), compiled.cost("lat")
+    valid = compiled.valid
     inf = lambda x: np.where(valid, x, np.inf)
     a, b = budgets[0].limit, budgets[1].limit
-    status, choice = _core(inf(ca), inf(cb), inf(model.damage), valid, np.zeros(valid.shape), a, b,
+    status, choice = _core(inf(ca), inf(cb), inf(compiled.damage), valid, np.zeros(valid.shape), a, b,
                            1e-10 * max(1, a), 1e-10 * max(1, b), np.inf, 0.0, None)  # fmt: skip
     expected = brute_force(problem, budgets)
     if expected is None:
         assert status == "none"
         return
     assert status == "optimal"
-    rows = np.arange(model.n_groups)
-    assert abs(float(model.damage[rows, choice].sum()) - expected) <= damage_tol(problem)
+    rows = np.arange(compiled.n_groups)
+    assert abs(float(compiled.damage[rows, choice].sum()) - expected) <= damage_tol(problem)
 
 
 def test_two_budget_frontier_matches_per_point_solves():

@@ -10,7 +10,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from solver import Budget, Option, Plan, Problem, Unit
-from solver._model import compile_problem
+from solver._compiled import compile_problem
 from solver.errors import ProblemError
 from tests.utils.llm_tables import synthetic_llm  # noqa: F401 - re-exported for the tests
 

@@ -20,11 +20,12 @@ from solver.problem import Budget, Problem
 
 
 @dataclass(frozen=True, eq=False)
-class Model:
+class CompiledProblem:
     """Groups × padded options. Invalid slots hold +inf in `damage` and every cost array.
 
-    Immutable by convention: back-ends read it, never write it, so one Model may serve many solves
-    (and threads) at once.
+    Immutable by convention: back-ends read it, never write it, so one CompiledProblem may serve many
+    solves (and threads) at once. Named apart from `Problem` (what the caller states) and from the
+    network being quantized, which the rest of the project calls a model.
     """
 
     problem: Problem
@@ -98,16 +99,16 @@ class Model:
         return out
 
 
-def limits_of(model: Model, budgets: "list[Budget] | tuple[Budget, ...]") -> dict[str, float]:
+def limits_of(compiled: CompiledProblem, budgets: "list[Budget] | tuple[Budget, ...]") -> dict[str, float]:
     """Budgets as cost → tightest limit; unknown cost names are a ValueError."""
     limits: dict[str, float] = {}
     for budget in budgets:
-        model.cost(budget.cost)
+        compiled.cost(budget.cost)
         limits[budget.cost] = min(budget.limit, limits.get(budget.cost, float("inf")))
     return limits
 
 
-def compile_problem(problem: Problem) -> Model:
+def compile_problem(problem: Problem) -> CompiledProblem:
     """Merge ties (transitively) and lay options out as arrays."""
     units = problem.units
     index = {u.name: i for i, u in enumerate(units)}
@@ -169,4 +170,4 @@ def compile_problem(problem: Problem) -> Model:
     costs = {name: np.array(v, dtype=float).reshape(n_groups, width) for name, v in costs_l.items()}
     for arr in (damage, *costs.values(), valid):
         arr.setflags(write=False)
-    return Model(problem, members, tuple(candidates), damage, costs, valid)
+    return CompiledProblem(problem, members, tuple(candidates), damage, costs, valid)
