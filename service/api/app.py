@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from service.api import errors, security
 from service.api.idempotency import IdempotencyMiddleware, document_header
 from service.api.limits import BodySizeLimitMiddleware, InFlightLimitMiddleware, RateLimitMiddleware
-from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.telemetry import Telemetry, TelemetryMiddleware
 from service.api.routes import (
     analyses, datasets, evaluations, export_jobs, exports, frontiers, jobs_routes, models, ops, plans, schema_docs, solve,
     tokens,
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.state.blobs = BlobStore(settings.data_dir / "blobs")
     app.state.queue = make_queue(settings)
     app.state.auth_required = auth_on
-    app.state.metrics = Metrics(settings.resolved_database_url)
+    app.state.telemetry = Telemetry(settings.resolved_database_url)
     errors.install(app)
     for module in (models, datasets, analyses, frontiers, jobs_routes, plans, exports, export_jobs, solve, evaluations):
         app.include_router(module.router, dependencies=[Depends(security.require_method_scope)])
@@ -64,14 +64,14 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     app.include_router(schema_docs.router)
     # The dashboard's page and static files are public: its scripts send the user's token to the API.
     app.include_router(dashboard.router)
-    # Outermost last: metrics see everything; overload is refused before any work; sizes are refused
+    # Outermost last: telemetry sees everything; overload is refused before any work; sizes are refused
     # before the caller is looked up; the rate limit and idempotency need the caller.
     app.add_middleware(IdempotencyMiddleware, settings=settings)
     app.add_middleware(RateLimitMiddleware, rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
     app.add_middleware(security.AuthenticationMiddleware, settings=settings, required=auth_on)
     app.add_middleware(BodySizeLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(InFlightLimitMiddleware, limit=settings.max_in_flight_requests)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(TelemetryMiddleware, telemetry=app.state.telemetry)
     document_header(app)
     errors.document(app)
     return app

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the one session boundary, settings, blob store, queue and metrics of the running
+"""FastAPI dependencies: the one session boundary, settings, blob store, queue and telemetry of the running
 app. Routes reach `app.state` only through these."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from functools import partial
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from service.api.metrics import Metrics
+from service.api.telemetry import Telemetry
 from service.blobs import BlobStore
 from service.config import Settings
 from service.db.session import session_scope
@@ -34,8 +34,8 @@ def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+def get_telemetry(request: Request) -> Telemetry:
+    return request.app.state.telemetry
 
 
 def get_session_factory(request: Request) -> Callable[[], AbstractContextManager[Session]]:

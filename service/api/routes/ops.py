@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service import store
-from service.api.deps import get_metrics, get_queue, get_settings
-from service.api.metrics import Metrics
+from service.api.deps import get_queue, get_settings, get_telemetry
+from service.api.telemetry import Telemetry
 from service.config import Settings
 from service.db import migrate
 from service.jobs import JobQueue
@@ -83,5 +83,5 @@ def readyz(settings: Settings = Depends(get_settings), queue: JobQueue = Depends
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
-def metrics(collected: Metrics = Depends(get_metrics)) -> Response:
+def metrics(collected: Telemetry = Depends(get_telemetry)) -> Response:
     return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

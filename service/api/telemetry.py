@@ -1,4 +1,6 @@
-"""Prometheus metrics: HTTP traffic counted in-process, job figures read from the database at scrape time.
+"""Telemetry for Prometheus: HTTP traffic counted in-process, job figures read from the database at
+scrape time. Called telemetry, not metrics: in bitplan a metric is a sensitivity measure
+(workers/metrics/); the HTTP path stays `/metrics`, Prometheus's convention.
 
 The database row is the truth about a job, so jobs by state, queue depth and job durations are computed
 from it when Prometheus scrapes, not counted by the API process (which runs none of the work with
@@ -17,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import store
 from service.db.session import session_scope
 
-__all__ = ["Metrics", "MetricsMiddleware"]
+__all__ = ["Telemetry", "TelemetryMiddleware"]
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
@@ -59,7 +61,7 @@ class _JobsCollector:
         yield hist
 
 
-class Metrics:
+class Telemetry:
     """One app's registry: HTTP counters it records itself and the database-backed job collector."""
 
     def __init__(self, database_url: str):
@@ -71,13 +73,13 @@ class Metrics:
         self.registry.register(_JobsCollector(database_url))
 
 
-class MetricsMiddleware:
+class TelemetryMiddleware:
     """Counts every HTTP request under its route template (`/v1/analyses/{analysis_id}`), never the raw path,
     so label cardinality stays bounded; unmatched paths count as `unmatched`."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics):
+    def __init__(self, app: ASGIApp, *, telemetry: Telemetry):
         self.app = app
-        self.metrics = metrics
+        self.telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,5 +100,5 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - t0)
+            self.telemetry.requests.labels(method, template, str(status)).inc()
+            self.telemetry.latency.labels(method, template).observe(time.perf_counter() - t0)
