@@ -112,6 +112,8 @@ class BlobStore:
 
         return unpack_hf(archive or self.path_for(sha256), self.root.parent / "unpacked" / sha256)
 
-    def model_path(self, sha256: str, fmt: str) -> Path:
-        """Where a job finds a stored model: the blob itself, or its unpacked folder for HF directories."""
-        return self.unpacked(sha256) if fmt == "hf" else self.path_for(sha256)
+    def model_path(self, sha256: str, file_type: str) -> Path:
+        """Where a job finds a stored model: the blob itself, or its unpacked folder for HF directories.
+        `file_type` is the upload's kind (the model row's `format`: safetensors, pt2, hf), not a weight or
+        export format."""
+        return self.unpacked(sha256) if file_type == "hf" else self.path_for(sha256)

@@ -155,21 +155,23 @@ class BitplanClient:
         return self._json(self._http.get(f"/v1/analyses/{analysis_id}/frontier",
                                          params={"cost": cost, "points": points}))
 
-    def export(self, plan_id: str, *, fmt: str = "json") -> tuple[bytes, str, list[str]]:
+    def export(self, plan_id: str, *, export_format: str = "json") -> tuple[bytes, str, list[str]]:
         """(content, the server's file name, its warnings) of a plan exported for an engine."""
-        r = self._http.get(f"/v1/plans/{plan_id}/export", params={"format": fmt})
+        r = self._http.get(f"/v1/plans/{plan_id}/export", params={"format": export_format})
         if r.status_code >= 400:
             self._json(r)
         disposition = r.headers.get("content-disposition", "")
-        name = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else f"{plan_id}.{fmt}"
+        name = f"{plan_id}.{export_format}"
+        if 'filename="' in disposition:
+            name = disposition.split('filename="', 1)[1].rstrip('"')
         warnings = [w for w in r.headers.get("x-bitplan-export-warnings", "").split(" | ") if w]
         return r.content, Path(name).name, warnings
 
-    def export_job(self, plan_id: str, target: Path, *, fmt: str, poll: float = 0.5, timeout: float = 3600,
-                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def export_job(self, plan_id: str, target: Path, *, export_format: str, poll: float = 0.5,
+                   timeout: float = 3600, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Build an export in a job (formats that open the model), wait for it and stream its file to
         `target` (via `target.part`, so nothing half-written has the asked name); the final export record."""
-        record = self._post(f"/v1/plans/{plan_id}/exports", json_body={"format": fmt})
+        record = self._post(f"/v1/plans/{plan_id}/exports", json_body={"format": export_format})
         final = self._wait_job(f"/v1/exports/{record['id']}", f"export {record['id']}", poll=poll,
                                timeout=timeout, on_progress=on_progress)
         if final["status"] != "succeeded":

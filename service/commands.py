@@ -258,7 +258,7 @@ def export(args: argparse.Namespace) -> int:
     if args.format in job_formats():
         return _export_by_job(args)
     with client_from(args) as client:
-        content, filename, warnings = client.export(args.id, fmt=args.format)
+        content, filename, warnings = client.export(args.id, export_format=args.format)
     target = Path(args.output or filename)
     if str(target) == "-":
         sys.stdout.buffer.write(content)
@@ -286,7 +286,7 @@ def _export_by_job(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
 
     with client_from(args) as client:
-        final = client.export_job(args.id, target, fmt=args.format, on_progress=show)
+        final = client.export_job(args.id, target, export_format=args.format, on_progress=show)
     print(f"wrote {target} ({final['size_bytes']} bytes, {args.format}, sha256 {final['sha256']})", file=sys.stderr)
     for w in final.get("warnings") or []:
         print(f"warning: {w}", file=sys.stderr)
