@@ -30,10 +30,12 @@ from unittest import mock
 
 from service import frontiers as service_frontiers
 from service.frontiers import compute_frontier
+from service.planning import StoredProblem
 from solver import lower_convex_hull, problem_to_dict
 from solver._frontier import Frontier
 from tests.utils.servers import free_port
 from workers.table import SensitivityTable
+from workers.units import group_layers
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -112,10 +114,19 @@ def hull_frontier(problem, *, points: int) -> dict:
         return compute_frontier(problem, cost="bytes", points=points)
 
 
-def insert_synthetic_analysis(database_url: str, *, layers: int = 500, points: int = 200, seed: int = 0) -> str:
-    """A succeeded analysis of a `layers`-layer model with its `points`-point bytes frontier stored."""
+def insert_synthetic_analysis(database_url: str, *, layers: int = 500, points: int = 200, seed: int = 0,
+                              grouping: str = "layer") -> str:
+    """A succeeded analysis of a `layers`-layer model with its `points`-point bytes frontier stored;
+    `grouping` "block" makes each `blocks.N` (four layers) one decision unit, as the analysis would."""
     table = synthetic_table(layers, seed=seed)
-    problem = SensitivityTable.from_dict(table).to_problem()
+    if grouping != "layer":
+        units = group_layers([row["name"] for row in table["layers"]], grouping)
+        table["groups"] = {unit: members for unit, members in units.items() if members != [unit]}
+    parsed = SensitivityTable.from_dict(table)
+    problem = parsed.to_problem()
+    if grouping != "layer":  # as the service parses a stored problem: with its units' layers
+        problem = StoredProblem(units=problem.units, ties=problem.ties,
+                                groups={unit: tuple(members) for unit, members in parsed.groups.items()})
     frontier = hull_frontier(problem, points=points)
     with session_scope(database_url) as session:
         model = ModelRecord(
@@ -130,7 +141,8 @@ def insert_synthetic_analysis(database_url: str, *, layers: int = 500, points: i
         analysis = AnalysisRecord(
             model_id=model.id, dataset_id=None, candidates=table["candidates"], metric="hutchinson", options={},
             seed=seed, status="succeeded", progress=1.0, message="done", attempts=1, table=table,
-            problem=problem_to_dict(problem), started_at=now, finished_at=now,
+            problem=parsed.stored_problem() if grouping != "layer" else problem_to_dict(problem),
+            started_at=now, finished_at=now,
         )
         session.add(analysis)
         session.flush()
