@@ -172,12 +172,13 @@ def export_stored_plan(session, settings: Settings, blobs, *, plan_id: str, fmt:
     """The `Export` of a stored plan (GET /v1/plans/{id}/export): its analysis's table and its model's
     source, looked up here so the route only parses and shapes. NotFound for another owner's plan."""
     from service import store
-    from service.jobs.child import model_source
+    from service.jobs.kinds import model_source  # the job kinds' own, not the child entry point
 
     rec = store.get_plan(session, plan_id=plan_id, owned_by=owned_by)
     analysis = store.get_analysis(session, analysis_id=rec.analysis_id)
     model = store.get_model(session, model_id=analysis.model_id)
     return export_plan(
-        settings, fmt=fmt, table=analysis.table, assignment=dict(rec.assignment), model=model_source(model, blobs),
+        settings, fmt=fmt, table=analysis.table, assignment=dict(rec.assignment),
+        model=model_source(model, blobs).to_dict(),
         model_bytes=model.size_bytes, plan_id=rec.id,
     )
