@@ -91,13 +91,6 @@ def protocol_stream():
     return out
 
 
-def model_source(model, blobs) -> dict:
-    """The JSON model source of a model row (service.exports' synchronous export child reads it)."""
-    from service.jobs.kinds import model_source as source
-
-    return source(model, blobs).to_dict()
-
-
 def run_job(kind: str, job_id: str) -> int:
     """The Payload its kind's `build` made (JSON) on stdin; progress lines, then one outcome line, on
     stdout. A request that does not parse fails the job like any bad input."""
