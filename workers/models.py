@@ -266,6 +266,12 @@ _CONV_KINDS = {3: "conv1d", 4: "conv2d"}
 
 
 def _graph_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str, nn.Parameter]]:
+    return [(src.target.removesuffix(".weight"), kind, weight) for _, src, kind, weight in graph_layer_calls(gm)]
+
+
+def graph_layer_calls(gm: torch.fx.GraphModule) -> list[tuple[torch.fx.Node, torch.fx.Node, str, nn.Parameter]]:
+    """(call node, weight get_attr node, kind, weight) for every aten.linear / conv / embedding call
+    of an exported graph whose weight argument is a stored parameter, in graph order."""
     aten = torch.ops.aten
     weight_arg = {
         aten.linear.default: (1, "linear"),
@@ -274,7 +280,7 @@ def _graph_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str, nn.Parameter
         aten.convolution.default: (1, None),
         aten.embedding.default: (0, "embedding"),
     }
-    found: list[tuple[str, str, nn.Parameter]] = []
+    found = []
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in weight_arg:
             continue
@@ -292,8 +298,7 @@ def _graph_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str, nn.Parameter
             kind = _CONV_KINDS.get(weight.dim())
             if kind is None:
                 continue
-        name = src.target.removesuffix(".weight")
-        found.append((name, kind, weight))
+        found.append((node, src, kind, weight))
     return found
 
 

@@ -261,3 +261,55 @@ def test_a_model_without_repeated_blocks_says_why_it_ran_whole():
 def test_bad_streaming_option_names_the_field():
     with pytest.raises(ValueError, match="options.streaming"):
         get_metric("input_covariance", {"streaming": "sometimes"})
+
+
+class StridedConvNet(nn.Module):
+    """Strided, dilated, depthwise and grouped convolutions (EfficientNet's kinds), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.depthwise = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4)
+        self.grouped = nn.Conv2d(4, 6, 1, groups=2)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.depthwise(x))
+        x = torch.relu(self.grouped(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("weighting", ["none", "fisher"])
+def test_an_exported_graph_gives_the_eager_models_damages(weighting):
+    """A .pt2 unlifts to a flat GraphModule with no Conv2d modules: its aten calls are captured instead."""
+    torch.manual_seed(0)
+    eager = StridedConvNet().eval()
+    x = torch.randn(12, 3, 8, 8)
+    graph = torch.export.export(eager, (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    assert isinstance(graph, torch.fx.GraphModule)
+    cal = Calibration(x, None, batch_size=4)
+    want, _ = measured(eager, cal, weighting=weighting, folds=3)
+    got, _ = measured(graph, cal, weighting=weighting, folds=3)
+    assert sorted(got) == sorted(want)
+    for layer in want:
+        for c in CANDIDATES:
+            assert got[layer][c] == pytest.approx(want[layer][c], rel=1e-5), (layer, c)
+            assert got[layer][c] > 0
+    assert "forward" not in graph.__dict__  # the graph's own forward is back
+
+
+def test_an_exported_lm_with_a_tied_head_gives_the_eager_models_damages():
+    torch.manual_seed(0)
+    eager = TinyLM(tied=True).eval()
+    ids = torch.randint(0, 11, (8, 6), generator=torch.Generator().manual_seed(2))
+    graph = torch.export.export(eager, (ids[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    cal = Calibration(ids, None, batch_size=4, token_ids=True)
+    want, _ = measured(eager, cal, weighting="none", folds=2)
+    got, _ = measured(graph, cal, weighting="none", folds=2)
+    # the graph names the tied weight after its first get_attr ("head"); it is one layer either way
+    got["embed"] = got.pop("head")
+    assert sorted(got) == sorted(want)
+    for layer in want:
+        for c in CANDIDATES:
+            assert got[layer][c] == pytest.approx(want[layer][c], rel=1e-5), (layer, c)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -174,22 +175,17 @@ class InputCovariance(Metric):
         outputs: dict[int, list[torch.Tensor]] = {}
         rows = seen = 0
 
-        def keep(i: int):
-            def hook(module, inputs, out):
-                outputs.setdefault(i, []).append(out)
+        index = {id(use): i for i, use in enumerate(flat)}
 
-            return hook
+        def keep(use, x, out):
+            outputs.setdefault(index[id(use)], []).append(out)
 
         for b, (x, _) in enumerate(ctx.calibration.batches()):
             if b >= batches:
                 break
             outputs.clear()
-            hooks = [use.module.register_forward_hook(keep(i)) for i, use in enumerate(flat)]
-            try:
+            with _tapping(ctx.model, flat, keep):
                 out = forward(ctx.model, x)
-            finally:
-                for h in hooks:
-                    h.remove()
             rows += out[..., 0].numel()
             seen += x.shape[0]
             logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
@@ -254,8 +250,10 @@ class _Use:
     """One module's use of a layer weight: its input statistic (maybe shared) and output weights B.
     Subclasses know how the module's input maps to rows x (and its weight to ΔW rows)."""
 
-    def __init__(self, module: nn.Module, transposed: bool = False):
-        self.module = module
+    def __init__(self, module: nn.Module | None, transposed: bool = False, *, node=None, weight=None):
+        self.module = module  # None for a call in an exported graph (then `node` is that call)
+        self.node = node
+        self._weight = weight if weight is not None else module.weight
         self.transposed = transposed
         self.fold = 0
         self.rows = 0
@@ -264,6 +262,7 @@ class _Use:
         self.b_sum: torch.Tensor | None = None
         self.b_positions = 0
         self.b: torch.Tensor | None = None  # None: weighting "none" (B = I)
+        self.input_arg = 0  # which argument of a graph call is the input
 
     # --- output weights
     def add_gradient(self, g: torch.Tensor) -> None:
@@ -284,7 +283,10 @@ class _Use:
 
     # --- input statistic
     def weight(self) -> torch.Tensor:
-        return self.module.weight
+        return self._weight
+
+    def where(self) -> str:
+        return type(self.module).__name__ if self.module is not None else f"graph call {self.node.name}"
 
     def out_channels(self) -> int:
         w = self.weight()
@@ -351,34 +353,38 @@ class _ConvUse(_Use):
         flat = g.transpose(0, 1).reshape(g.shape[1], -1)  # (out channels, batch × positions)
         return flat.pow(2).sum(dim=1), flat.shape[1]
 
+    def __init__(self, module: nn.Module | None, *, node=None, weight=None):
+        super().__init__(module, node=node, weight=weight)
+        self.geometry = _module_geometry(module) if module is not None else _graph_geometry(node, self.weight())
+
     def shape(self, folds: int) -> tuple[int, ...]:
         k = int(self.weight()[0].numel())  # in/groups × kernel
-        return (folds, self.module.groups, k, k)
+        return (folds, self.geometry["groups"], k, k)
 
     def _rows(self, x: torch.Tensor) -> int:
         return int(x.shape[0])
 
     def _add(self, x: torch.Tensor, a: torch.Tensor) -> None:
-        m = self.module
-        one_d = isinstance(m, nn.Conv1d)
+        geo = self.geometry
+        one_d = geo["one_d"]
         if x.dim() == (2 if one_d else 3):  # an unbatched input
             x = x.unsqueeze(0)
-        pad = m._reversed_padding_repeated_twice
-        if any(pad):
-            x = F.pad(x, pad, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
-        kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
+        if geo["pad"] is not None and any(geo["pad"]):
+            x = F.pad(x, geo["pad"], mode=geo["pad_mode"])
+        kernel = tuple(self.weight().shape[2:])
+        dilation, stride, padding = geo["dilation"], geo["stride"], geo["padding"]
         if one_d:
             x = x.unsqueeze(2)
-            kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
-        patches = F.unfold(x.to(torch.float32), kernel, dilation=dilation, stride=stride)  # (N, C·k, L)
-        groups = m.groups
+            kernel, dilation, stride, padding = (1, *kernel), (1, *dilation), (1, *stride), (0, *padding)
+        patches = F.unfold(x.to(torch.float32), kernel, dilation=dilation, padding=padding, stride=stride)
+        groups = geo["groups"]
         k = patches.shape[1] // groups
         patches = patches.reshape(patches.shape[0], groups, k, -1).permute(1, 0, 3, 2).reshape(groups, -1, k)
         a.add_(torch.bmm(patches.transpose(1, 2), patches))
 
     def fold_damages(self, delta: torch.Tensor) -> torch.Tensor:
         a = self.stat.a
-        groups = self.module.groups
+        groups = self.geometry["groups"]
         dw = delta.to(a.device, torch.float32).reshape(groups, delta.shape[0] // groups, -1)  # (G, out/G, k)
         weighted = dw if self.b is None else dw * self.b.to(torch.float32).reshape(groups, -1, 1)
         return _quadratic(a, weighted.transpose(1, 2) @ dw)  # (G, k, k)
@@ -407,6 +413,86 @@ class _EmbeddingUse(_Use):
         return 0.5 * (a @ per_token).cpu()
 
 
+def _module_geometry(m: nn.Module) -> dict:
+    """How an nn.Conv1d / nn.Conv2d turns its input into patches (its padding applied by F.pad, so
+    every padding mode is exact)."""
+    mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+    zeros = (0,) * len(m.kernel_size)
+    return {"one_d": isinstance(m, nn.Conv1d), "stride": tuple(m.stride), "dilation": tuple(m.dilation),
+            "padding": zeros, "pad": tuple(m._reversed_padding_repeated_twice), "pad_mode": mode, "groups": m.groups}
+
+
+def _graph_geometry(node, weight: torch.Tensor) -> dict:
+    """The same, read from an exported graph's aten.conv1d / conv2d / convolution call (constants in
+    its arguments; zero padding, the only kind aten's convolution has)."""
+    aten = torch.ops.aten
+    one_d = weight.dim() == 3
+    names = (["input", "weight", "bias", "stride", "padding", "dilation", "transposed", "output_padding", "groups"]
+             if node.target == aten.convolution.default else
+             ["input", "weight", "bias", "stride", "padding", "dilation", "groups"])
+    args = dict(zip(names, node.args, strict=False))
+    args.update(node.kwargs)
+    if args.get("transposed"):
+        raise AnalysisError(f"input_covariance: graph call {node.name} is a transposed convolution, which this metric"
+                            " cannot handle")
+    dims = 1 if one_d else 2
+
+    def ints(value, default):
+        value = default if value is None else value
+        value = [value] * dims if isinstance(value, int) else list(value)
+        if len(value) == 1:
+            value = value * dims
+        if not all(isinstance(v, int) for v in value):
+            raise AnalysisError(f"input_covariance: graph call {node.name} has a non-constant convolution geometry")
+        return tuple(value)
+
+    groups = args.get("groups", 1)
+    if not isinstance(groups, int):
+        raise AnalysisError(f"input_covariance: graph call {node.name} has a non-constant number of groups")
+    return {"one_d": one_d, "stride": ints(args.get("stride"), 1), "dilation": ints(args.get("dilation"), 1),
+            "padding": ints(args.get("padding"), 0), "pad": None, "pad_mode": "constant", "groups": groups}
+
+
+class _Tap(torch.fx.Interpreter):
+    """Runs an exported graph node by node and hands each layer call's input and output to `on`."""
+
+    def __init__(self, gm, by_node: dict, on):
+        super().__init__(gm)
+        self.by_node, self.on = by_node, on
+
+    def run_node(self, n):
+        uses = self.by_node.get(n)
+        if not uses:
+            return super().run_node(n)
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            result = getattr(self, n.op)(n.target, args, kwargs)
+        for use in uses:
+            self.on(use, args[use.input_arg], result)
+        return result
+
+
+@contextmanager
+def _tapping(model: nn.Module, uses: list[_Use], on):
+    """Call on(use, input, output) at every call of every use while the model runs: forward hooks on
+    modules; for an exported graph, its forward runs through _Tap for the time being."""
+    handles = [u.module.register_forward_hook(lambda m, i, o, u=u: on(u, i[0], o)) for u in uses if u.node is None]
+    by_node: dict = {}
+    for use in uses:
+        if use.node is not None:
+            by_node.setdefault(use.node, []).append(use)
+    if by_node:
+        tap = _Tap(model, by_node, on)
+        model.forward = lambda *args: tap.run(*args)
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        if by_node:
+            model.__dict__.pop("forward", None)
+
+
 def _fold_chunks(calibration, fold_of: torch.Tensor, folds: int) -> list[tuple[torch.Tensor, int]]:
     """(inputs, fold) batches of at most the calibration's batch size, each within one fold, so a
     fold's statistic is summed over full batches."""
@@ -424,20 +510,14 @@ def _share_inputs(model: nn.Module, calibration, uses: list[_Use]) -> None:
     if len(linear) < 2:
         return
     seen: dict[int, list[torch.Tensor]] = {}
+    index = {id(use): i for i, use in enumerate(linear)}
 
-    def keep(i: int):
-        def hook(module, inputs, out):
-            seen.setdefault(i, []).append(inputs[0])
-
-        return hook
+    def keep(use, x, out):
+        seen.setdefault(index[id(use)], []).append(x)
 
     x, _ = next(iter(calibration.batches()))
-    hooks = [u.module.register_forward_hook(keep(i)) for i, u in enumerate(linear)]
-    try:
+    with _tapping(model, linear, keep):
         forward(model, x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
     leaders: list[tuple[list[torch.Tensor], _LinearUse]] = []
     for i, use in enumerate(linear):
         mine = seen.get(i, [])
@@ -510,7 +590,8 @@ class _StagePlan:
         for s, stage in enumerate(self.stages):
             for use in stage:
                 use.start(folds)
-            hooks = [use.module.register_forward_hook(use.capture) for use in stage]
+            tapping = _tapping(model, stage, lambda use, x, out: use.capture(None, (x,), out))
+            tapping.__enter__()
             outputs: list = []
             try:
                 where = f"block {s + 1} of {len(self.blocks)}" if s < len(self.blocks) else "whole model"
@@ -521,8 +602,7 @@ class _StagePlan:
                         self._chunk(model, x, s, carried[c] if carried else None, outputs)
                     progress(f"{where}, batch {c + 1} of {len(chunks)} (input covariance)")
             finally:
-                for h in hooks:
-                    h.remove()
+                tapping.__exit__(None, None, None)
                 _restore(self.blocks)
             carried = outputs
             for use in stage:
@@ -530,7 +610,7 @@ class _StagePlan:
                 if use.rows != use.stat.rows:
                     raise AnalysisError(
                         f"input_covariance: a module grouped as sharing its input with another read a different"
-                        f" input ({type(use.module).__name__}); run with options.streaming='whole'"
+                        f" input ({use.where()}); run with options.streaming='whole'"
                     )
                 use.stat.finished = True
             if s == last:
@@ -582,7 +662,7 @@ def _restore(blocks: list[nn.Module]) -> None:
 def _find_blocks(model: nn.Module, uses: list[_Use]) -> tuple[list[nn.Module], str]:
     """The model's repeated blocks: the nn.ModuleList of ≥ 2 same-type modules that holds the most
     layer uses (none: a reason why)."""
-    owned = {id(u.module) for u in uses}
+    owned = {id(u.module) for u in uses if u.module is not None}
     best: list[nn.Module] = []
     best_count = 0
     for module in model.modules():
@@ -602,10 +682,13 @@ def _find_blocks(model: nn.Module, uses: list[_Use]) -> tuple[list[nn.Module], s
 
 
 def _uses(model: nn.Module, info, weight: nn.Parameter) -> list[_Use]:
-    """Every module of `model` whose weight is this layer's; AnalysisError naming the layer when
-    one of them is of a kind this metric cannot handle, or when no module owns it."""
+    """Every module of `model` whose weight is this layer's (every aten call taking it, in an exported
+    graph); AnalysisError naming the layer when one of them is of a kind this metric cannot handle,
+    or when nothing uses it."""
     from workers.hf import is_conv1d
 
+    if isinstance(model, torch.fx.GraphModule):
+        return _graph_uses(model, info, weight)
     found: list[_Use] = []
     for name, module in model.named_modules(remove_duplicate=False):
         if getattr(module, "weight", None) is not weight:
@@ -627,7 +710,27 @@ def _uses(model: nn.Module, info, weight: nn.Parameter) -> list[_Use]:
             )
     if not found:
         raise AnalysisError(
-            f"input_covariance: layer {info.name!r}: no module owns its weight (a functional use, e.g. an"
-            " exported graph), so its inputs cannot be captured"
+            f"input_covariance: layer {info.name!r}: no module owns its weight (a functional use), so its"
+            " inputs cannot be captured"
         )
+    return found
+
+
+def _graph_uses(gm: torch.fx.GraphModule, info, weight: nn.Parameter) -> list[_Use]:
+    from workers.models import graph_layer_calls
+
+    found: list[_Use] = []
+    for node, _, kind, param in graph_layer_calls(gm):
+        if param is not weight:
+            continue
+        if kind == "linear":
+            found.append(_LinearUse(None, node=node, weight=weight))
+        elif kind == "embedding":
+            use = _EmbeddingUse(None, node=node, weight=weight)
+            use.input_arg = 1  # aten.embedding(weight, indices)
+            found.append(use)
+        else:
+            found.append(_ConvUse(None, node=node, weight=weight))
+    if not found:
+        raise AnalysisError(f"input_covariance: layer {info.name!r}: no call of the exported graph takes its weight")
     return found
