@@ -5,12 +5,14 @@ calibration set, printed side by side in one run (issue 15's target: ≤ 2× one
 
 Model: SmolLM2-135M (bench/real_models.py; `bash bench/setup_models.sh`). Calibration: `--windows`
 × `--length` tokens of bench/texts.py's calibration documents (the job's text defaults are 64 ×
-128). Rows: one no-grad forward over the calibration set; then the metric (5 candidates int2…int8)
-with the whole-model pass and with the block-by-block pass, unweighted and Fisher-weighted.
+128). Rows: one no-grad forward over the calibration set; then the metric's own pass (`measure`: its
+statistics and damages for 5 candidates int2…int8, rounding included; not the rest of the
+analysis) with the whole-model pass and with the block-by-block pass, unweighted and
+Fisher-weighted.
 Printed per row: wall and CPU seconds, the ratio to the forward (CPU seconds: the 2 cores are
 shared with other work, CPU time is steadier), peak resident memory above the loaded model, the
 statistics' size (all of them / resident at once) and the largest relative difference of the
-damages from the whole-model pass.
+damages from the first row of the same weighting.
 """
 
 from __future__ import annotations
@@ -53,10 +55,9 @@ def main() -> None:
 
     from bench.real_models import prepare_smollm2, smollm2_tokenizer
     from bench.texts import documents, token_windows
-    from workers.analysis import analyse
     from workers.data import Calibration
-    from workers.metrics import get_metric
-    from workers.models import load_model
+    from workers.metrics import MetricContext, get_metric
+    from workers.models import find_layers, load_model
     from workers.quantizers import parse_candidates
 
     prep = prepare_smollm2(eval_windows=4, eval_length=args.length)
@@ -77,20 +78,22 @@ def main() -> None:
     _, fwd_wall, fwd_cpu, fwd_mib = timed(one_forward)
     print(f"{'row':<24} {'wall s':>8} {'cpu s':>8} {'× fwd (cpu)':>11} {'peak +MiB':>10} {'stats MiB':>14} {'max rel diff':>12}")
     print(f"{'one forward (no grad)':<24} {fwd_wall:8.1f} {fwd_cpu:8.1f} {1.0:11.2f} {fwd_mib:10.0f} {'':>14} {'':>12}")
-    reference: dict[str, dict[str, float]] = {}
+    layers = find_layers(model)
+    candidates = parse_candidates(CANDIDATES)
+    reference: dict[str, list[dict[str, float]]] = {}
     results = []
     for row in args.rows.split(","):
         weighting, streaming = row.split("/")
         metric = get_metric("input_covariance", {"weighting": weighting, "streaming": streaming})
-        table, wall, cpu, mib = timed(lambda m=metric: analyse(model, calibration, parse_candidates(CANDIDATES), m,
-                                                                seed=0, device="cpu", plan_memory=False))
-        run = table.provenance["metric_run"]
-        damages = {r.name: {c.name: c.damage for c in r.candidates} for r in table.layers}
+        ctx = MetricContext(model, layers, calibration, candidates, seed=0)
+        stats, wall, cpu, mib = timed(lambda m=metric, c=ctx: m.measure(c))
+        run = metric.run_info
+        damages = [dict(st.extra["damage"]) for st in stats]
         base = reference.setdefault(weighting, damages)
-        diff = max(abs(damages[n][c] - base[n][c]) / max(abs(base[n][c]), 1e-300) for n in base for c in base[n])
-        stats = f"{run['statistics_mib']:.0f}/{run['resident_statistics_mib']:.0f}"
+        diff = max(abs(d[c] - b[c]) / max(abs(b[c]), 1e-300) for d, b in zip(damages, base, strict=True) for c in b)
+        stats_mib = f"{run['statistics_mib']:.0f}/{run['resident_statistics_mib']:.0f}"
         print(f"{weighting + ' / ' + run['input_statistics']:<24} {wall:8.1f} {cpu:8.1f} {cpu / fwd_cpu:11.2f}"
-              f" {mib:10.0f} {stats:>14} {diff:12.1e}")
+              f" {mib:10.0f} {stats_mib:>14} {diff:12.1e}", flush=True)
         results.append({"weighting": weighting, "streaming": run["input_statistics"], "wall_s": wall, "cpu_s": cpu,
                         "ratio_cpu": cpu / fwd_cpu, "peak_extra_mib": mib, **run, "max_rel_diff": diff})
     print(json.dumps({"forward": {"wall_s": fwd_wall, "cpu_s": fwd_cpu}, "rows": results}))

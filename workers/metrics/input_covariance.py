@@ -123,7 +123,9 @@ class InputCovariance(Metric):
             eta = (time.perf_counter() - started) / done[0] * (steps - done[0])
             ctx.report(done[0] / steps, f"input_covariance: {what}, ETA {eta:.0f} s")
 
-        with grad_only_for(ctx.model, params if fisher_batches else []):
+        # no weight needs a gradient: the graph starts at the layers' outputs (made leaves below), so
+        # the backward keeps no inputs for weight gradients and computes none
+        with grad_only_for(ctx.model, []), torch.enable_grad():
             if fisher_batches:
                 rows = self._output_weights(ctx, flat, fisher_batches, gen, progress)
                 for use in flat:
@@ -178,6 +180,8 @@ class InputCovariance(Metric):
         index = {id(use): i for i, use in enumerate(flat)}
 
         def keep(use, x, out):
+            if not out.requires_grad:
+                out.requires_grad_()  # the first layer's output: the graph starts here
             outputs.setdefault(index[id(use)], []).append(out)
 
         for b, (x, _) in enumerate(ctx.calibration.batches()):
