@@ -17,7 +17,7 @@ bitplan's own, for every column; bytes are bitplan's count (scales included). Bu
 dearest single format that fits.
 
 Columns: one exact plan per metric (the analysis run as a user runs it, `workers.jobs.run_analysis_job`
-with default options, so `hutchinson` is bitplan's default path); `hawq_v3` = the plain formula
+with default options, so the `input_covariance` column is bitplan's default path); `hawq_v3` = the plain formula
 Tr(H)/n·‖ΔW‖² from the same traces (no monotone repair, no ties); `greedy` = solver.greedy_plan on
 the default metric's table; `uniform`; `modelopt` = ModelOpt's own per-layer choice
 (bench/modelopt_peer.py, its separate environment) applied with bitplan's quantizer at the same
@@ -56,6 +56,7 @@ import torch  # noqa: E402
 from solver import Budget, greedy_plan, solve, uniform_plans  # noqa: E402
 from workers.evaluation import EvaluationData, Evaluator  # noqa: E402
 from workers.evaluation_jobs import hawq_v3_problem  # noqa: E402
+from workers.metrics import DEFAULT_METRIC as default_metric  # noqa: E402
 from workers.metrics import metric_names  # noqa: E402
 from workers.table import SensitivityTable  # noqa: E402
 
@@ -67,7 +68,7 @@ except ImportError:  # a checkout without the interactions loop
 CANDIDATES = ["int2", "int3", "int4", "int6", "int8"]
 BUDGETS = ("4", "3", "2.5")
 METRICS = ("hutchinson", "fisher", "gauss_newton", "input_covariance", "loss_delta")
-DEFAULT_METRIC = "hutchinson"
+DEFAULT_METRIC = default_metric  # what a request naming no metric gets
 MODELOPT_PY = ROOT / ".venv-modelopt" / "bin" / "python"
 
 

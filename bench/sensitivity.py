@@ -406,9 +406,13 @@ def real_section(key: str, args) -> None:
     print(f"   wall {seconds:.0f} s [target {'≤ 10 min' if key == 'smollm2' else '≤ 5 min'}; shared CPU, load"
           f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end]; phases "
           + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    print(f"   {stopping_line(table)}; {converged} of {len(table.layers)} layers settled;"
-          f" warnings {len(table.warnings)} {sorted({w.get('kind', w.get('code', '?')) for w in table.warnings})}")
-    need = ci_probes_needed(table)
+    kinds = sorted({w.get('kind', w.get('code', '?')) for w in table.warnings})
+    if table.metric == "hutchinson":
+        print(f"   {stopping_line(table)}; {converged} of {len(table.layers)} layers settled;"
+              f" warnings {len(table.warnings)} {kinds}")
+    else:  # a probe-free metric: no stopping rule, its pass is in the provenance
+        print(f"   pass {prov.get('metric_run')}; warnings {len(table.warnings)} {kinds}")
+    need = ci_probes_needed(table) if table.metric == "hutchinson" else 0
     if need:
         print(f"   10% CI on every layer would need ≈ {need:,.0f} probes (from each layer's CI at the stop):"
               f" {need / max(probes, 1):.1f}× the {probes} spent [target ≥ 5×]")

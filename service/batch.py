@@ -37,6 +37,7 @@ from service.client import ApiError, BitplanClient
 from service.commands import confidence_text, progress_line, warning_summary
 from service.budgets import budget_limits, located_error
 from solver._budget import AVG_BITS, BudgetError, parse_budget_text
+from workers.metrics import DEFAULT_METRIC
 
 __all__ = ["BatchJob", "load_batch", "run_batch", "BatchError", "batch_schema"]
 
@@ -55,7 +56,7 @@ class BatchJob(BaseModel):
     spec: dict[str, Any] | None = None
     dataset: Path | None = None
     candidates: list[str] | None = None
-    metric: str = "hutchinson"
+    metric: str = DEFAULT_METRIC
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
     budgets: list[dict[str, float] | float | str] = Field(

@@ -21,13 +21,24 @@ def check_candidates(names: list[str] | None) -> list[str]:
         raise InvalidInput("candidates", str(exc).removeprefix("candidates: ")) from exc
 
 
-def check_metric(name: str, *, has_dataset: bool) -> None:
-    from workers.metrics import metric_names, metric_needs_data
+def check_metric(name: str, *, has_dataset: bool, options: dict[str, Any] | None = None) -> None:
+    """The metric exists, has the data it needs, and takes every option that is not the analysis's
+    own, so a misspelt or another metric's option is refused here rather than failing in the queue."""
+    from workers.metrics import metric_names, metric_needs_data, metric_option_names
+    from workers.requests import ANALYSIS_OPTIONS
 
     if name not in metric_names():
         raise InvalidInput("metric", f"unknown metric {name!r}; valid: {', '.join(metric_names())}")
     if not has_dataset and metric_needs_data(name):
         raise InvalidInput("dataset_id", f"the {name} metric needs calibration data: upload a dataset and pass its id")
+    valid = metric_option_names(name)
+    unknown = sorted(k for k in (options or {}) if k not in ANALYSIS_OPTIONS and k not in valid)
+    if unknown:
+        raise InvalidInput(
+            f"options.{unknown[0]}",
+            f"unknown option for metric {name!r} (its options: {', '.join(valid) or 'none'}; the analysis's:"
+            f" {', '.join(ANALYSIS_OPTIONS)}); another metric's option needs that metric named in `metric`",
+        )
 
 
 _LAYER_STATS = ("mean", "ci_halfwidth", "samples", "converged")

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from workers.metrics import DEFAULT_METRIC
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -81,7 +83,7 @@ def _add_client_commands(sub) -> None:
     p.add_argument("--spec", help='JSON or a JSON file: {"architecture": "mlp", "hyperparams": {...}}')
     p.add_argument("--dataset", help="calibration safetensors with 'inputs' and optional 'targets'")
     p.add_argument("--candidates", nargs="+", help="candidate formats, e.g. int4 int8 (or int4,int8)")
-    p.add_argument("--metric", default="hutchinson")
+    p.add_argument("--metric", default=DEFAULT_METRIC)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", help='analysis options, JSON or a JSON file: e.g. \'{"max_probes": 64}\' or'
                                      ' {"hardware": "a100", "latency_table": {...}}')

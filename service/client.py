@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from workers.metrics import DEFAULT_METRIC
+
 
 class ApiError(Exception):
     """The server answered with an error; `status` and `detail` are what it said."""
@@ -103,7 +105,7 @@ class BitplanClient:
         return self._post("/v1/datasets", file=Path(path), data={"name": name} if name else {})
 
     def start_analysis(self, model_id: str, *, dataset_id: str | None = None, candidates: list[str] | None = None,
-                       metric: str = "hutchinson", seed: int = 0, options: dict | None = None,
+                       metric: str = DEFAULT_METRIC, seed: int = 0, options: dict | None = None,
                        retry: bool = True) -> dict[str, Any]:
         """Submit; with retry=False a 429 (rate or concurrent-job limit) is raised at once as ApiError."""
         body = {"model_id": model_id, "dataset_id": dataset_id, "metric": metric, "seed": seed,

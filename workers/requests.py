@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from workers.errors import RequestError
+from workers.metrics import DEFAULT_METRIC
 
 __all__ = [
     "ANALYSIS_OPTIONS", "BASELINES", "EVALUATION_OPTIONS", "AnalysisRequest", "EvaluationRequest", "ExportRequest", "ModelSource",
@@ -100,7 +101,7 @@ class AnalysisRequest:
     model: ModelSource
     dataset_path: str | None = None
     candidates: tuple[str, ...] | None = None
-    metric: str = "hutchinson"
+    metric: str = DEFAULT_METRIC
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -125,7 +126,7 @@ class AnalysisRequest:
 
             _checked(lambda: parse_candidates(names), "candidates")
             names = tuple(names)
-        metric = data.get("metric") or "hutchinson"
+        metric = data.get("metric") or DEFAULT_METRIC
         if not isinstance(metric, str):
             raise RequestError(f"metric: must be a name, got {metric!r}")
         seed = 0 if data.get("seed") is None else data["seed"]

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.budgets import budget_limits
+from workers.metrics import DEFAULT_METRIC
 
 
 class LayerOut(BaseModel):
@@ -55,7 +56,7 @@ class AnalysisIn(BaseModel):
     candidates: list[str] | None = Field(
         None, min_length=1, max_length=64, description="Candidate formats; default INT2/3/4/6/8 per-channel."
     )
-    metric: str = Field("hutchinson", min_length=1, max_length=50)
+    metric: str = Field(DEFAULT_METRIC, min_length=1, max_length=50)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     options: dict[str, float | int | str | bool | list[float] | dict[str, Any]] = Field(
         default_factory=dict,

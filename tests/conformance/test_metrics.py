@@ -14,7 +14,7 @@ from workers.errors import DatasetError
 from workers.metrics import (
     METRICS, LayerStatistic, Metric, MetricContext, get_metric, metric_names, metric_needs_data, metric_options,
 )
-from workers.metrics._registry import NEEDS_DATA
+from workers.metrics._registry import DEFAULT_METRIC, NEEDS_DATA, OPTION_NAMES
 from workers.models import find_layers
 from workers.quantizers import parse_candidates
 
@@ -45,7 +45,8 @@ def name(request):
 def test_registry_lists_the_metrics():
     assert set(metric_names()) >= {"hutchinson", "eigen", "fisher", "gauss_newton", "mse", "loss_delta"}
     assert [n for n in metric_names() if not metric_needs_data(n)] == ["mse"]
-    assert set(NEEDS_DATA) == set(metric_names())  # every built-in answers without torch
+    assert set(NEEDS_DATA) == set(OPTION_NAMES) == set(metric_names())  # every built-in answers without torch
+    assert DEFAULT_METRIC in metric_names()
     with pytest.raises(ValueError, match="^metric: unknown 'hessian' .*valid: eigen, fisher, gauss_newton, hutchinson"):
         get_metric("hessian")
     with pytest.raises(ValueError, match="^metric: unknown 'x'.*loss_delta"):
@@ -56,6 +57,7 @@ def test_registry_lookups_need_no_torch():
     code = (
         "import sys; from workers.metrics import metric_names, metric_needs_data;"
         " assert [metric_needs_data(n) for n in metric_names()];"
+        " from workers.metrics import metric_option_names; assert [metric_option_names(n) for n in metric_names()];"
         " assert 'torch' not in sys.modules, 'torch loaded'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -66,6 +68,7 @@ def test_class_agrees_with_registry(name):
     assert isinstance(m, Metric) and m.name == name and m.statistic
     assert isinstance(m.name, str) and isinstance(m.statistic, str) and isinstance(m.needs_data, bool)
     assert m.needs_data is NEEDS_DATA[name] is metric_needs_data(name)  # the torch-free record agrees
+    assert OPTION_NAMES[name] == metric_options(name)  # so the API refuses the same unknown options
     assert get_metric(name) is not get_metric(name)  # options are per instance: never the shared entry
     assert METRICS.get(name).name == name
 

@@ -166,7 +166,7 @@ def test_a_job_whose_blob_is_gone_fails_once_naming_no_path(client, digits):
     dataset = upload_dataset(client, digits.calibration_path).json()
     blob = client.data_dir / "blobs" / dataset["sha256"][:2] / dataset["sha256"]
     blob.unlink()
-    r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"],
+    r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"], "metric": "hutchinson",
                                           "options": {"min_probes": 8, "max_probes": 8}})
     assert r.status_code == 202, r.text
     final = wait_done(client, r.json()["id"], timeout=60)

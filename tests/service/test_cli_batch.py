@@ -171,7 +171,7 @@ def test_cli_pipeline_submit_plan_frontier_export(server, digits, tmp_path, caps
     auth = ["--url", url, "--token", token]
     code = main(["submit", str(digits.weights_path), "--spec", json.dumps(_spec(digits)),
                  "--dataset", str(digits.calibration_path), "--candidates", "int4,int8", "--wait",
-                 "--options", '{"max_probes": 16}', "--name", "pipeline-digits", *auth])
+                 "--metric", "hutchinson", "--options", '{"max_probes": 16}', "--name", "pipeline-digits", *auth])
     out, err = capsys.readouterr()
     assert code == 0, err
     analysis_id = out.splitlines()[0]

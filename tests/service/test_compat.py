@@ -117,7 +117,8 @@ def test_a_static_batch_pt2_uploads_refuses_too_few_samples_and_analyses_end_to_
 
         enough = _dataset(client, rng.normal(size=(10, 1, 8, 8)).astype(np.float32))
         r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": enough["id"],
-                                              "candidates": ["int4", "int8"], "options": {"max_probes": 16}})
+                                              "candidates": ["int4", "int8"], "metric": "hutchinson",
+                                              "options": {"max_probes": 16}})
         assert r.status_code == 202, r.text
         analysis_id = r.json()["id"]
         deadline = time.monotonic() + 180

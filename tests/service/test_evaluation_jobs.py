@@ -27,7 +27,7 @@ def _analysed(client, digits) -> dict:
     evaluation = upload_dataset(client, digits.evaluation_path).json()
     analysis = client.post("/v1/analyses", json={
         "model_id": model["id"], "dataset_id": calibration["id"], "candidates": ["int2", "int4", "int8"],
-        "options": {"max_probes": 64}}).json()
+        "metric": "hutchinson", "options": {"max_probes": 64}}).json()
     state = _wait(client, f"/v1/analyses/{analysis['id']}")
     assert state["status"] == "succeeded", state["error"]
     plan = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": {"average_bits": 4}}).json()

@@ -23,7 +23,7 @@ def planned(tmp_path_factory, digits):
         dataset = upload_dataset(client, digits.calibration_path).json()
         analysis = client.post("/v1/analyses", json={
             "model_id": model["id"], "dataset_id": dataset["id"], "candidates": ["int2", "int4", "int8"],
-            "options": {"max_probes": 32}}).json()
+            "metric": "hutchinson", "options": {"max_probes": 32}}).json()
         assert _wait(client, analysis["id"])["status"] == "succeeded"
         plan = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": {"average_bits": 4}}).json()
         yield client, analysis, plan

@@ -38,7 +38,8 @@ def test_hf_directory_with_text_calibration(client, tmp_path):
     assert dataset["input_dtype"] == "text" and dataset["samples"] == 16
 
     r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"],
-                                          "candidates": ["int4", "int8"], "options": {"max_probes": 32}})
+                                          "candidates": ["int4", "int8"], "metric": "hutchinson",
+                                          "options": {"max_probes": 32}})
     assert r.status_code == 202, r.text
     analysis_id = r.json()["id"]
     deadline = time.monotonic() + 180

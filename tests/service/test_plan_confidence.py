@@ -8,6 +8,7 @@ import pytest
 
 from tests.utils.service_factories import zipped
 from tests.utils.service_factories import make_client, upload_dataset, upload_model
+from workers.metrics import DEFAULT_METRIC
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_cross_entropy_hessian_warnings_reach_the_analysis_and_its_plans(client,
     text = write_jsonl(tmp_path / "calib.jsonl")
     dataset = client.post("/v1/datasets", files={"file": ("calib.jsonl", open(text, "rb"))}).json()
     r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"], "candidates": ["int4", "int8"],
-                                          "options": {"loss": "cross_entropy", "max_probes": 32}})
+                                          "metric": "hutchinson", "options": {"loss": "cross_entropy", "max_probes": 32}})
     assert r.status_code == 202, r.text
     analysis = finished(client, r.json()["id"])
     negative = {w["layer"] for w in analysis["warnings"] if w["code"] == "negative_trace"}
@@ -52,11 +53,11 @@ def test_cross_entropy_hessian_warnings_reach_the_analysis_and_its_plans(client,
     assert client.get(f"/v1/analyses/{analysis['id']}/plans").json() == [plan]
 
 
-def test_default_plans_report_confidence_and_decide_at_is_accepted(client, digits):
+def test_hutchinson_plans_report_confidence_and_decide_at_is_accepted(client, digits):
     model = upload_model(client, digits).json()
     dataset = upload_dataset(client, digits.calibration_path).json()
     r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"],
-                                          "options": {"decide_at": [4, 6]}})
+                                          "metric": "hutchinson", "options": {"decide_at": [4, 6]}})
     assert r.status_code == 202, r.text
     analysis = finished(client, r.json()["id"])
     table = client.get(f"/v1/analyses/{analysis['id']}/table").json()
@@ -69,6 +70,33 @@ def test_default_plans_report_confidence_and_decide_at_is_accepted(client, digit
         conf = plan["confidence"]
         assert conf["confidence"] >= 0.95 and not conf["exact"] and conf["tolerance"] == 0.05
         assert [w["code"] for w in plan["warnings"]] == []
+
+
+def test_default_metric_plans_report_confidence(client, digits):
+    model = upload_model(client, digits).json()
+    dataset = upload_dataset(client, digits.calibration_path).json()
+    r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"]})
+    assert r.status_code == 202, r.text
+    analysis = finished(client, r.json()["id"])
+    assert analysis["metric"] == DEFAULT_METRIC == "input_covariance"
+    table = client.get(f"/v1/analyses/{analysis['id']}/table").json()
+    assert table["provenance"]["metric_run"]["input_statistics"] == "whole"  # a small net: no need to stream
+    plan = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": {"average_bits": 4}}).json()
+    conf = plan["confidence"]
+    assert 0 <= conf["confidence"] <= 1 and conf["redraws"] == 64 and not conf["exact"]  # CIs over sample folds
+
+
+def test_another_metrics_option_is_refused_at_submit(client, digits):
+    model = upload_model(client, digits).json()
+    dataset = upload_dataset(client, digits.calibration_path).json()
+    r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                          "options": {"max_probes": 16}})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["field"] == "options.max_probes"
+    assert body["detail"].startswith("options.max_probes: unknown option for metric 'input_covariance'")
+    assert "weighting" in body["detail"]  # the options it does take are listed
+    assert client.get("/v1/analyses").json() == []  # nothing queued
 
 
 def test_exact_metric_plans_are_fully_confident(client, digits):

@@ -227,7 +227,7 @@ def test_analysis_of_a_pt2_model_runs_in_the_sandbox(client, tmp_path):
     dataset = client.post("/v1/datasets", files={"file": ("d.safetensors", data)})
     assert dataset.status_code == 201, dataset.text
     r = client.post("/v1/analyses", json={"model_id": model.json()["id"], "dataset_id": dataset.json()["id"],
-                                          "options": {"min_probes": 64, "max_probes": 64, "probe_batch": 8}})
+                                          "metric": "hutchinson", "options": {"min_probes": 64, "max_probes": 64, "probe_batch": 8}})
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     commands: list[list[str]] = []

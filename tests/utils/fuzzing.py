@@ -38,7 +38,7 @@ def seed_objects(client, headers: Mapping[str, str], digits) -> dict[str, str]:
     client.headers.update(headers)
     model = upload_model(client, digits).json()["id"]
     dataset = upload_dataset(client, digits.calibration_path).json()["id"]
-    r = client.post("/v1/analyses", json={"model_id": model, "dataset_id": dataset,
+    r = client.post("/v1/analyses", json={"model_id": model, "dataset_id": dataset, "metric": "hutchinson",
                                           "options": {"min_probes": 8, "max_probes": 16, "probe_batch": 8}})
     analysis = r.json()["id"]
     deadline = time.monotonic() + 300

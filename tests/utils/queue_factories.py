@@ -19,6 +19,7 @@ FAST = dict(
     job_heartbeat_s=0.5, job_stale_after_s=3.0, job_poll_s=0.2, job_reaper_s=0.5, job_retry_backoff_s=1.0,
     job_max_attempts=3, sse_keepalive_s=0.3,
 )
+# hutchinson workloads (submit names the metric): a probe count sets how long a job runs
 SMALL = {"min_probes": 8, "max_probes": 16, "probe_batch": 8}  # about a second of work on digits
 LONG = {"min_probes": 20000, "max_probes": 20000, "probe_batch": 16}  # a minute or more: cancelled or killed
 
@@ -132,8 +133,9 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.05):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def submit(client: TestClient, model_id: str, dataset_id: str, options: dict) -> dict:
-    r = client.post("/v1/analyses", json={"model_id": model_id, "dataset_id": dataset_id, "options": options})
+def submit(client: TestClient, model_id: str, dataset_id: str, options: dict, metric: str = "hutchinson") -> dict:
+    r = client.post("/v1/analyses", json={"model_id": model_id, "dataset_id": dataset_id, "metric": metric,
+                                          "options": options})
     assert r.status_code == 202, r.text
     return r.json()
 

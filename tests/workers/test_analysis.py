@@ -90,7 +90,7 @@ def test_job_costs_seed_and_latency_table(tmp_path):
     data = save_dataset(tmp_path / "d.safetensors", x, y)
     latency = {"fc1": {"int4": 0.2, "int8_a8": 0.1}, "fc2": {"int4": 0.3, "int8_a8": 0.15}}
     out = run_analysis_job({"model": source, "dataset_path": data, "candidates": ["int4", "int8_a8"], "seed": 5,
-                            "options": {"latency_table": latency, "max_probes": 16}})
+                            "metric": "hutchinson", "options": {"latency_table": latency, "max_probes": 16}})
     fc1 = out["layers"][0]
     assert fc1["macs"] == 6 * 8 and [c["bops"] for c in fc1["candidates"]] == [48 * 4 * 16, 48 * 8 * 8]
     assert [c["latency_ms"] for c in fc1["candidates"]] == [0.2, 0.1]

@@ -10,7 +10,7 @@ from torch import nn
 from tests.utils.workers_factories import trained_mlp
 from workers.analysis import analyse
 from workers.data import Calibration
-from workers.metrics import get_metric
+from workers.metrics import DEFAULT_METRIC, get_metric
 from workers.quantizers import parse_candidates
 
 CANDIDATES = parse_candidates(["int2", "int4", "int8"])
@@ -123,18 +123,25 @@ def gpt2(tmp_path_factory):
     return save_tiny("gpt2", root / "model"), write_jsonl(root / "calib.jsonl")
 
 
-def run_gpt2(gpt2, **options):
+def run_gpt2(gpt2, metric="hutchinson", **options):
+    """metric None: the request names none (the default path)."""
     from workers.jobs import run_analysis_job
 
     directory, text = gpt2
-    return run_analysis_job({"model": {"format": "hf", "path": directory}, "dataset_path": text,
-                             "candidates": ["int4", "int8"], "options": {"max_probes": 32, **options}})
+    request = {"model": {"format": "hf", "path": directory}, "dataset_path": text, "candidates": ["int4", "int8"],
+               "options": {"max_probes": 32, **options} if metric == "hutchinson" else options}
+    if metric is not None:
+        request["metric"] = metric
+    return run_analysis_job(request)
 
 
-def test_random_gpt2_default_loss_is_label_free_with_no_negative_damage(gpt2):
+@pytest.mark.parametrize("metric", [None, "hutchinson"])
+def test_random_gpt2_default_loss_is_label_free_with_no_negative_damage(gpt2, metric):
     """Next-token targets are there, but a language model's default loss is label-free: every
-    probe of its Gauss-Newton Hessian is ≥ 0, so every trace and damage is."""
-    out = run_gpt2(gpt2)
+    probe of its Gauss-Newton Hessian is ≥ 0, so every trace and damage is (and the default metric's
+    quadratic form is ≥ 0 by construction)."""
+    out = run_gpt2(gpt2, metric)
+    assert out["metric"] == (metric or DEFAULT_METRIC)
     assert out["loss"] == "kl_label_free"
     assert all(row["mean"] >= 0 for row in out["layers"])
     assert all(c["raw_damage"] >= 0 and c["damage"] >= 0 for row in out["layers"] for c in row["candidates"])

@@ -91,7 +91,7 @@ def test_llama_analysis_on_text_calibration(dirs, tmp_path):
     assert ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj") in problem.ties
     blocks = run_analysis_job({
         "model": hf(dirs["llama"]), "dataset_path": text, "candidates": ["int4", "int8"], "seed": 1,
-        "options": {"max_samples": 2, "max_length": 8, "grouping": "block", "ties": "none",
+        "metric": "hutchinson", "options": {"max_samples": 2, "max_length": 8, "grouping": "block", "ties": "none",
                     "min_probes": 2, "max_probes": 2, "probe_batch": 2},
     })
     units = [u.name for u in SensitivityTable.from_dict(blocks).to_problem().units]
@@ -103,7 +103,7 @@ def test_bert_text_calibration_is_label_free(dirs, tmp_path):
     lines.write_text("the quick brown fox\n\nquantization maps weights to a grid\n" * 3)
     out = run_analysis_job({
         "model": hf(dirs["bert"]), "dataset_path": str(lines), "candidates": ["int8", "nvfp4"],
-        "options": {"max_samples": 2, "max_length": 6, "min_probes": 2, "max_probes": 2, "probe_batch": 2},
+        "metric": "hutchinson", "options": {"max_samples": 2, "max_length": 6, "min_probes": 2, "max_probes": 2, "probe_batch": 2},
     })
     assert out["loss"] == "kl_label_free" and out["provenance"]["calibration"]["format"] == "text"
     assert len(out["ties"]) == 2 and all(math.isfinite(layer["mean"]) for layer in out["layers"])

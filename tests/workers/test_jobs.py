@@ -7,6 +7,7 @@ import pytest
 from solver.problem import problem_from_dict, problem_to_dict
 from tests.utils.workers_factories import MLP, save_dataset, save_model, trained_mlp
 from workers.errors import DatasetError, ModelLoadError, RequestError
+from workers.metrics import DEFAULT_METRIC
 from workers.jobs import inspect_model_job, run_analysis_job
 from workers.table import SensitivityTable
 
@@ -54,7 +55,8 @@ def test_label_free_when_the_dataset_has_no_targets(files):
 
 
 def test_seed_makes_runs_identical(files):
-    request = {"model": files["model"], "dataset_path": files["labelled"], "seed": 3, "options": {"max_probes": 32}}
+    request = {"model": files["model"], "dataset_path": files["labelled"], "seed": 3, "metric": "hutchinson",
+               "options": {"max_probes": 32}}
     a, b = run_analysis_job(request), run_analysis_job(request)
     assert a["layers"] == b["layers"]
 
@@ -62,7 +64,7 @@ def test_seed_makes_runs_identical(files):
 @pytest.mark.parametrize(
     "change, error, pattern",
     [
-        ({"dataset_path": None}, RequestError, "^dataset: the hutchinson metric needs calibration data"),
+        ({"dataset_path": None}, RequestError, f"^dataset: the {DEFAULT_METRIC} metric needs calibration data"),
         ({"candidates": ["int4", "nf4"]}, ValueError, "^candidate 'nf4': unknown format"),
         ({"metric": "nosuch"}, ValueError, "^metric: unknown 'nosuch'"),
         ({"options": {"probes": 3}}, ValueError, "^options.probes: unknown option"),

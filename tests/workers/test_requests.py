@@ -6,6 +6,7 @@ import json
 import pytest
 
 from workers.errors import RequestError
+from workers.metrics import DEFAULT_METRIC
 from workers.evaluation_jobs import evaluate_frontier_job, run_evaluation_job
 from workers.jobs import run_analysis_job, run_export_job
 from workers.requests import AnalysisRequest, EvaluationRequest, ExportRequest, ModelSource
@@ -59,7 +60,7 @@ def test_defaults_and_shapes():
         (AnalysisRequest, {"model": MODEL, "metric": "mse", "options": {"grouping": "row"}}, "^options.grouping"),
         (AnalysisRequest, {"model": MODEL, "metric": "mse", "options": {"device": "tpu"}}, "^options.device"),
         (AnalysisRequest, {"model": MODEL, "metric": "mse", "options": {"hardware": "z80"}}, "^options.hardware"),
-        (AnalysisRequest, {"model": MODEL}, "^dataset: the hutchinson metric needs calibration data"),
+        (AnalysisRequest, {"model": MODEL}, f"^dataset: the {DEFAULT_METRIC} metric needs calibration data"),
         (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "assignment": {"fc1": 4}}, "^assignment: unit names"),
         (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "assignment": {"fc1": "int4"}, "points": 3},
          "^points: not allowed with assignment"),

@@ -8,9 +8,12 @@ chosen metric's module.
 """
 
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
-from workers.metrics._registry import METRICS, get_metric, metric_names, metric_needs_data, metric_options
+from workers.metrics._registry import (
+    DEFAULT_METRIC, METRICS, get_metric, metric_names, metric_needs_data, metric_option_names, metric_options,
+)
 
 __all__ = [
+    "DEFAULT_METRIC",
     "METRICS",
     "LayerStatistic",
     "Metric",
@@ -18,5 +21,6 @@ __all__ = [
     "get_metric",
     "metric_names",
     "metric_needs_data",
+    "metric_option_names",
     "metric_options",
 ]

@@ -27,9 +27,34 @@ METRICS: Registry[Metric] = Registry(
     },
 )
 
+# What an analysis uses when the request names no metric (bench/quality.py measured the choice).
+DEFAULT_METRIC = "input_covariance"
+
 # Torch-free answers for the built-ins; a registered metric answers from its class.
 NEEDS_DATA = {"eigen": True, "fisher": True, "gauss_newton": True, "hutchinson": True,
                "input_covariance": True, "loss_delta": True, "mse": False}
+
+
+# Torch-free option names of the built-ins (their constructors' keyword arguments), so the API can
+# refuse an unknown option at submit; tests/conformance checks them against the classes.
+OPTION_NAMES = {
+    "eigen": ("tolerance", "max_iterations", "layer_chunk", "output_loss", "loss"),
+    "fisher": ("sample_chunk", "exact_outputs", "output_loss", "loss"),
+    "gauss_newton": ("loss", "output_loss", "form", "groups", "candidate_batch"),
+    "hutchinson": ("stop", "tolerance", "decide_at", "decision_confidence", "decision_tolerance", "min_probes",
+                   "max_probes", "max_seconds", "probe_batch", "shrink", "loss", "output_loss"),
+    "input_covariance": ("weighting", "folds", "fisher_batches", "loss", "streaming"),
+    "loss_delta": ("output_loss",),
+    "mse": ("normalize",),
+}
+
+
+def metric_option_names(name: str) -> tuple[str, ...]:
+    """The option names metric `name` accepts, torch-free for built-ins; ValueError listing the valid
+    metric names."""
+    if METRICS.peek(name) is None and name in OPTION_NAMES:
+        return OPTION_NAMES[name]
+    return metric_options(name)
 
 
 def metric_names() -> tuple[str, ...]:

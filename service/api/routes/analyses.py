@@ -35,7 +35,7 @@ def create_analysis(
     dataset = (store.get_dataset(session, dataset_id=body.dataset_id, owned_by=caller.sees)
                if body.dataset_id else None)
     candidates = catalog.check_candidates(body.candidates)
-    catalog.check_metric(body.metric, has_dataset=dataset is not None)
+    catalog.check_metric(body.metric, has_dataset=dataset is not None, options=body.options)
     compat.check_dataset_fits(model.inputs, dataset, body.options)  # before anything is queued
     compat.check_latency_table_fits(model.layers, candidates, body.options)
     rec = AnalysisRecord(
