@@ -11,7 +11,7 @@ from workers.architectures import build_model
 from workers.data import Calibration
 from workers.digits import digits_arrays
 from workers.evaluation import EvaluationData, Evaluator
-from workers.metrics import get_metric
+from workers.metrics import DEFAULT_METRIC, get_metric
 from workers.quantizers import DEFAULT_CANDIDATES, parse_candidates
 from workers.refine import refine_plan
 
@@ -137,3 +137,21 @@ def test_analysis_job_refine_options_are_checked(mlp_files, options, pattern):
         run_analysis_job({"model": mlp_files["model"], "dataset_path": mlp_files["data"], "options": options})
     with pytest.raises(ValueError, match="^options.refine_bits: the refinement measures plans on calibration data"):
         run_analysis_job({"model": mlp_files["model"], "metric": "mse", "options": {"refine_bits": 3}})
+
+
+def test_default_metric_plan_is_no_worse_than_uniform_and_uses_spare_bytes(cnn):
+    """The default metric's own exact plan, no refinement (regression, fixed seeds): at uniform int3's
+    bytes it is no worse than uniform int3 (here it is uniform int3); halfway to int4's bytes, where
+    uniform can only stay int3, it spends the rest where it helps."""
+    table = analyse(cnn["model"], cnn["calibration"], parse_candidates(DEFAULT_CANDIDATES), get_metric(DEFAULT_METRIC))
+    problem = table.to_problem()
+    held_out = Evaluator(cnn["model"], cnn["held_out"])
+    uniform_accuracy = held_out.evaluate(cnn["int3"].assignment)["accuracy"]
+    at_int3 = solve(problem, [cnn["budget"]])
+    assert held_out.evaluate(at_int3.assignment)["accuracy"] >= uniform_accuracy
+    int4 = uniform_plans(problem)["int4"].costs["bytes"]
+    between = Budget("bytes", (cnn["budget"].limit + int4) / 2)
+    plan = solve(problem, [between])
+    assert plan.costs["bytes"] <= between.limit
+    plan_accuracy = held_out.evaluate(plan.assignment)["accuracy"]
+    assert plan_accuracy > uniform_accuracy + 0.01, (plan.assignment, plan_accuracy, uniform_accuracy)

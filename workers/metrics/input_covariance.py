@@ -65,6 +65,8 @@ WEIGHTINGS = ("fisher", "none")
 STREAMINGS = ("auto", "blocks", "whole")
 # above this many bytes of input statistics, "auto" works block by block
 STREAM_ABOVE_BYTES = 256 * 2**20
+# unfolded convolution patches built at once (bounded by whole samples)
+PATCH_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -180,9 +182,11 @@ class InputCovariance(Metric):
         index = {id(use): i for i, use in enumerate(flat)}
 
         def keep(use, x, out):
-            if not out.requires_grad:
-                out.requires_grad_()  # the first layer's output: the graph starts here
-            outputs.setdefault(index[id(use)], []).append(out)
+            if out.requires_grad:  # its gradient is consumed as the backward passes it, then freed
+                out.register_hook(lambda g, use=use: use.add_gradient(g))
+            else:
+                out.requires_grad_()  # a first layer's output: the graph starts here
+                outputs.setdefault(index[id(use)], []).append(out)
 
         for b, (x, _) in enumerate(ctx.calibration.batches()):
             if b >= batches:
@@ -197,7 +201,7 @@ class InputCovariance(Metric):
                 probs = torch.softmax(logits.detach(), dim=-1).cpu().to(torch.float64)
             drawn = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
             value = F.cross_entropy(logits, drawn, reduction="sum")
-            order = [(i, t) for i in sorted(outputs) for t in outputs[i] if t.requires_grad]
+            order = [(i, t) for i in sorted(outputs) for t in outputs[i]]  # the graph's leaves
             grads = torch.autograd.grad(value, [t for _, t in order], allow_unused=True) if order else []
             for (i, t), g in zip(order, grads, strict=True):
                 flat[i].add_gradient(torch.zeros_like(t) if g is None else g.detach())
@@ -270,13 +274,13 @@ class _Use:
 
     # --- output weights
     def add_gradient(self, g: torch.Tensor) -> None:
-        per_channel, positions = self._output_squares(g.to(torch.float64))
+        per_channel, positions = self._output_squares(g.detach().to(torch.float32))
         self.b_sum = per_channel if self.b_sum is None else self.b_sum + per_channel
         self.b_positions += positions
 
     def _output_squares(self, g: torch.Tensor) -> tuple[torch.Tensor, int]:
         flat = g.reshape(-1, g.shape[-1])
-        return flat.pow(2).sum(dim=0), flat.shape[0]
+        return flat.pow(2).sum(dim=0, dtype=torch.float64), flat.shape[0]
 
     def finish_weights(self, rows: int) -> None:
         if self.b_sum is None:
@@ -354,8 +358,8 @@ class _ConvUse(_Use):
     """nn.Conv1d / nn.Conv2d: rows x are the unfolded input patches of one group."""
 
     def _output_squares(self, g: torch.Tensor) -> tuple[torch.Tensor, int]:
-        flat = g.transpose(0, 1).reshape(g.shape[1], -1)  # (out channels, batch × positions)
-        return flat.pow(2).sum(dim=1), flat.shape[1]
+        dims = [0, *range(2, g.dim())]  # all but the output channels
+        return g.pow(2).sum(dim=dims, dtype=torch.float64), g.numel() // g.shape[1]
 
     def __init__(self, module: nn.Module | None, *, node=None, weight=None):
         super().__init__(module, node=node, weight=weight)
@@ -369,10 +373,17 @@ class _ConvUse(_Use):
         return int(x.shape[0])
 
     def _add(self, x: torch.Tensor, a: torch.Tensor) -> None:
-        geo = self.geometry
-        one_d = geo["one_d"]
+        """Unfolded patches are kernel-size times the input: a few samples at a time keep them small."""
+        one_d = self.geometry["one_d"]
         if x.dim() == (2 if one_d else 3):  # an unbatched input
             x = x.unsqueeze(0)
+        per_sample = x[0].numel() * math.prod(self.weight().shape[2:]) * 4
+        for part in x.split(max(1, PATCH_BYTES // max(per_sample, 1))):
+            self._add_patches(part, a)
+
+    def _add_patches(self, x: torch.Tensor, a: torch.Tensor) -> None:
+        geo = self.geometry
+        one_d = geo["one_d"]
         if geo["pad"] is not None and any(geo["pad"]):
             x = F.pad(x, geo["pad"], mode=geo["pad_mode"])
         kernel = tuple(self.weight().shape[2:])
