@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from solver import Budget, Option, Plan, Problem, Unit, solve
+from solver import Budget, Option, Plan, Problem, Unit, solve, uniform_plans
 from workers.data import Calibration
 from workers.errors import AnalysisError
 from workers.metrics._common import grad_only_for
@@ -65,10 +65,12 @@ class RefineRound:
     measured: float
     bytes: float | None
     exceeded: tuple[tuple[str, float, float], ...] = ()
+    source: str = "solve"  # "solve": the (corrected) exact plan; "uniform": the baseline it must beat
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "round": self.round,
+            "source": self.source,
             "assignment": dict(self.assignment),
             "predicted": self.predicted,
             "measured": self.measured,
@@ -161,6 +163,17 @@ def refine_plan(
         if nxt is None:
             break  # the corrected model prefers the best plan itself: nothing new to measure
         current = nxt
+    # the dearest uniform plan within the budgets is measured too: an interaction the corrections
+    # could not see never leaves the user with a plan measured worse than the simplest one
+    uniform = _dearest_uniform(problem, budgets) if rounds > 0 else None
+    if uniform is not None and _key(uniform) not in measured_at:
+        formats = table.layer_formats(uniform.assignment)
+        measured, _ = measurer({row.name: formats[row.name] for row in table.layers}, quantizers)
+        history.append(RefineRound(round=len(history), assignment=dict(uniform.assignment),
+                                   predicted=_damage(problem, uniform.assignment), measured=measured,
+                                   bytes=uniform.costs.get("bytes"), source="uniform"))
+        if measured < best.measured:
+            best = _Best(measured, uniform, len(history) - 1, {})
     report(1.0, f"refine: best measured plan from round {best.round}")
     measured, plan_best, k_best = best.measured, best.plan, best.round
     original = Plan(
@@ -174,6 +187,13 @@ def refine_plan(
         solve_seconds=plan.solve_seconds,
     )
     return Refinement(plan=original, measured=measured, best_round=k_best, rounds=tuple(history))
+
+
+def _dearest_uniform(problem, budgets: Sequence[Budget]) -> Plan | None:
+    """The uniform plan with the most bytes that meets every budget (None when none does)."""
+    fits = [p for p in uniform_plans(problem).values()
+            if all(p.costs.get(b.cost, math.inf) <= b.limit * (1 + 1e-12) for b in budgets)]
+    return max(fits, key=lambda p: p.costs.get("bytes", 0.0), default=None)
 
 
 @dataclass

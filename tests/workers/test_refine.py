@@ -68,6 +68,14 @@ def test_never_returns_a_plan_measured_worse_than_its_start(cnn):
     assert len(rounds) >= 3 and max(r.measured for r in rounds[1:]) > refined.measured
 
 
+def test_the_dearest_uniform_plan_is_measured_and_never_beats_the_result(cnn):
+    refined = cnn["refined"]
+    uniform = [r for r in refined.rounds if r.source == "uniform"]
+    assert [r.assignment for r in uniform] == [cnn["int3"].assignment]
+    assert refined.measured <= uniform[0].measured
+    assert refined.to_dict()["rounds"][-1]["source"] == "uniform"
+
+
 def test_each_round_reports_its_prediction_and_a_measurement_others_can_repeat(cnn):
     on_calibration = Evaluator(cnn["model"], EvaluationData(cnn["calibration"].inputs, None))
     problem = cnn["table"].to_problem()
