@@ -34,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.client import BitplanClient  # noqa: E402
+from service.cli.client import BitplanClient  # noqa: E402
 
 
 def _free_port() -> int:

@@ -1,11 +1,11 @@
-"""Alembic environment. The URL comes from the Config (set by service.db.migrate), never from a file."""
+"""Alembic environment. The URL comes from the Config (set by service.storage.db.migrate), never from a file."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from service.db.models import Base
+from service.storage.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("request", sa.JSON, nullable=False),
         sa.Column("result", sa.JSON),
         sa.Column("rank_agreement", sa.JSON),
-        # the job lifecycle, as on analyses (service.db.models.JobColumns)
+        # the job lifecycle, as on analyses (service.storage.db.models.JobColumns)
         sa.Column("status", sa.String(20), nullable=False, index=True),
         sa.Column("progress", sa.Float, nullable=False),
         sa.Column("message", sa.Text, nullable=False),

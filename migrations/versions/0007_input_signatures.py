@@ -1,6 +1,6 @@
 """input signatures: what a model takes and a dataset's largest token id, for the submit-time check
 
-Rows from before stay NULL and are not checked (service.compat).
+Rows from before stay NULL and are not checked (service.core.compat).
 
 Revision ID: 0007
 Revises: 0006

@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("media_type", sa.String(100)),
         sa.Column("warnings", sa.JSON),
         sa.Column("owned_by", sa.String(32), nullable=False, server_default="local", index=True),
-        # the job lifecycle, as on analyses (service.db.models.JobColumns)
+        # the job lifecycle, as on analyses (service.storage.db.models.JobColumns)
         sa.Column("status", sa.String(20), nullable=False, index=True),
         sa.Column("progress", sa.Float, nullable=False),
         sa.Column("message", sa.Text, nullable=False),

@@ -15,11 +15,11 @@ from service.api.routes import (
     analyses, datasets, evaluations, export_jobs, exports, frontiers, jobs_routes, models, ops, plans, schema_docs, solve,
     tokens,
 )
-from service.blobs import BlobStore
+from service.storage.blobs import BlobStore
 from service import dashboard
 from service.config import Settings, get_settings
-from service.db import migrate
-from service.db.session import configure_pool
+from service.storage.db import migrate
+from service.storage.db.session import configure_pool
 from service.jobs import make_queue
 
 

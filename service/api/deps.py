@@ -11,9 +11,9 @@ from fastapi import Request
 from sqlalchemy.orm import Session
 
 from service.api.telemetry import Telemetry
-from service.blobs import BlobStore
+from service.storage.blobs import BlobStore
 from service.config import Settings
-from service.db.session import session_scope
+from service.storage.db.session import session_scope
 from service.jobs import JobQueue
 
 

@@ -26,9 +26,9 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import store
+from service.storage import store
 from service.config import Settings
-from service.db.session import session_scope
+from service.storage.db.session import session_scope
 
 __all__ = ["IdempotencyMiddleware", "document_header", "HEADER"]
 

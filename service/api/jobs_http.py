@@ -17,10 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from service import store, tokens
+from service.storage import store, tokens
 from service.api.security import Caller
 from service.config import Settings
-from service.db.models import JobColumns
+from service.storage.db.models import JobColumns
 from service.errors import Unauthorized
 from service.jobs import JobQueue
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import store
+from service.storage import store
 from service.api.security import Principal
 from service.errors import TooManyRequests
 
@@ -35,7 +35,7 @@ def _too_large(field: str, message: str) -> JSONResponse:
 class BodySizeLimitMiddleware:
     """Refuse a POST whose declared Content-Length is over the limit before reading a byte of it.
 
-    Uploads are still counted while streamed (service/blobs.py), which covers chunked bodies.
+    Uploads are still counted while streamed (service/storage/blobs.py), which covers chunked bodies.
     """
 
     def __init__(self, app: ASGIApp, *, max_upload_bytes: int):

@@ -4,12 +4,12 @@ another route for its shaping."""
 
 from __future__ import annotations
 
-from service import evaluations, planning
+from service.core import evaluations, planning
 from service.api.schemas import (
     AnalysisOut, DatasetOut, EvaluationOut, ExportOut, LayerChoice, ModelOut, PlanOut, Progress, TokenOut,
     UnitChoice,
 )
-from service.db.models import (
+from service.storage.db.models import (
     AnalysisRecord, ApiTokenRecord, DatasetRecord, EvaluationRecord, ExportRecord, ModelRecord, PlanRecord,
 )
 from solver import Problem

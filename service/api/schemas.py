@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.budgets import budget_limits
+from service.core.budgets import budget_limits
 from workers.metrics import DEFAULT_METRIC
 
 
@@ -171,7 +171,7 @@ class TableOut(BaseModel):
 class BudgetIn(BaseModel):
     """Upper limits: `bytes` or `avg_bits` (bits per weight, scale overhead included; `average_bits`
     is accepted as an alias), plus any other cost the analysis has (e.g. `bops`, `latency_ms`) as
-    `name: limit`. Read by the solver's one budget parser (solver._budget, via service.budgets), the
+    `name: limit`. Read by the solver's one budget parser (solver._budget, via service.core.budgets), the
     same as the CLI and batch files; whether each word is a cost of the analysis is checked at solve."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": "number"}})

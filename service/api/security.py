@@ -18,10 +18,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import tokens
+from service.storage import tokens
 from service.config import Settings
-from service.db.models import LOCAL_OWNER
-from service.db.session import session_scope
+from service.storage.db.models import LOCAL_OWNER
+from service.storage.db.session import session_scope
 from service.errors import Forbidden, Unauthorized
 
 __all__ = [

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import store
-from service.db.session import session_scope
+from service.storage import store
+from service.storage.db.session import session_scope
 
 __all__ = ["Telemetry", "TelemetryMiddleware"]
 

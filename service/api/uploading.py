@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from fastapi import UploadFile
 
-from service.blobs import CHUNK, BlobStore, StagedUpload, UploadTooLarge
+from service.storage.blobs import CHUNK, BlobStore, StagedUpload, UploadTooLarge
 from service.config import Settings
 from service.errors import InvalidInput
 

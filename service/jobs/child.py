@@ -146,8 +146,8 @@ def run_inspect() -> int:
 
 def run_export() -> int:
     """Export a plan in a format that needs the model (the fake-quantized checkpoint); the request is
-    JSON on stdin, one JSON line of outcome on stdout (service.exports.run_export_child)."""
-    from service.exports import run_export_child
+    JSON on stdin, one JSON line of outcome on stdout (service.core.exports.run_export_child)."""
+    from service.core.exports import run_export_child
 
     print(json.dumps(run_export_child(json.loads(sys.stdin.read()))))
     return 0

@@ -12,9 +12,9 @@ import logging
 import queue
 import threading
 
-from service import store
+from service.storage import store
 from service.config import Settings
-from service.db.session import session_scope
+from service.storage.db.session import session_scope
 from service.jobs.kinds import KINDS
 from service.jobs.base import JobQueue
 from service.jobs.reaper import Reaper, staging_sweeper

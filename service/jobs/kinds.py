@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service import store
+from service.storage import store
 from workers.requests import AnalysisRequest, EvaluationRequest, ExportRequest, ModelSource
 
 __all__ = ["KINDS", "JobKind", "Payload", "get_kind", "model_source"]
@@ -160,7 +160,7 @@ def _run_evaluation(payload: Payload, report: Report) -> dict[str, Any]:
 
 def _build_export(s: Session, job_id: str, blobs) -> Payload:
     """The plan and its model, and a fresh scratch folder (the one place the child may write)."""
-    from service import exports
+    from service.core import exports
 
     export = store.get_export(s, export_id=job_id)
     plan = store.get_plan(s, plan_id=export.plan_id)
@@ -182,13 +182,13 @@ def _run_export(payload: Payload, report: Report) -> dict[str, Any]:
 
 
 def _collect_export(job_id: str, payload: Payload, outputs: dict[str, Any], blobs) -> dict[str, Any]:
-    from service import exports
+    from service.core import exports
 
     return {**outputs, **exports.commit_export(blobs, job_id, Path(payload.request.out))}
 
 
 def _discard_export(s: Session, job_id: str, outputs: dict[str, Any], blobs) -> None:
-    from service import exports
+    from service.core import exports
 
     exports.discard_export(blobs, store.get_export(s, export_id=job_id), outputs["sha256"])
 

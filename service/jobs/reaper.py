@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from service import store
-from service.db.session import session_scope
+from service.storage import store
+from service.storage.db.session import session_scope
 from service.jobs.kinds import KINDS
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def staging_sweeper(settings) -> Callable[[], int]:
     """The blob store's sweep of killed uploads' leftovers, older than settings.staging_grace_s."""
-    from service.blobs import BlobStore
+    from service.storage.blobs import BlobStore
 
     return functools.partial(BlobStore(settings.data_dir / "blobs").sweep_staging, settings.staging_grace_s)
 

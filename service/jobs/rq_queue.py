@@ -12,10 +12,10 @@ import logging
 import threading
 from datetime import timedelta
 
-from service import store
+from service.storage import store
 from service.config import Settings
-from service.db.models import utcnow
-from service.db.session import session_scope
+from service.storage.db.models import utcnow
+from service.storage.db.session import session_scope
 from service.jobs.kinds import KINDS
 from service.jobs.base import JobQueue
 from service.jobs.reaper import Reaper, staging_sweeper

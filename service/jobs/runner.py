@@ -21,10 +21,10 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import store
-from service.blobs import BlobStore
+from service.storage import store
+from service.storage.blobs import BlobStore
 from service.config import Settings
-from service.db.session import session_scope
+from service.storage.db.session import session_scope
 from service.errors import StorageError
 from service.jobs import child
 from service.jobs.child import TRANSIENT_EXIT

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from service import tokens
-from service.db.session import session_scope
+from service.storage import tokens
+from service.storage.db.session import session_scope
 from tests.utils.dashboard_factories import start_live_server
 
 

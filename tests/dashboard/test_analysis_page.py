@@ -158,8 +158,8 @@ def test_plan_export_downloads_when_the_server_has_exports(page, server, digits_
 def test_warnings_and_plan_confidence_are_shown(page, server):
     """An analysis whose table carries warnings shows them above the front; its plans show their
     confidence and the warnings they inherit."""
-    from service.db.models import AnalysisRecord
-    from service.db.session import session_scope
+    from service.storage.db.models import AnalysisRecord
+    from service.storage.db.session import session_scope
     from tests.utils.dashboard_factories import insert_synthetic_analysis
 
     aid = insert_synthetic_analysis(server.settings.resolved_database_url, layers=6, points=10)

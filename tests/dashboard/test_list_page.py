@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from service.db.models import AnalysisRecord
-from service.db.session import session_scope
+from service.storage.db.models import AnalysisRecord
+from service.storage.db.session import session_scope
 
 
 def test_list_shows_model_dataset_and_live_status(page, server, digits_analysis, artifacts):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from service import tokens
+from service.storage import tokens
 from service.api.security import auth_required, is_loopback
 from service.cli import main
 from service.config import Settings, get_settings
-from service.db.models import ApiTokenRecord
-from service.db.session import session_scope
+from service.storage.db.models import ApiTokenRecord
+from service.storage.db.session import session_scope
 from tests.utils.service_factories import bearer, issue_token, make_client
 
 
@@ -95,7 +95,7 @@ def test_analyses_record_the_token_that_submitted_them(tmp_path, digits):
         dataset = upload_dataset(c, digits.calibration_path).json()
         r = c.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"]})
         assert r.status_code == 202, r.text
-        from service.db.models import AnalysisRecord
+        from service.storage.db.models import AnalysisRecord
 
         with session_scope(c.app.state.settings.resolved_database_url) as s:
             rec = s.get(AnalysisRecord, r.json()["id"])

@@ -73,7 +73,7 @@ def test_a_block_plan_names_units_and_their_layers(served):
         (u["unit"], u["candidate"], u["bytes"]) for u in plan["units"]]
     assert sum(u["bytes"] for u in plan["units"]) == pytest.approx(plan["total_bytes"])
     assert client.get(f"/v1/plans/{plan['id']}").json()["units"] == plan["units"]
-    from service.commands import format_plan
+    from service.cli.commands import format_plan
 
     assert format_plan(plan).splitlines()[0].split()[0] == "unit"  # the CLI's table says what its rows are
     assert format_plan(plans["layer"]).splitlines()[0].split()[0] == "layer"
@@ -147,7 +147,7 @@ def test_a_problem_stored_before_it_carried_groups_gets_them_from_the_table():
     import uuid
     from types import SimpleNamespace
 
-    from service import planning
+    from service.core import planning
 
     unit = {"name": "b.0", "weights": 4, "options": [{"candidate": "int4", "damage": 1.0, "costs": {"bytes": 2}}]}
     old = SimpleNamespace(id=str(uuid.uuid4()), problem={"version": 1, "units": [unit]},

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from service.batch import BatchError, load_batch
+from service.cli.batch import BatchError, load_batch
 from service.cli import main as cli_main
 from solver._budget import BudgetError, asked_budgets
 from tests.utils.service_factories import make_client

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from service.batch import BatchError, load_batch
+from service.cli.batch import BatchError, load_batch
 from service.cli import main
 from service.config import Settings
 from tests.utils.live_server import live_server
@@ -20,8 +20,8 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("server")
     settings = Settings(data_dir=data, auth="on", max_active_jobs_per_token=1, _env_file=None)
     with live_server(settings) as url:
-        from service import tokens
-        from service.db.session import session_scope
+        from service.storage import tokens
+        from service.storage.db.session import session_scope
 
         with session_scope(settings.resolved_database_url) as s:
             secret = tokens.create_token(s, name="cli", scopes=["read", "submit"]).secret
@@ -144,7 +144,7 @@ def test_batch_help_documents_the_format(capsys):
 
 
 def test_plan_table_shows_confidence_and_warnings_per_layer():
-    from service.commands import format_plan
+    from service.cli.commands import format_plan
 
     plan = {"layers": [{"layer": "fc1", "candidate": "int4", "bytes": 40, "damage": 0.0},
                        {"layer": "fc2", "candidate": "int8", "bytes": 80, "damage": 0.5}],
@@ -165,7 +165,7 @@ def test_plan_table_shows_confidence_and_warnings_per_layer():
 
 def test_cli_pipeline_submit_plan_frontier_export(server, digits, tmp_path, capsys):
     """What a pipeline scripts: submit with --options/--name, a combined budget, the frontier, an export."""
-    from service.client import BitplanClient
+    from service.cli.client import BitplanClient
 
     url, token = server
     auth = ["--url", url, "--token", token]

@@ -75,7 +75,7 @@ def test_over_the_in_flight_limit_is_503_with_retry_after_at_once(tmp_path):
 
 
 def test_the_database_pool_follows_the_api_threads(tmp_path):
-    from service.db.session import RESERVED_CONNECTIONS, get_engine
+    from service.storage.db.session import RESERVED_CONNECTIONS, get_engine
     from tests.utils.service_factories import make_client
 
     with make_client(tmp_path, run_jobs=False, api_threads=6, db_pool_timeout_s=2) as c:
@@ -85,7 +85,7 @@ def test_the_database_pool_follows_the_api_threads(tmp_path):
 
 
 def test_no_free_connection_is_a_quick_503_with_retry_after(tmp_path):
-    from service.db.session import RESERVED_CONNECTIONS, get_engine
+    from service.storage.db.session import RESERVED_CONNECTIONS, get_engine
 
     settings = Settings(data_dir=tmp_path / "data", api_threads=2, db_pool_timeout_s=0.5, _env_file=None)
     with live_server(settings, run_jobs=False) as base:

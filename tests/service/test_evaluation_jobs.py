@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.db.migrate import at_head, upgrade
+from service.storage.db.migrate import at_head, upgrade
 from tests.utils.queue_factories import wait_finished
 from tests.utils.service_factories import make_client, upload_dataset, upload_model
 

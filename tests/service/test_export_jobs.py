@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from service import exports
+from service.core import exports
 from tests.utils.hf_factories import save_tiny
 from tests.utils.queue_factories import Workers, queue_settings, wait_finished
 from tests.utils.service_factories import make_client, zipped
@@ -250,7 +250,7 @@ def test_export_job_on_postgres_through_rq_workers(tmp_path, postgres_url, redis
     from safetensors.torch import load
 
     from service.api.app import create_app
-    from service.db.migrate import at_head, upgrade
+    from service.storage.db.migrate import at_head, upgrade
 
     upgrade(postgres_url)
     assert at_head(postgres_url)

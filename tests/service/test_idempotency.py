@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select, update
 
 from service.api.idempotency import _begin
-from service.db.models import DatasetRecord, IdempotencyRecord, utcnow
-from service.db.session import session_scope
+from service.storage.db.models import DatasetRecord, IdempotencyRecord, utcnow
+from service.storage.db.session import session_scope
 from tests.utils.service_factories import bearer, issue_token, make_client
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from service import store
+from service.storage import store
 from service.jobs.kinds import KINDS, Payload, get_kind
 from workers.requests import EvaluationRequest, ModelSource
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.commands import _latency_table_file, _options
+from service.cli.commands import _latency_table_file, _options
 from tests.service.test_api_flow import wait_for
 from tests.utils.service_factories import make_client, upload_dataset, upload_model
 

@@ -7,7 +7,7 @@ import zipfile
 
 from service.api.limits import TokenBucket
 from service.errors import InvalidInput
-from service.uploads import check_zip
+from service.core.uploads import check_zip
 from tests.utils.service_factories import bearer, issue_token, make_client, upload_dataset, upload_model
 
 import pytest

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.api.routes import ops
-from service.db import migrate
+from service.storage.db import migrate
 from tests.utils.service_factories import make_client
 
 

@@ -6,8 +6,8 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from service.db import migrate
-from service.db.session import get_engine
+from service.storage.db import migrate
+from service.storage.db.session import get_engine
 
 ROWS = (
     "INSERT INTO models (id, name, sha256, format, size_bytes, layers, created_at) VALUES "

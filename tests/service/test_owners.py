@@ -10,10 +10,10 @@ import json
 import httpx
 import pytest
 
-from service import tokens
+from service.storage import tokens
 from service.config import Settings
-from service.db.models import AnalysisRecord
-from service.db.session import session_scope
+from service.storage.db.models import AnalysisRecord
+from service.storage.db.session import session_scope
 from tests.utils.live_server import live_server
 from tests.utils.service_factories import bearer
 from tests.utils.synthetic import finish_analysis, problem_dict, stored_analysis

@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.db import migrate
+from service.storage.db import migrate
 from service.jobs import QUEUES
 from service.jobs.rq_queue import RQQueue
 from tests.service.test_queue_redis_down import queued_analysis

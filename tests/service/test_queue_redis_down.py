@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from service import store
-from service.db import migrate
-from service.db.models import AnalysisRecord, ModelRecord
-from service.db.session import session_scope
+from service.storage import store
+from service.storage.db import migrate
+from service.storage.db.models import AnalysisRecord, ModelRecord
+from service.storage.db.session import session_scope
 from service.jobs.rq_queue import RQQueue
 from tests.utils.queue_factories import queue_settings
 from tests.utils.servers import free_port

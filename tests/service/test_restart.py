@@ -6,10 +6,10 @@ import time
 
 from fastapi.testclient import TestClient
 
-from service import store
+from service.storage import store
 from service.api.app import create_app
 from service.config import Settings
-from service.db.session import session_scope
+from service.storage.db.session import session_scope
 from tests.utils.service_factories import upload_dataset, upload_model
 
 

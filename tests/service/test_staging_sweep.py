@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from service.blobs import BlobStore
+from service.storage.blobs import BlobStore
 from tests.utils.queue_factories import wait_until
 from tests.utils.service_factories import make_client
 

@@ -24,7 +24,7 @@ def assert_nothing_stored(client):
     blobs = client.data_dir / "blobs"
     stored = [p for p in blobs.rglob("*") if p.is_file()] if blobs.exists() else []
     assert stored == [], stored
-    from service.db.session import session_scope
+    from service.storage.db.session import session_scope
     from sqlalchemy import text
 
     with session_scope(client.app.state.settings.resolved_database_url) as s:

@@ -24,13 +24,13 @@ import uvicorn
 
 from service.api.app import create_app
 from service.config import Settings
-from service.db.models import AnalysisRecord, FrontierRecord, ModelRecord, utcnow
-from service.db.session import session_scope
+from service.storage.db.models import AnalysisRecord, FrontierRecord, ModelRecord, utcnow
+from service.storage.db.session import session_scope
 from unittest import mock
 
-from service import frontiers as service_frontiers
-from service.frontiers import compute_frontier
-from service.planning import StoredProblem
+from service.core import frontiers as service_frontiers
+from service.core.frontiers import compute_frontier
+from service.core.planning import StoredProblem
 from solver import lower_convex_hull, problem_to_dict
 from solver._frontier import Frontier
 from tests.utils.servers import free_port

@@ -22,8 +22,8 @@ def make_client(tmp_path: Path, database_url: str | None = None, *, run_jobs: bo
 
 def issue_token(client: TestClient, *scopes: str, name: str = "test") -> str:
     """A token's secret, created straight in the app's database (as `bitplan token create` does)."""
-    from service import tokens
-    from service.db.session import session_scope
+    from service.storage import tokens
+    from service.storage.db.session import session_scope
 
     with session_scope(client.app.state.settings.resolved_database_url) as session:
         return tokens.create_token(session, name=name, scopes=list(scopes)).secret

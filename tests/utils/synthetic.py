@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from service.db.models import AnalysisRecord, ModelRecord
-from service.db.session import session_scope
+from service.storage.db.models import AnalysisRecord, ModelRecord
+from service.storage.db.session import session_scope
 
 BITS = (2, 3, 4, 6, 8)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from sqlalchemy.orm import Session
 
-from service import catalog, compat, planning, store
+from service.core import catalog, compat, planning
+from service.storage import store
 from service.api.deps import get_queue, get_session, get_settings
 from service.api.jobs_http import submit_job
 from service.api.limits import check_active_jobs
@@ -13,7 +14,7 @@ from service.api.responses import analysis_out, plan_out
 from service.api.security import Caller, Principal, get_caller, get_principal
 from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, TableOut, WarningOut
 from service.config import Settings
-from service.db.models import AnalysisRecord, PlanRecord
+from service.storage.db.models import AnalysisRecord, PlanRecord
 from service.errors import InvalidInput
 from service.jobs import JobQueue
 

@@ -6,18 +6,18 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from service import store
+from service.storage import store
 from service.api.deps import get_blobs, get_session, get_settings
 from service.api.responses import dataset_out
 from service.api.security import Caller, get_caller
 from service.api.uploading import keep_if_valid, stage_upload
 from service.api.schemas import DatasetOut
-from service.blobs import BlobStore
-from service.compat import max_integer_input
+from service.storage.blobs import BlobStore
+from service.core.compat import max_integer_input
 from service.config import Settings
-from service.db.models import DatasetRecord
+from service.storage.db.models import DatasetRecord
 from service.errors import InvalidInput
-from service.uploads import (
+from service.core.uploads import (
     check_dataset, check_finite_safetensors, check_npz, check_text, read_safetensors_header, sniff_format,
 )
 

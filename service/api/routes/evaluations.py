@@ -12,7 +12,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from service import evaluations, store
+from service.core import evaluations
+from service.storage import store
 from service.api.deps import get_queue, get_session, get_session_factory, get_settings
 from service.api.jobs_http import EVENT_STREAM_DOC, Sessions, job_events, submit_job
 from service.api.limits import check_active_jobs
@@ -20,10 +21,10 @@ from service.api.responses import evaluation_out
 from service.api.schemas import EvaluationIn, EvaluationOut, FrontierEvaluationIn
 from service.api.security import Caller, Principal, get_caller, get_principal
 from service.config import Settings
-from service.db.models import EvaluationRecord
+from service.storage.db.models import EvaluationRecord
 from service.errors import InvalidInput
 from service.jobs import JobQueue
-from service.stored_frontiers import frontier_of
+from service.core.stored_frontiers import frontier_of
 
 router = APIRouter(tags=["evaluations"])
 

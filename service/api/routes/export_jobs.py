@@ -12,16 +12,17 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from service import exports, store
+from service.core import exports
+from service.storage import store
 from service.api.deps import get_blobs, get_queue, get_session, get_session_factory, get_settings
 from service.api.jobs_http import EVENT_STREAM_DOC, Sessions, job_events, submit_job
 from service.api.limits import check_active_jobs
 from service.api.responses import export_out
 from service.api.schemas import ExportJobIn, ExportOut
 from service.api.security import Caller, Principal, get_caller, get_principal
-from service.blobs import BlobStore
+from service.storage.blobs import BlobStore
 from service.config import Settings
-from service.db.models import ExportRecord
+from service.storage.db.models import ExportRecord
 from service.errors import Conflict, InvalidInput
 from service.jobs import JobQueue
 

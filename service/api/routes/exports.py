@@ -11,10 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.orm import Session
 
-from service import evaluations, exports, store
+from service.core import evaluations, exports
+from service.storage import store
 from service.api.deps import get_blobs, get_session, get_settings
 from service.api.security import Caller, get_caller
-from service.blobs import BlobStore
+from service.storage.blobs import BlobStore
 from service.config import Settings
 from service.errors import InvalidInput
 

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from service import store
+from service.storage import store
 from service.api.deps import get_session
 from service.api.security import Caller, get_caller
-from service.stored_frontiers import frontier_of
+from service.core.stored_frontiers import frontier_of
 
 router = APIRouter(prefix="/v1/analyses", tags=["frontiers"])
 

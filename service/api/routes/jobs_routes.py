@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from service import store
+from service.storage import store
 from service.api.deps import get_session, get_session_factory, get_settings
 from service.api.jobs_http import EVENT_STREAM_DOC, Sessions, job_events
 from service.api.responses import analysis_out

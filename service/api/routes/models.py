@@ -10,20 +10,20 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from service import store
+from service.storage import store
 from service.api.deps import get_blobs, get_session, get_settings
 from service.api.responses import model_out
 from service.api.security import Caller, get_caller
 from service.api.uploading import keep_if_valid, stage_upload
 from service.api.schemas import ModelOut
-from service.blobs import BlobStore
+from service.storage.blobs import BlobStore
 from service.config import Settings
-from service.db.models import ModelRecord
+from service.storage.db.models import ModelRecord
 from service.errors import InvalidInput
-from service.inspection import inspect_upload
+from service.core.inspection import inspect_upload
 from service.api.security import auth_required
 from service.jobs.sandbox import sandbox_mode_for
-from service.uploads import (
+from service.core.uploads import (
     check_pt2, check_zip, code_formats_allowed, read_safetensors_header, sniff_format, unpack_hf, zip_kind,
 )
 

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from service import store
+from service.storage import store
 from service.api.deps import get_queue, get_settings, get_telemetry
 from service.api.telemetry import Telemetry
 from service.config import Settings
-from service.db import migrate
+from service.storage.db import migrate
 from service.jobs import JobQueue
 
 router = APIRouter(tags=["operations"])

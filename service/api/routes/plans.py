@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
 
-from service import planning, store
+from service.core import planning
+from service.storage import store
 from service.api.deps import get_session
 from service.api.security import Caller, get_caller
 from service.api.responses import plan_out

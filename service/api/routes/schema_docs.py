@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.batch import batch_schema
+from service.cli.batch import batch_schema
 
 router = APIRouter(prefix="/v1/schemas", tags=["schemas"])
 

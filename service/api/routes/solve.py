@@ -9,10 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service import planning
+from service.core import planning
 from service.api.schemas import SolveIn
 from service.errors import InvalidInput
-from service.frontiers import compute_frontier
+from service.core.frontiers import compute_frontier
 from solver import problem_from_dict
 
 router = APIRouter(prefix="/v1/solve", tags=["solve"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
 
-from service import tokens
+from service.storage import tokens
 from service.api.deps import get_session
 from service.api.responses import token_out
 from service.api.schemas import TokenCreated, TokenIn, TokenOut

@@ -108,7 +108,7 @@ class BlobStore:
 
     def unpacked(self, sha256: str, archive: Path | None = None) -> Path:
         """A zipped model directory unpacked beside the store (once per content), for loaders that need a folder."""
-        from service.uploads import unpack_hf
+        from service.core.uploads import unpack_hf
 
         return unpack_hf(archive or self.path_for(sha256), self.root.parent / "unpacked" / sha256)
 

@@ -171,7 +171,7 @@ def proxy_quality_for(analysis, siblings) -> dict[str, Any]:
 def export_stored_plan(session, settings: Settings, blobs, *, plan_id: str, fmt: str, owned_by: str | None):
     """The `Export` of a stored plan (GET /v1/plans/{id}/export): its analysis's table and its model's
     source, looked up here so the route only parses and shapes. NotFound for another owner's plan."""
-    from service import store
+    from service.storage import store
     from service.jobs.kinds import model_source  # the job kinds' own, not the child entry point
 
     rec = store.get_plan(session, plan_id=plan_id, owned_by=owned_by)

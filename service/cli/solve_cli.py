@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from service.frontiers import compute_frontier
+from service.core.frontiers import compute_frontier
 from solver import InfeasibleBudget, SolverError, explain_infeasible, parse_budget, problem_from_dict, solve
 from solver._budget import asked_budget_texts
 

@@ -33,9 +33,9 @@ from typing import Any, TextIO
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.client import ApiError, BitplanClient
-from service.commands import confidence_text, progress_line, warning_summary
-from service.budgets import budget_limits, located_error
+from service.cli.client import ApiError, BitplanClient
+from service.cli.commands import confidence_text, progress_line, warning_summary
+from service.core.budgets import budget_limits, located_error
 from solver._budget import AVG_BITS, BudgetError, parse_budget_text
 from workers.metrics import DEFAULT_METRIC
 
@@ -65,7 +65,7 @@ class BatchJob(BaseModel):
     @field_validator("budgets", mode="before")
     @classmethod
     def _budgets(cls, value: Any) -> Any:
-        """Each budget read by the solver's one parser (service.budgets), so its errors name the
+        """Each budget read by the solver's one parser (service.core.budgets), so its errors name the
         budget and word (`budgets.0.avg_bits`) in the API's words."""
         if not isinstance(value, list):
             return value
@@ -304,7 +304,7 @@ def summary_table(runs: list[_Run]) -> str:
 
 
 def main(args) -> int:
-    from service.commands import client_from
+    from service.cli.commands import client_from
 
     try:
         jobs = load_batch(Path(args.file))

@@ -14,7 +14,7 @@ MEASURED_FIELDS = ("loss", "loss_kind", "accuracy", "perplexity", "top1_agreemen
 
 
 def choose_frontier_points(frontier: dict[str, Any], k: int) -> list[dict[str, Any]]:
-    """`k` points of a stored frontier (service.frontiers.compute_frontier's shape), evenly spaced by
+    """`k` points of a stored frontier (service.core.frontiers.compute_frontier's shape), evenly spaced by
     index with both ends included; each with its index, assignment (unit → candidate) and costs."""
     points = frontier["points"]
     if len(points) <= k:

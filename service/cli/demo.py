@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.client import ApiError, BitplanClient
+from service.cli.client import ApiError, BitplanClient
 
 
 def _free_port(preferred: int = 8000) -> int:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.budgets import budget_field
+from service.core.budgets import budget_field
 from service.errors import InvalidInput
 from solver import (
     Budget, BudgetError, InfeasibleBudget, Plan, Problem, budgets_from_mapping, explain_infeasible, problem_from_dict,

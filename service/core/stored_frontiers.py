@@ -1,6 +1,6 @@
 """An analysis's frontiers as the API serves them: computed on first request, stored, then read back.
 
-Kept apart from service.frontiers (pure computation, also used by `bitplan solve` with no database)
+Kept apart from service.core.frontiers (pure computation, also used by `bitplan solve` with no database)
 so that the frontier route and the frontier evaluation route share one find-or-compute path.
 """
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from service import planning, store
-from service.db.models import AnalysisRecord, FrontierRecord
+from service.core import planning
+from service.storage import store
+from service.storage.db.models import AnalysisRecord, FrontierRecord
 from service.errors import InvalidInput
-from service.frontiers import compute_frontier
+from service.core.frontiers import compute_frontier
 
 
 def frontier_of(session: Session, *, analysis: AnalysisRecord, cost: str, points: int) -> FrontierRecord:

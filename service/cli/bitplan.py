@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from service.config import get_settings
-    from service.db import migrate
+    from service.storage.db import migrate
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,14 +51,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _solve(args: argparse.Namespace) -> int:
-    from service.solve_cli import run_solve
+    from service.cli.solve_cli import run_solve
 
     return run_solve(args.problem, budgets=args.budget, frontier_points=args.frontier, cost=args.cost,
                      backend=args.backend, as_json=args.json)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.cli.demo import run_demo
 
     return run_demo(url=args.url, bits=args.bits, keep_serving=args.keep_serving, architecture=args.architecture,
                     port=args.port)
@@ -76,7 +76,7 @@ def _lazy(module: str, name: str):
 
 
 def _add_client_commands(sub) -> None:
-    from service.commands import add_client_args
+    from service.cli.commands import add_client_args
 
     p = sub.add_parser("submit", help="upload a model (and dataset) and start an analysis; prints its id")
     p.add_argument("model", help="safetensors weights (with --spec) or a torch.export .pt2")
@@ -93,12 +93,12 @@ def _add_client_commands(sub) -> None:
     p.add_argument("--wait", action="store_true", help="follow it with a progress bar until it ends")
     p.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
     add_client_args(p)
-    p.set_defaults(func=_lazy("service.commands", "submit"))
+    p.set_defaults(func=_lazy("service.cli.commands", "submit"))
 
     p = sub.add_parser("status", help="state and progress of an analysis")
     p.add_argument("id")
     add_client_args(p)
-    p.set_defaults(func=_lazy("service.commands", "status"))
+    p.set_defaults(func=_lazy("service.cli.commands", "status"))
 
     p = sub.add_parser("plan", help="solve a finished analysis for a budget and print the per-layer plan")
     p.add_argument("id")
@@ -109,7 +109,7 @@ def _add_client_commands(sub) -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_client_args(p)
-    p.set_defaults(func=_lazy("service.commands", "plan"))
+    p.set_defaults(func=_lazy("service.cli.commands", "plan"))
 
     p = sub.add_parser("frontier", help="the Pareto frontier of a finished analysis (cost vs damage)")
     p.add_argument("id")
@@ -117,7 +117,7 @@ def _add_client_commands(sub) -> None:
     p.add_argument("--points", type=int, default=50, help="budgets on the grid (default 50)")
     p.add_argument("--json", action="store_true", help="print the server's JSON")
     add_client_args(p)
-    p.set_defaults(func=_lazy("service.commands", "frontier"))
+    p.set_defaults(func=_lazy("service.cli.commands", "frontier"))
 
     p = sub.add_parser("export", help="a plan exported for an engine, written to a file")
     p.add_argument("id", help="plan id")
@@ -125,9 +125,9 @@ def _add_client_commands(sub) -> None:
                    help="json, llamacpp, llamacpp-types, gptqmodel, llmcompressor, nncf, hawq or safetensors")
     p.add_argument("-o", "--output", help="file to write (default: the server's file name; - for stdout)")
     add_client_args(p)
-    p.set_defaults(func=_lazy("service.commands", "export"))
+    p.set_defaults(func=_lazy("service.cli.commands", "export"))
 
-    from service.batch import __doc__ as batch_doc
+    from service.cli.batch import __doc__ as batch_doc
 
     p = sub.add_parser("batch", help="run a YAML/JSONL file of jobs with progress bars and a summary table",
                        description=batch_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,7 +135,7 @@ def _add_client_commands(sub) -> None:
     p.add_argument("--poll", type=float, default=1.0, help="seconds between status polls")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="give up on jobs still running after this")
     add_client_args(p)
-    p.set_defaults(func=_lazy("service.batch", "main"))
+    p.set_defaults(func=_lazy("service.cli.batch", "main"))
 
     p = sub.add_parser("token", help="create, list or revoke API tokens (on this server's database)")
     tsub = p.add_subparsers(dest="token_command", required=True)
@@ -146,7 +146,7 @@ def _add_client_commands(sub) -> None:
     t.add_argument("--all", action="store_true", help="include revoked ones")
     t = tsub.add_parser("revoke", help="revoke a token by id or prefix")
     t.add_argument("id")
-    p.set_defaults(func=_lazy("service.commands", "token"))
+    p.set_defaults(func=_lazy("service.cli.commands", "token"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,7 @@ LOCAL_OWNER = "local"
 
 class Owned:
     """Who a row belongs to: the id of the token that made it, or LOCAL_OWNER. Only its owner and
-    admins ever see it (service.store's lookups take the caller's owner); everyone else gets 404."""
+    admins ever see it (service.storage.store's lookups take the caller's owner); everyone else gets 404."""
 
     owned_by: Mapped[str] = mapped_column(String(32), index=True, default=LOCAL_OWNER, server_default=LOCAL_OWNER)
 
@@ -64,7 +64,7 @@ class ModelRecord(Owned, Base):
     hyperparams: Mapped[dict[str, Any] | None]
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     layers: Mapped[list[Any]]
-    # What one call takes (workers.models.input_signature), for the submit-time check (service.compat).
+    # What one call takes (workers.models.input_signature), for the submit-time check (service.core.compat).
     inputs: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -85,7 +85,7 @@ class DatasetRecord(Owned, Base):
 
 
 class JobColumns:
-    """The lifecycle every job kind shares (service.store's job functions and service.jobs read and
+    """The lifecycle every job kind shares (service.storage.store's job functions and service.jobs read and
     write only these): queued → running (owner token, heartbeat) → succeeded / failed / cancelled,
     with attempts, retry backoff and a cancel request.
 
@@ -189,7 +189,7 @@ class EvaluationRecord(Owned, JobColumns, Base):
 
 class ExportRecord(Owned, JobColumns, Base):
     """A plan written in a format that needs the model (the fake-quantized checkpoint), built by a job
-    like an analysis. The file lives in the blob store (service.exports.export_path) once the job
+    like an analysis. The file lives in the blob store (service.core.exports.export_path) once the job
     succeeded; `sha256` and `size_bytes` are set only then, so a row never points at half a file."""
 
     __tablename__ = "exports"

@@ -13,16 +13,16 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import (
+from service.storage.db.models import (
     AnalysisRecord, DatasetRecord, EvaluationRecord, ExportRecord, FrontierRecord, IdempotencyRecord, JobColumns,
     ModelRecord, PlanRecord, new_id, utcnow,
 )
-from service.db.session import get_engine
+from service.storage.db.session import get_engine
 from service.errors import Conflict, NotFound
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
-# The record of every job kind (same lifecycle columns, service.db.models.JobColumns): the lifecycle
+# The record of every job kind (same lifecycle columns, service.storage.db.models.JobColumns): the lifecycle
 # functions below take a kind and work on its table. The rest of a kind (its request, how it is built,
 # its work) is its entry in service.jobs.kinds.KINDS, which has one entry for each key here.
 JOB_RECORDS: dict[str, type[JobColumns]] = {

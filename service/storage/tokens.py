@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.models import ApiTokenRecord, utcnow
+from service.storage.db.models import ApiTokenRecord, utcnow
 from service.errors import NotFound
 
 SCOPES = ("read", "submit", "admin")

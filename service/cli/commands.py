@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from service.client import ApiError, BitplanClient
+from service.cli.client import ApiError, BitplanClient
 from solver._budget import AVG_BITS, parse_budget_text
 
 __all__ = ["add_client_args", "client_from", "submit", "status", "plan", "frontier", "export", "token", "progress_line"]
@@ -253,7 +253,7 @@ def frontier(args: argparse.Namespace) -> int:
 
 @_errors
 def export(args: argparse.Namespace) -> int:
-    from service.exports import job_formats
+    from service.core.exports import job_formats
 
     if args.format in job_formats():
         return _export_by_job(args)
@@ -294,10 +294,10 @@ def _export_by_job(args: argparse.Namespace) -> int:
 
 
 def token(args: argparse.Namespace) -> int:
-    from service import tokens
+    from service.storage import tokens
     from service.config import get_settings
-    from service.db import migrate
-    from service.db.session import session_scope
+    from service.storage.db import migrate
+    from service.storage.db.session import session_scope
     from service.errors import NotFound
 
     settings = get_settings()
