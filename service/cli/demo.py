@@ -113,25 +113,22 @@ def run_demo(*, url: str | None, bits: float, keep_serving: bool, architecture: 
             with _Step("uploading calibration data"):
                 dataset = client.upload_dataset(trained.calibration_path, name="digits-calibration")
                 print(f"  dataset {dataset['id']}: {dataset['samples']} samples of shape {dataset['input_shape']}")
-        with _Step("sensitivity analysis (Hutchinson Hessian trace, INT2/3/4/6/8 candidates)"):
+        with _Step("sensitivity analysis (default metric, INT2/3/4/6/8 candidates)"):
             analysis = client.start_analysis(model["id"], dataset_id=dataset["id"])
             final = client.wait(analysis["id"], poll=0.3, on_progress=_bar)
             if final["status"] != "succeeded":
                 print(f"  analysis {final['status']}: {final['error']}", file=sys.stderr)
                 return 1
+            print(f"  metric {final['metric']}")
         with _Step(f"solving for an average of {bits:g} bits per weight (exact solver)"):
             plan = client.plan(analysis["id"], avg_bits=bits)
-        table = client.table(analysis["id"])
-        traces = {row["layer"]: row["statistics"] for row in table["layers"]}
         print()
-        print(f"{'layer':<12} {'weights':>8} {'Tr(H)/n':>12} {'±95%':>10} {'format':>8} {'bytes':>10}")
-        weights = {row["layer"]: row["weights"] for row in table["layers"]}
-        for layer in plan["layers"]:
-            stats = traces[layer["layer"]]
-            n = weights[layer["layer"]]
-            trace, ci = stats.get("mean", float("nan")), stats.get("ci_halfwidth") or 0.0
-            print(f"{layer['layer']:<12} {n:>8} {trace / n:>12.4g} {ci / n:>10.2g} {layer['candidate']:>8} "
-                  f"{layer['bytes']:>10.0f}")
+        # each unit's predicted damage (loss increase) at the format the plan gives it
+        print(f"{'unit':<12} {'weights':>8} {'damage':>12} {'format':>8} {'bytes':>10}")
+        weights = {row["layer"]: row["weights"] for row in client.table(analysis["id"])["layers"]}
+        for unit in plan["units"]:
+            n = sum(weights[layer] for layer in unit["layers"])
+            print(f"{unit['unit']:<12} {n:>8} {unit['damage']:>12.4g} {unit['candidate']:>8} {unit['bytes']:>10.0f}")
         print()
         budget_bytes = bits * model["parameters"] / 8
         print(f"total {plan['total_bytes']:.0f} bytes ≤ budget {budget_bytes:.0f} bytes; "
