@@ -165,7 +165,7 @@ def _graph_inputs(gm: nn.Module) -> list[dict[str, Any]]:
 
 def input_signature(model: nn.Module, source: ModelSource) -> dict[str, Any] | None:
     """What one call of the model takes, as JSON the API compares a dataset with before queuing
-    (service.compat): {"takes": "tensor", "shape": [None | int, ...] (None: any size; the first is the
+    (service.core.compat): {"takes": "tensor", "shape": [None | int, ...] (None: any size; the first is the
     batch), "dtype", "static_batch"} or {"takes": "token_ids", "vocab_size", "max_positions"}. None
     when it cannot be told."""
     if source.format == "hf":
