@@ -220,3 +220,17 @@ def measured_damage(metric: str, stat: Any, candidate: Any) -> float:
     if stat.mean == base or not (spread > 0 and math.isfinite(spread) and math.isfinite(half)):
         return value
     return max(0.0, value + (stat.mean - base) / spread * half)
+
+
+def group_damage_ci(values: torch.Tensor, per_row: float, groups: int) -> tuple[float, float]:
+    """The mean over rows of the per-row damage, and the 95% half-width over `groups` consecutive
+    groups of samples (`values`: one sum over its rows per sample)."""
+    n = values.numel()
+    value = float(values.sum()) / (n * per_row)
+    g = min(groups, n)
+    if g < 2:
+        return value, math.inf
+    parts = [float(p.sum()) / (p.numel() * per_row) for p in torch.tensor_split(values, g)]
+    mean = math.fsum(parts) / g
+    var = math.fsum((p - mean) ** 2 for p in parts) / (g - 1)
+    return value, Z95 * math.sqrt(var / g)

@@ -24,6 +24,7 @@ METRICS: Registry[Metric] = Registry(
         "input_covariance": "workers.metrics.input_covariance:InputCovariance",
         "loss_delta": "workers.metrics.loss_delta:LossDelta",
         "mse": "workers.metrics.mse:Mse",
+        "sampled_gauss_newton": "workers.metrics.sampled_gauss_newton:SampledGaussNewton",
     },
 )
 
@@ -32,7 +33,8 @@ DEFAULT_METRIC = "input_covariance"
 
 # Torch-free answers for the built-ins; a registered metric answers from its class.
 NEEDS_DATA = {"eigen": True, "fisher": True, "gauss_newton": True, "hutchinson": True,
-               "input_covariance": True, "loss_delta": True, "mse": False}
+               "input_covariance": True, "loss_delta": True, "mse": False,
+              "sampled_gauss_newton": True}
 
 
 # Torch-free option names of the built-ins (their constructors' keyword arguments), so the API can
@@ -46,6 +48,7 @@ OPTION_NAMES = {
     "input_covariance": ("weighting", "folds", "fisher_batches", "loss", "streaming"),
     "loss_delta": ("output_loss",),
     "mse": ("normalize",),
+    "sampled_gauss_newton": ("draws", "groups", "loss", "output_loss"),
 }
 
 

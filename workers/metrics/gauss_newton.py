@@ -48,6 +48,7 @@ from workers.metrics._common import (
     check_output_loss,
     check_positive_ints,
     grad_only_for,
+    group_damage_ci,
 )
 from workers.metrics._loss import forward, model_device, uses_label_free
 
@@ -131,7 +132,7 @@ class GaussNewton(Metric):
         for i, values in enumerate(per_sample):
             damage, half = {}, {}
             for j, q in enumerate(ctx.candidates):
-                damage[q.name], half[q.name] = _damage_ci(values[j], per_row, self.groups)
+                damage[q.name], half[q.name] = group_damage_ci(values[j], per_row, self.groups)
             if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
                 raise AnalysisError("gauss_newton: the damage is not finite (NaN/inf in the model's outputs)")
             worst = max(damage, key=damage.__getitem__) if damage else None
@@ -160,20 +161,6 @@ def _perturbations(info, weight: nn.Parameter, candidates: Sequence[Quantizer]) 
     exactly as the analysis rounds (LayerInfo.quantize)."""
     w = weight.detach().to(torch.float32)
     return torch.stack([(info.quantize(q, w) - w) for q in candidates]).to(weight.dtype)
-
-
-def _damage_ci(values: torch.Tensor, per_row: float, groups: int) -> tuple[float, float]:
-    """The mean over rows of the per-row damage, and the 95% half-width over `groups` consecutive
-    groups of samples (`values`: one sum over its rows per sample)."""
-    n = values.numel()
-    value = float(values.sum()) / (n * per_row)
-    g = min(groups, n)
-    if g < 2:
-        return value, math.inf
-    parts = [float(p.sum()) / (p.numel() * per_row) for p in torch.tensor_split(values, g)]
-    mean = math.fsum(parts) / g
-    var = math.fsum((p - mean) ** 2 for p in parts) / (g - 1)
-    return value, Z95 * math.sqrt(var / g)
 
 
 def row_losses(dz: torch.Tensor, reference: torch.Tensor, kind: str, form: str) -> torch.Tensor:

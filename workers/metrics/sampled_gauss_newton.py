@@ -1,0 +1,223 @@
+"""The Gauss-Newton quadratic form along each candidate's perturbation, estimated from sampled-label
+gradients: no Kronecker or diagonal approximation, and one backward per draw for every layer and
+candidate at once.
+
+For a sample s (a calibration image, or a text window) draw a label ŷ_r ~ softmax(z_r) for each of
+its output rows r (z: the float model's logits), and let g_s = ∇_W Σ_r CE(z_r, ŷ_r) be the gradient
+of that sampled loss in a layer's weight. Its output-space factor p_r − e_ŷ has covariance
+diag p_r − p_r p_rᵀ = H_r (the Hessian of KL and of cross-entropy in the logits), and the rows'
+draws are independent, so for any ΔW
+
+    E_ŷ[⟨g_s, ΔW⟩²] = Σ_{r ∈ s} Δz_rᵀ H_r Δz_r,   Δz_r = J_r · ΔW,
+
+the exact Gauss-Newton form of gauss_newton, cross terms between output channels, positions and
+(for tied weights) uses included. The damage is d(l, c) = ½ · (1/R) Σ_s mean over `draws` of
+⟨g_s, Q_c(W) − W⟩² (R: output rows), ≥ 0 by construction. "mse" output loss: the label is a
+Rademacher vector u_r (E[u uᵀ] = I), the loss Σ_r ⟨u_r, z_r⟩.
+
+Why this and not input_covariance's K-FAC form: on SmolLM2-135M the K-FAC form's error against
+the measured single-layer KL depended on the layer's role (v_proj over-predicted ~2×, MLP and
+o_proj under-predicted 2–3×, a product of averaging the output factor over positions), which moved
+bits from the MLPs to attention and gave a plan worse than uniform int4; this form's error is nearly
+the same factor for every role (README, Benchmarks).
+
+Cost: per sample, one forward at batch 1 and `draws` backward passes through it (a model with a
+fixed batch dimension is run at its calibration batch, and each sample's backward pays for the whole
+batch); each weight gradient is dotted with every candidate's ΔW as soon as it is accumulated and
+then freed. Memory: the model, one sample's graph, and ΔW of every layer and candidate (float32, or
+bfloat16 when that stack would pass `DELTA_FLOAT32_BYTES`; bfloat16's 2⁻⁸ rounding of ΔW moves an
+inner product over many weights by far less than the sampling does). It needs a backward through the
+whole model, so it does not stream block by block (input_covariance does).
+
+Confidence interval: over `groups` consecutive groups of samples, each group's estimate of the
+damage, 1.96 · s / √groups; it covers both the finite calibration set and the label draws.
+
+Statistic: the largest d(l, c) over the candidates (the layer's worst case), its half-width and the
+number of groups; damage is d(l, c) for the candidate asked.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from workers.errors import AnalysisError
+from workers.metrics._base import LayerStatistic, Metric, MetricContext
+from workers.metrics._common import (
+    calibrated_params, check_loss, check_output_loss, check_positive_ints, grad_only_for, group_damage_ci,
+    measured_damage,
+)
+from workers.metrics._loss import forward, model_device, uses_label_free
+
+if TYPE_CHECKING:
+    from workers.quantizers import Quantizer
+
+# above this many bytes the stack of every layer's and candidate's ΔW is kept in bfloat16
+DELTA_FLOAT32_BYTES = 2**30
+
+
+@dataclass
+class SampledGaussNewton(Metric):
+    """Options: `draws` sampled labels per calibration sample (the variance falls as 1/(samples ×
+    draws)); `groups` of samples the confidence interval is computed over; `loss` ("auto",
+    "label_free" or "cross_entropy": the Gauss-Newton matrix of cross-entropy is that of "kl") and
+    `output_loss` ("kl" or "mse") as for gauss_newton."""
+
+    draws: int = 4
+    groups: int = 16
+    loss: str = "auto"
+    output_loss: str = "kl"
+
+    name: ClassVar[str] = "sampled_gauss_newton"
+    statistic: ClassVar[str] = "max_quadratic_damage"
+    needs_data: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_positive_ints(self, "draws", "groups")
+        if self.groups < 2:
+            raise ValueError("options.groups: at least 2 groups are needed for a confidence interval")
+        check_loss(self.loss)
+        check_output_loss(self.output_loss)
+
+    def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
+        params = calibrated_params(self.name, ctx)
+        calibration = ctx.calibration
+        label_free = uses_label_free(ctx.model, calibration, self.loss)
+        kind = self.output_loss if label_free else "kl"  # cross-entropy's Hessian in the logits is KL's
+        samples = calibration.samples
+        squares = [torch.zeros(len(ctx.candidates), samples, dtype=torch.float64) for _ in params]
+        started = time.perf_counter()
+        with grad_only_for(ctx.model, params):
+            inner = _InnerProducts(params, _perturbations(ctx))
+            rows = start = 0
+            alone = None
+            with inner.hooked():
+                for x, _ in calibration.batches():
+                    x = x.to(model_device(ctx.model))
+                    if alone is None:
+                        alone = x.shape[0] == 1 or (getattr(ctx.model, "bitplan_static_batch", None) is None
+                                                    and _runs_alone(ctx.model, x[:1]))
+                    rows += self._batch(ctx.model, x, start, alone, kind, ctx.seed, inner, squares)
+                    start += x.shape[0]
+                    eta = (time.perf_counter() - started) / start * (samples - start)
+                    ctx.report(start / samples, f"{self.name}: {start} of {samples} samples × {self.draws} draws,"
+                                                f" ETA {eta:.0f} s")
+        per_row = rows / samples
+        stats = []
+        for values in squares:
+            damage, half = {}, {}
+            for j, q in enumerate(ctx.candidates):
+                damage[q.name], half[q.name] = group_damage_ci(0.5 * values[j] / self.draws, per_row, self.groups)
+            if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
+                raise AnalysisError(f"{self.name}: the damage is not finite (NaN/inf in the model's gradients)")
+            worst = max(damage, key=damage.__getitem__) if damage else None
+            stats.append(LayerStatistic(
+                mean=damage[worst] if worst is not None else 0.0,
+                ci_halfwidth=half[worst] if worst is not None else 0.0,
+                samples=min(self.groups, samples),
+                converged=True,
+                extra={"damage": damage, "ci": half, "worst": worst},
+            ))
+        return stats
+
+    def _batch(self, model, x, start, alone, kind, seed, inner, squares) -> int:
+        """Every sample of batch `x` (forwarded one at a time when the model allows): each draw's
+        ⟨g, ΔW⟩² added to `squares`; returns the batch's output rows. Sample s draws from its own
+        generator, seeded from (seed, s), so the numbers do not depend on the batch size."""
+        n = x.shape[0]
+        pieces = [(x[i : i + 1], [start + i]) for i in range(n)] if alone else [(x, list(range(start, start + n)))]
+        rows = 0
+        for inputs, columns in pieces:
+            out = forward(model, inputs)
+            logits = out.reshape(out.shape[0], -1, out.shape[-1]).to(torch.float32)
+            rows += logits.shape[0] * logits.shape[1]
+            gens = [torch.Generator().manual_seed((seed * 1_000_003 + column) % 2**63) for column in columns]
+            steps = [(b, column) for _ in range(self.draws) for b, column in enumerate(columns)]
+            for t, (b, column) in enumerate(steps):
+                sampled = _sampled_loss(logits[b], kind, gens[b])
+                inner.reset()
+                sampled.backward(retain_graph=t < len(steps) - 1)
+                for products, acc in zip(inner.take(), squares, strict=True):
+                    acc[:, column] += products.pow(2)
+            del out, logits
+        return rows
+
+    def damage(
+        self, stat: LayerStatistic, candidate: Quantizer, weight: torch.Tensor, quantized: torch.Tensor
+    ) -> float:
+        return measured_damage(self.name, stat, candidate)
+
+
+def _runs_alone(model, x1: torch.Tensor) -> bool:
+    """Whether the model takes one sample at a time (an exported model may fix its batch size)."""
+    try:
+        with torch.no_grad():
+            forward(model, x1)
+    except AnalysisError:
+        return False
+    return True
+
+
+def _sampled_loss(logits: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Σ over this sample's rows of the loss whose gradient in the logits has covariance H
+    (labels drawn on the CPU, so a seed gives the same draws on every device)."""
+    if kind == "mse":
+        u = torch.randint(0, 2, logits.shape, generator=gen).to(logits).mul_(2).sub_(1)
+        return (logits * u).sum()
+    probs = torch.softmax(logits.detach(), dim=-1).cpu().to(torch.float64)
+    drawn = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+    return F.cross_entropy(logits, drawn, reduction="sum")
+
+
+def _perturbations(ctx: MetricContext) -> list[torch.Tensor]:
+    """Per layer, (candidates, weights) of Q_c(W) − W flattened in the Parameter's layout, rounded
+    exactly as the analysis rounds (LayerInfo.quantize)."""
+    total = sum(w.numel() for _, w in ctx.layers) * len(ctx.candidates) * 4
+    dtype = torch.float32 if total <= DELTA_FLOAT32_BYTES else torch.bfloat16
+    out = []
+    for info, weight in ctx.layers:
+        w = weight.detach().to(torch.float32)
+        out.append(torch.stack([(info.quantize(q, w) - w).reshape(-1).to(dtype) for q in ctx.candidates]))
+    return out
+
+
+class _InnerProducts:
+    """⟨∂loss/∂W, ΔW_c⟩ for every layer and candidate, taken from each weight's gradient as soon
+    as the backward has accumulated it, which is then freed (so no copy of all gradients is held)."""
+
+    def __init__(self, params, deltas):
+        self.params = params
+        self.deltas = deltas
+        self.values: list[torch.Tensor | None] = [None] * len(params)
+        self.uses: dict[int, list[int]] = {}
+        for i, p in enumerate(params):
+            self.uses.setdefault(id(p), []).append(i)
+
+    def reset(self) -> None:
+        self.values = [None] * len(self.params)
+
+    def take(self) -> list[torch.Tensor]:
+        zero = torch.zeros(self.deltas[0].shape[0], dtype=torch.float64)
+        return [zero if v is None else v for v in self.values]
+
+    def _on_grad(self, p: torch.Tensor) -> None:
+        g = p.grad.reshape(-1)
+        for i in self.uses[id(p)]:
+            d = self.deltas[i]
+            self.values[i] = (d @ g.to(d.dtype)).to(torch.float64).cpu()
+        p.grad = None
+
+    def hooked(self):
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        for indices in self.uses.values():
+            p = self.params[indices[0]]
+            p.grad = None
+            stack.callback(p.register_post_accumulate_grad_hook(self._on_grad).remove)
+        return stack
