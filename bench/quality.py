@@ -67,7 +67,7 @@ except ImportError:  # a checkout without the interactions loop
 
 CANDIDATES = ["int2", "int3", "int4", "int6", "int8"]
 BUDGETS = ("4", "3", "2.5")
-METRICS = ("hutchinson", "fisher", "gauss_newton", "input_covariance", "loss_delta")
+METRICS = ("hutchinson", "fisher", "gauss_newton", "input_covariance", "sampled_gauss_newton", "loss_delta")
 DEFAULT_METRIC = default_metric  # what a request naming no metric gets
 MODELOPT_PY = ROOT / ".venv-modelopt" / "bin" / "python"
 
@@ -403,7 +403,7 @@ def refine_metrics(case: Case, tables: dict) -> list[str]:
     if case.refine_calibration is None or refine_plan is None:
         return []
     first = DEFAULT_METRIC if DEFAULT_METRIC in tables else next(iter(tables), None)
-    return [m for m in dict.fromkeys((first, "gauss_newton", "input_covariance")) if m in tables]
+    return [m for m in dict.fromkeys((first, "gauss_newton", "input_covariance", "sampled_gauss_newton")) if m in tables]
 
 
 # ------------------------------------------------------------------------------------------ peer

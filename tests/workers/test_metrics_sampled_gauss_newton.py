@@ -118,3 +118,21 @@ def test_options_are_checked():
         get_metric("sampled_gauss_newton", {"groups": 1})
     with pytest.raises(ValueError, match="^options.output_loss"):
         get_metric("sampled_gauss_newton", {"output_loss": "l1"})
+
+
+def test_a_large_perturbation_stack_kept_in_bfloat16_gives_nearly_the_same_damages(monkeypatch):
+    """Models whose ΔW stack would pass DELTA_FLOAT32_BYTES keep it in bfloat16, widened a slice at a
+    time for the product (the slices are made smaller than one layer here so several are summed)."""
+    import workers.metrics.sampled_gauss_newton as sgn
+
+    torch.manual_seed(6)
+    model = GroupedConvNet().eval()
+    cal = Calibration(torch.randn(6, 2, 4, 4), None, batch_size=6)
+    wide = sgn_table(model, cal, draws=2, groups=3)
+    monkeypatch.setattr(sgn, "DELTA_FLOAT32_BYTES", 0)
+    monkeypatch.setattr(sgn, "WIDEN_ELEMENTS", 7)
+    narrow = sgn_table(model, cal, draws=2, groups=3)
+    for a, b in zip(wide.layers, narrow.layers, strict=True):
+        for ca, cb in zip(a.candidates, b.candidates, strict=True):
+            assert cb.raw_damage == pytest.approx(ca.raw_damage, rel=0.02)
+            assert cb.raw_damage != ca.raw_damage  # the bfloat16 stack really was used

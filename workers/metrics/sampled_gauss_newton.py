@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 # above this many bytes the stack of every layer's and candidate's ΔW is kept in bfloat16
 DELTA_FLOAT32_BYTES = 2**30
+# weights per slice when a bfloat16 ΔW stack is widened to float32 for the product
+WIDEN_ELEMENTS = 2**22
 
 
 @dataclass
@@ -92,6 +94,11 @@ class SampledGaussNewton(Metric):
         samples = calibration.samples
         squares = [torch.zeros(len(ctx.candidates), samples, dtype=torch.float64) for _ in params]
         started = time.perf_counter()
+
+        def progress(done: int) -> None:
+            eta = (time.perf_counter() - started) / done * (samples - done)
+            ctx.report(done / samples, f"{self.name}: {done} of {samples} samples × {self.draws} draws, ETA {eta:.0f} s")
+
         with grad_only_for(ctx.model, params):
             inner = _InnerProducts(params, _perturbations(ctx))
             rows = start = 0
@@ -102,11 +109,8 @@ class SampledGaussNewton(Metric):
                     if alone is None:
                         alone = x.shape[0] == 1 or (getattr(ctx.model, "bitplan_static_batch", None) is None
                                                     and _runs_alone(ctx.model, x[:1]))
-                    rows += self._batch(ctx.model, x, start, alone, kind, ctx.seed, inner, squares)
+                    rows += self._batch(ctx.model, x, start, alone, kind, ctx.seed, inner, squares, progress)
                     start += x.shape[0]
-                    eta = (time.perf_counter() - started) / start * (samples - start)
-                    ctx.report(start / samples, f"{self.name}: {start} of {samples} samples × {self.draws} draws,"
-                                                f" ETA {eta:.0f} s")
         per_row = rows / samples
         stats = []
         for values in squares:
@@ -125,7 +129,7 @@ class SampledGaussNewton(Metric):
             ))
         return stats
 
-    def _batch(self, model, x, start, alone, kind, seed, inner, squares) -> int:
+    def _batch(self, model, x, start, alone, kind, seed, inner, squares, progress) -> int:
         """Every sample of batch `x` (forwarded one at a time when the model allows): each draw's
         ⟨g, ΔW⟩² added to `squares`; returns the batch's output rows. Sample s draws from its own
         generator, seeded from (seed, s), so the numbers do not depend on the batch size."""
@@ -145,6 +149,7 @@ class SampledGaussNewton(Metric):
                 for products, acc in zip(inner.take(), squares, strict=True):
                     acc[:, column] += products.pow(2)
             del out, logits
+            progress(columns[-1] + 1)
         return rows
 
     def damage(
@@ -206,10 +211,15 @@ class _InnerProducts:
         return [zero if v is None else v for v in self.values]
 
     def _on_grad(self, p: torch.Tensor) -> None:
-        g = p.grad.reshape(-1)
+        g = p.grad.reshape(-1).to(torch.float32)
         for i in self.uses[id(p)]:
             d = self.deltas[i]
-            self.values[i] = (d @ g.to(d.dtype)).to(torch.float64).cpu()
+            if d.dtype == torch.float32:
+                value = d @ g
+            else:  # CPUs have no fast bfloat16 matrix-vector product: widen a slice at a time
+                value = sum(d[:, lo : lo + WIDEN_ELEMENTS].to(torch.float32) @ g[lo : lo + WIDEN_ELEMENTS]
+                            for lo in range(0, g.numel(), WIDEN_ELEMENTS))
+            self.values[i] = value.to(torch.float64).cpu()
         p.grad = None
 
     def hooked(self):
