@@ -21,6 +21,10 @@ Static batch: a model exported with a fixed batch dimension (`bitplan_static_bat
 workers.models for such a `.pt2`) is fed batches of exactly that size; the samples that do not fill
 a last batch are left out and counted in the provenance.
 
+Streamed weights (a model from workers.streaming.load_streamed): only input_covariance runs on it;
+whole forwards (tracing, memory planning) load one block at a time, and each layer's weight is read
+from the files when its rows are computed (workers.streaming.layer_weights).
+
 Costs: with calibration data one sample is traced (workers.costs) for MACs, BOPs and latency, and
 the same pass finds the fusable projections that `ties="auto"` ties (workers.units).
 """
@@ -56,6 +60,7 @@ from workers.metrics import Metric, MetricContext
 from workers.metrics._loss import loss_name, uses_label_free
 from workers.models import find_layers
 from workers.quantizers import Quantizer
+from workers.streaming import layer_weights, place, store_of, streamed_forward
 from workers.table import CandidateRow, LayerRow, SensitivityTable, table_warnings
 from workers.units import group_layers
 
@@ -142,9 +147,12 @@ def analyse(
         raise ValueError("options.latency_table: give either a latency table or a hardware profile, not both")
     names = [info.name for info, _ in layers]
     units = group_layers(names, grouping)
+    if store_of(model) is not None and metric.name != "input_covariance":
+        raise AnalysisError(f"metric {metric.name!r} needs every weight resident; with streamed weights only"
+                            " input_covariance runs")
 
     target = resolve_device(device)
-    model.to(target)
+    place(model, target)
     static_batch = getattr(model, "bitplan_static_batch", None)
     static_note = None
     if calibration is not None:
@@ -158,7 +166,8 @@ def analyse(
     if calibration is not None:
         report(0.0, "tracing one sample for MACs and shared inputs")
         try:
-            trace = trace_layers(model, layers, calibration.inputs[: static_batch or 1])
+            with streamed_forward(model):
+                trace = trace_layers(model, layers, calibration.inputs[: static_batch or 1])
             if static_batch is not None:
                 _per_sample(trace, static_batch)
         except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
@@ -171,7 +180,8 @@ def analyse(
     elif cost_sample is not None:
         report(0.0, "tracing one synthetic sample for MACs")
         try:
-            trace = trace_layers(model, layers, cost_sample.to(target))
+            with streamed_forward(model):
+                trace = trace_layers(model, layers, cost_sample.to(target))
             if cost_sample.shape[0] > 1:
                 _per_sample(trace, int(cost_sample.shape[0]))
         except Exception as exc:  # noqa: BLE001 - user models fail in arbitrary ways
@@ -209,8 +219,9 @@ def analyse(
     started = time.perf_counter()
     report(_MEASURE_SHARE, f"quantizing {len(layers)} layers × {len(candidates)} candidates")
     rows = []
+    fetch = layer_weights(model)  # the weight itself, or read from the files when streamed
     for (info, weight), stat in zip(layers, stats, strict=True):
-        w = weight.detach().to(torch.float32)
+        w = fetch(weight)
         layer_trace = trace.layers.get(info.name) if trace is not None else None
         cand_rows = []
         spreads: list[tuple[float, float] | None] = []
@@ -343,6 +354,8 @@ def _plan_memory(model, layers, calibration, metric, device, static_batch, memor
     if kind is None:
         return None
     pass_type, knob = kind
+    if store_of(model) is not None:
+        pass_type = "forward"  # streamed: no graph may hold a block's weights; the backward is block by block
     report(0.0, "measuring the memory of one pass at small batch sizes")
     loss_option = {"loss": metric.loss} if isinstance(getattr(metric, "loss", None), str) else {}
     fixed = min(int(getattr(metric, "layer_chunk", 1)), len(layers)) if knob is None else None
@@ -350,12 +363,13 @@ def _plan_memory(model, layers, calibration, metric, device, static_batch, memor
         setattr(metric, knob, max(1, min(getattr(metric, knob), metric.max_probes)))
     free, _ = free_memory(device)
     try:
-        cost = measure_pass_cost(
-            model, [p for _, p in layers], calibration, kind=pass_type,
-            output_loss=getattr(metric, "output_loss", "kl"), device=device, batch_cap=calibration.batch_size,
-            probe_cap=getattr(metric, knob) if knob else max(2, fixed or 1), static_batch=static_batch,
-            **loss_option,  # no doubling: four passes at b, p ∈ {1, 2} (issue 10: growth cost minutes)
-        )
+        with streamed_forward(model):
+            cost = measure_pass_cost(
+                model, [p for _, p in layers], calibration, kind=pass_type,
+                output_loss=getattr(metric, "output_loss", "kl"), device=device, batch_cap=calibration.batch_size,
+                probe_cap=getattr(metric, knob) if knob else max(2, fixed or 1), static_batch=static_batch,
+                **loss_option,  # no doubling: four passes at b, p ∈ {1, 2} (issue 10: growth cost minutes)
+            )
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here, the rest re-raised
         if not is_out_of_memory(exc):
             raise

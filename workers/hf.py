@@ -37,7 +37,7 @@ from workers.errors import DatasetError, ModelLoadError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["available", "is_conv1d", "load_hf_model", "load_tokenizer"]
+__all__ = ["available", "hf_config_and_class", "is_conv1d", "load_hf_model", "load_tokenizer", "single_output"]
 
 _MISSING = "model.format: 'hf' needs the optional dependency transformers (pip install 'bitplan[hf]')"
 
@@ -66,18 +66,10 @@ def _check_directory(path: str) -> None:
 
 def load_hf_model(path: str) -> nn.Module:
     """The directory's model in float32, eval mode, with the single-tensor forward described above."""
-    if not available():
-        raise ModelLoadError(_MISSING)
-    _check_directory(path)
+    config, cls = hf_config_and_class(path)
     import torch
-    import transformers
 
     try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        arch = (getattr(config, "architectures", None) or [None])[0]
-        cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
-        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-            cls = transformers.AutoModel
         model = cls.from_pretrained(
             path,
             config=config,
@@ -89,6 +81,32 @@ def load_hf_model(path: str) -> nn.Module:
         )
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for one bad directory
         raise ModelLoadError(f"model: cannot load the Hugging Face directory ({type(exc).__name__}: {exc})") from exc
+    return single_output(model, path)
+
+
+def hf_config_and_class(path: str):
+    """(config, model class) of a directory, checked as load_hf_model checks it (workers.streaming
+    builds the class itself, its weights left on the meta device)."""
+    if not available():
+        raise ModelLoadError(_MISSING)
+    _check_directory(path)
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for one bad directory
+        raise ModelLoadError(f"model: cannot load the Hugging Face directory ({type(exc).__name__}: {exc})") from exc
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        cls = transformers.AutoModel
+    return config, cls
+
+
+def single_output(model: nn.Module, path: str) -> nn.Module:
+    """`model` with the single-tensor forward and the bitplan attributes, float32, eval mode."""
+    import torch
+
     causal = _is_causal_lm(model)
     model.forward = functools.partial(_single_output, model.forward, causal)
     model.bitplan_causal_lm = causal

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from workers.errors import AnalysisError
 from workers.requests import ANALYSIS_OPTIONS, AnalysisRequest, ExportRequest
 
 __all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_analysis_job", "run_export_job"]
@@ -60,11 +61,21 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
     report(0.0, "loading model")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    from workers.analysis import analyse
+    from workers.analysis import analyse, resolve_device
     from workers.data import TEXT_DEFAULTS, load_calibration
     from workers.models import load_model
+    from workers.streaming import load_streamed, plan_weights
 
-    model = load_model(source)
+    # weights that do not fit the job's memory are streamed block by block (workers.streaming)
+    weights = plan_weights(source, getattr(metric, "streaming", None), resolve_device(analysis_options["device"]))
+    if weights["weights"] == "streamed":
+        if refine_bits is not None:
+            raise AnalysisError(f"{weights['reason']}: options.refine_bits measures whole-model forwards, which need"
+                                " every weight resident; leave refine_bits out to analyse with streamed weights")
+        report(0.0, "loading model (weights streamed block by block)")
+        model = load_streamed(source.path, weights["reason"])
+    else:
+        model = load_model(source)
     timings["load_model_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -133,6 +144,7 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
         no_cost_sample=no_cost_sample,
         grouping=grouping,
         ties=ties,
+        provenance={"weight_loading": weights},
     )
     if refine_bits is not None:
         started = time.perf_counter()

@@ -28,8 +28,9 @@ LOSSES = ("auto", "label_free", "cross_entropy")
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Where the model's weights live (the CPU for a model without parameters)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    """Where the model's weights live (the CPU for a model without parameters; streamed weights on the
+    meta device do not count)."""
+    return next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

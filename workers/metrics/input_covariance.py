@@ -28,7 +28,9 @@ layer weight is an AnalysisError naming the layer.
 Memory and time: modules that read the same tensor (q/k/v, gate/up) share one A; products run in
 float32 and sum in float64. A large model's statistics (folds × Σ d_in² float64 values) are built
 block by block (see _StagePlan), so only one block's are resident; the analysis's provenance says
-which pass ran (`metric_run`).
+which pass ran (`metric_run`). A model loaded with streamed weights (workers.streaming) always runs
+block by block, each block's weights resident only during its stage; its Fisher backward runs block
+by block too (workers.metrics._streamed_fisher).
 
 Confidence interval: the calibration samples are split into `folds` (a seeded permutation), each
 fold's A is kept apart, each fold gives its own
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -57,6 +59,7 @@ from workers.metrics._common import (
     Z95, calibrated_params, check_loss, check_positive_ints, grad_only_for, measured_damage,
 )
 from workers.metrics._loss import forward, model_device, uses_label_free
+from workers.streaming import layer_weights, repeated_blocks, store_of, streamed_forward
 
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
@@ -105,15 +108,18 @@ class InputCovariance(Metric):
         uses_label_free(ctx.model, calibration, self.loss)  # validates options.loss against the data
         uses = [_uses(ctx.model, info, weight) for info, weight in ctx.layers]
         flat = [use for layer in uses for use in layer]
+        store = store_of(ctx.model)
+        for use in flat:
+            use.home = store.device if store is not None else None
         samples = calibration.samples
         folds = min(self.folds, samples)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         fold_of = torch.empty(samples, dtype=torch.long)
         fold_of[torch.randperm(samples, generator=gen)] = torch.arange(samples) % folds
         fisher_batches = min(self.fisher_batches, len(calibration)) if self.weighting == "fisher" else 0
-        with torch.no_grad():
+        with torch.no_grad(), streamed_forward(ctx.model):
             _share_inputs(ctx.model, calibration, flat)
-        plan = _StagePlan.of(ctx.model, flat, folds, self.streaming)
+        plan = _StagePlan.of(ctx.model, flat, folds, self.streaming, store)
         self.run_info = plan.describe()
         chunks = _fold_chunks(calibration, fold_of, folds)
         steps = fisher_batches + len(plan.stages) * len(chunks)
@@ -129,18 +135,25 @@ class InputCovariance(Metric):
         # the backward keeps no inputs for weight gradients and computes none
         with grad_only_for(ctx.model, []), torch.enable_grad():
             if fisher_batches:
-                rows = self._output_weights(ctx, flat, fisher_batches, gen, progress)
+                if store is not None:
+                    from workers.metrics._streamed_fisher import streamed_output_weights
+
+                    rows = streamed_output_weights(ctx, plan, fisher_batches, gen, progress)
+                else:
+                    rows = self._output_weights(ctx, flat, fisher_batches, gen, progress)
                 for use in flat:
                     use.finish_weights(rows)
         sizes = torch.bincount(fold_of, minlength=folds).to(torch.float64)
         stats: list[LayerStatistic | None] = [None] * len(uses)
         pending = set(range(len(uses)))
-        for stage in plan.run(ctx.model, chunks, folds, progress):
+        fetch = layer_weights(ctx.model)
+        for stage in plan.run(ctx.model, chunks, folds, progress, store):
             for i in sorted(pending):
                 if not all(use.stat.finished for use in uses[i]):
                     continue
-                stats[i] = self._statistic(ctx.layers[i], uses[i], ctx.candidates, sizes, folds)
+                stats[i] = self._statistic(ctx.layers[i], uses[i], ctx.candidates, sizes, folds, fetch)
                 pending.discard(i)
+        self.run_info.update(store.describe() if store is not None else _resident(ctx.model))
         ctx.report(
             1.0,
             f"input_covariance: {len(params)} layers × {len(ctx.candidates)} candidates, {samples} samples,"
@@ -148,14 +161,15 @@ class InputCovariance(Metric):
         )
         return stats
 
-    def _statistic(self, layer, layer_uses, candidates, sizes, folds) -> LayerStatistic:
+    def _statistic(self, layer, layer_uses, candidates, sizes, folds, fetch) -> LayerStatistic:
         """The layer's damages once every use's input statistic is complete; the statistics of
         this layer's uses are freed (unless a use of a layer still pending shares them)."""
         info, weight = layer
         damage, half = {}, {}
+        with torch.no_grad():
+            w = fetch(weight)
         for q in candidates:
             with torch.no_grad():
-                w = weight.detach().to(torch.float32)
                 delta = info.quantize(q, w) - w
             per_fold = sum(use.fold_damages(delta) for use in layer_uses)
             damage[q.name], half[q.name] = _damage_ci(per_fold, sizes)
@@ -271,6 +285,7 @@ class _Use:
         self.b_positions = 0
         self.b: torch.Tensor | None = None  # None: weighting "none" (B = I)
         self.input_arg = 0  # which argument of a graph call is the input
+        self.home = None  # where its statistics live when the weight is streamed (on the meta device)
 
     # --- output weights
     def add_gradient(self, g: torch.Tensor) -> None:
@@ -284,7 +299,7 @@ class _Use:
 
     def finish_weights(self, rows: int) -> None:
         if self.b_sum is None:
-            self.b = torch.zeros(self.out_channels(), dtype=torch.float64, device=self.weight().device)
+            self.b = torch.zeros(self.out_channels(), dtype=torch.float64, device=self.device())
         else:
             self.b = self.b_sum / max(self.b_positions, 1) / max(rows, 1)
         self.b_sum = None
@@ -292,6 +307,9 @@ class _Use:
     # --- input statistic
     def weight(self) -> torch.Tensor:
         return self._weight
+
+    def device(self) -> torch.device:
+        return self.home if self.home is not None else self.weight().device
 
     def where(self) -> str:
         return type(self.module).__name__ if self.module is not None else f"graph call {self.node.name}"
@@ -304,7 +322,7 @@ class _Use:
         raise NotImplementedError
 
     def start(self, folds: int) -> None:
-        self.stat.allocate(self.shape(folds), self.weight().device)
+        self.stat.allocate(self.shape(folds), self.device())
 
     def capture(self, module, inputs, out) -> None:
         x = inputs[0]
@@ -559,7 +577,9 @@ class _StagePlan:
     layers) are worked on one at a time: stage s runs every calibration chunk through block s only
     (blocks before it replay their outputs captured in stage s − 1, the forward stops after it), so
     only block s's statistics and one block's boundary activations are resident; a last stage
-    replays every block and runs what lies outside them (embeddings, LM head)."""
+    replays every block and runs what lies outside them (embeddings, LM head). With streamed weights
+    the stages are the store's blocks, and block s's weights are resident from its stage until the
+    statistics it completed have been turned into damages (the caller's work after each yield)."""
 
     mode: str
     blocks: list[nn.Module]
@@ -569,11 +589,11 @@ class _StagePlan:
     reason: str
 
     @classmethod
-    def of(cls, model: nn.Module, uses: list[_Use], folds: int, streaming: str) -> _StagePlan:
+    def of(cls, model: nn.Module, uses: list[_Use], folds: int, streaming: str, store=None) -> _StagePlan:
         stats = {id(u.stat): (u.stat, u.shape(folds)) for u in uses}
         total = sum(st.nbytes(shape) for st, shape in stats.values())
-        blocks, reason = _find_blocks(model, uses)
-        want = streaming == "blocks" or (streaming == "auto" and total > STREAM_ABOVE_BYTES)
+        blocks, reason = (store.blocks, "weights streamed") if store is not None else _find_blocks(model, uses)
+        want = store is not None or streaming == "blocks" or (streaming == "auto" and total > STREAM_ABOVE_BYTES)
         if streaming == "auto" and not want:
             reason = f"the statistics fit ({total / 2**20:.0f} MiB ≤ {STREAM_ABOVE_BYTES / 2**20:.0f} MiB)"
         if not (want and blocks):
@@ -587,7 +607,8 @@ class _StagePlan:
             stages[stage_of.get(id(use.module), len(blocks))].append(use)
         peak = max(sum(st.nbytes(shape) for st, shape in {id(u.stat): (u.stat, u.shape(folds)) for u in stage}.values())
                    for stage in stages)
-        return cls("blocks", blocks, stages, total, peak, f"{len(blocks)} repeated blocks")
+        why = f"{len(blocks)} repeated blocks" + (", weights streamed" if store is not None else "")
+        return cls("blocks", blocks, stages, total, peak, why)
 
     def describe(self) -> dict:
         return {
@@ -598,39 +619,46 @@ class _StagePlan:
             "reason": self.reason,
         }
 
-    def run(self, model: nn.Module, chunks, folds: int, progress):
+    def run(self, model: nn.Module, chunks, folds: int, progress, store=None):
         """Accumulate every stage; yields after each one (its statistics complete)."""
         carried: list = []
         last = len(self.stages) - 1
         for s, stage in enumerate(self.stages):
-            for use in stage:
-                use.start(folds)
-            tapping = _tapping(model, stage, lambda use, x, out: use.capture(None, (x,), out))
-            tapping.__enter__()
-            outputs: list = []
-            try:
-                where = f"block {s + 1} of {len(self.blocks)}" if s < len(self.blocks) else "whole model"
-                for c, (x, g) in enumerate(chunks):
-                    for use in stage:
-                        use.fold = g
-                    with torch.no_grad():
-                        self._chunk(model, x, s, carried[c] if carried else None, outputs)
-                    progress(f"{where}, batch {c + 1} of {len(chunks)} (input covariance)")
-            finally:
-                tapping.__exit__(None, None, None)
-                _restore(self.blocks)
-            carried = outputs
-            for use in stage:
-                use.stat.last = None
-                if use.rows != use.stat.rows:
-                    raise AnalysisError(
-                        f"input_covariance: a module grouped as sharing its input with another read a different"
-                        f" input ({use.where()}); run with options.streaming='whole'"
-                    )
-                use.stat.finished = True
-            if s == last:
-                carried = []
-            yield s
+            holding = store.holding(self.blocks[s]) if store is not None and s < len(self.blocks) else nullcontext()
+            with holding:
+                carried = yield from self._stage(model, chunks, folds, progress, s, stage, carried, last)
+
+    def _stage(self, model, chunks, folds, progress, s, stage, carried, last):
+        """Stage s over every chunk; yields s once its statistics are complete, returns what the next stage replays."""
+        for use in stage:
+            use.start(folds)
+        tapping = _tapping(model, stage, lambda use, x, out: use.capture(None, (x,), out))
+        tapping.__enter__()
+        outputs: list = []
+        try:
+            where = f"block {s + 1} of {len(self.blocks)}" if s < len(self.blocks) else "whole model"
+            for c, (x, g) in enumerate(chunks):
+                for use in stage:
+                    use.fold = g
+                with torch.no_grad():
+                    self._chunk(model, x, s, carried[c] if carried else None, outputs)
+                progress(f"{where}, batch {c + 1} of {len(chunks)} (input covariance)")
+        finally:
+            tapping.__exit__(None, None, None)
+            _restore(self.blocks)
+        carried = outputs
+        for use in stage:
+            use.stat.last = None
+            if use.rows != use.stat.rows:
+                raise AnalysisError(
+                    f"input_covariance: a module grouped as sharing its input with another read a different"
+                    f" input ({use.where()}); run with options.streaming='whole'"
+                )
+            use.stat.finished = True
+        if s == last:
+            carried = []
+        yield s
+        return carried
 
     def _chunk(self, model, x, s: int, replay, outputs: list) -> None:
         if not self.blocks:
@@ -675,25 +703,14 @@ def _restore(blocks: list[nn.Module]) -> None:
 
 
 def _find_blocks(model: nn.Module, uses: list[_Use]) -> tuple[list[nn.Module], str]:
-    """The model's repeated blocks: the nn.ModuleList of ≥ 2 same-type modules that holds the most
-    layer uses (none: a reason why)."""
-    owned = {id(u.module) for u in uses if u.module is not None}
-    best: list[nn.Module] = []
-    best_count = 0
-    for module in model.modules():
-        if not isinstance(module, nn.ModuleList) or len(module) < 2:
-            continue
-        kinds = {type(child) for child in module}
-        if len(kinds) != 1:
-            continue
-        if any("forward" in child.__dict__ for child in module):
-            continue  # an instance-level forward (a wrapper's hook) is not ours to swap
-        count = sum(1 for child in module for m in child.modules() if id(m) in owned)
-        if count > best_count:
-            best, best_count = list(module), count
-    if sum(1 for b in best if any(id(m) in owned for m in b.modules())) < 2:
-        return [], "no repeated blocks (an nn.ModuleList of same-type modules holding layers) were found"
-    return best, f"{len(best)} repeated blocks"
+    """The model's repeated blocks holding the most layer uses (workers.streaming.repeated_blocks)."""
+    return repeated_blocks(model, {id(u.module) for u in uses if u.module is not None})
+
+
+def _resident(model: nn.Module) -> dict:
+    """metric_run's weight entries for a model whose weights are all resident."""
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"weights": "resident", "peak_resident_weight_bytes": size, "weight_bytes": size}
 
 
 def _uses(model: nn.Module, info, weight: nn.Parameter) -> list[_Use]:

@@ -1,0 +1,106 @@
+"""Weight streaming (workers.streaming): a Hugging Face directory over the job's memory is analysed with
+one block's weights resident at a time, and gives the table the resident model gives."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from tests.utils.hf_factories import save_tiny, tokenizer, write_jsonl  # noqa: E402
+from workers.errors import AnalysisError  # noqa: E402
+from workers.jobs import run_analysis_job  # noqa: E402
+from workers.streaming import _index, _read, fp32_weight_bytes, load_streamed, store_of  # noqa: E402
+
+CANDIDATES = ["int2", "int4", "int8_g128", "fp8_e4m3"]
+LIMIT_MB = "1"  # below the weights of the hidden-128 models here (1.1-1.6 MiB in float32)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("streaming")
+    made = {kind: save_tiny(kind, root / kind, hidden=128) for kind in ("gpt2", "llama")}
+    made["text"] = write_jsonl(root / "calib.jsonl")
+    return made
+
+
+def job(dirs, kind, **options):
+    return run_analysis_job({
+        "model": {"format": "hf", "path": dirs[kind]}, "dataset_path": dirs["text"], "candidates": CANDIDATES,
+        "seed": 5, "metric": "input_covariance",
+        "options": {"max_samples": 8, "max_length": 10, "batch_size": 4, "device": "cpu", **options},
+    })
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("weighting", ["none", "fisher"])
+def test_streamed_weights_give_the_resident_table(dirs, kind, weighting, monkeypatch):
+    resident = job(dirs, kind, weighting=weighting)
+    monkeypatch.setenv("BITPLAN_JOB_MEMORY_LIMIT_MB", LIMIT_MB)
+    streamed = job(dirs, kind, weighting=weighting)
+    assert resident["provenance"]["metric_run"]["weights"] == "resident"
+    assert resident["provenance"]["weight_loading"]["weights"] == "resident"
+    run = streamed["provenance"]["metric_run"]
+    assert run["weights"] == "streamed" and run["input_statistics"] == "blocks" and run["blocks"] == 2
+    assert streamed["provenance"]["weight_loading"]["weights"] == "streamed"
+    assert run["weight_bytes"] == fp32_weight_bytes(dirs[kind])
+    assert 0 < run["peak_resident_weight_bytes"] < 0.75 * run["weight_bytes"]  # outside + one block
+    for a, b in zip(resident["layers"], streamed["layers"], strict=True):
+        assert a["name"] == b["name"]
+        for ca, cb in zip(a["candidates"], b["candidates"], strict=True):
+            assert cb["damage"] == pytest.approx(ca["damage"], rel=1e-6, abs=1e-30), (a["name"], ca["candidate"])
+            assert cb["perturbation"] == ca["perturbation"]
+            assert cb["bops"] == ca["bops"]
+    assert streamed["ties"] == resident["ties"]
+
+
+def test_over_the_limit_whole_is_refused_naming_the_option(dirs, monkeypatch):
+    monkeypatch.setenv("BITPLAN_JOB_MEMORY_LIMIT_MB", LIMIT_MB)
+    with pytest.raises(AnalysisError, match=r"exceed the memory this job may use.*options.streaming='auto'"):
+        job(dirs, "llama", streaming="whole")
+    with pytest.raises(AnalysisError, match="refine_bits"):
+        job(dirs, "llama", refine_bits=4.0)
+    assert job(dirs, "llama", streaming="blocks")["provenance"]["metric_run"]["weights"] == "streamed"
+
+
+def test_a_model_without_repeated_blocks_says_why_it_cannot_stream(tmp_path, monkeypatch):
+    import transformers as tf
+
+    tok = tokenizer()
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
+                                               max_position_embeddings=64, bos_token_id=1, eos_token_id=1,
+                                               pad_token_id=2))
+    model.save_pretrained(tmp_path / "one", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "one")
+    monkeypatch.setenv("BITPLAN_JOB_MEMORY_LIMIT_MB", LIMIT_MB)
+    with pytest.raises(AnalysisError, match=r"exceed the memory.*cannot be streamed: no repeated blocks"):
+        job({"one": str(tmp_path / "one"), "text": write_jsonl(tmp_path / "c.jsonl")}, "one")
+
+
+def test_streamed_model_holds_only_whats_outside_the_blocks(dirs):
+    model = load_streamed(dirs["llama"])
+    store = store_of(model)
+    resident = {n for n, p in model.named_parameters() if not p.is_meta}
+    assert resident == {"model.embed_tokens.weight", "model.norm.weight"}
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as from_pretrained ties
+    assert not model.model.rotary_emb.inv_freq.is_meta  # computed buffers stay real
+    with store.holding(store.blocks[1]):
+        assert not store.blocks[1].mlp.up_proj.weight.is_meta and store.blocks[0].mlp.up_proj.weight.is_meta
+    assert store.blocks[1].mlp.up_proj.weight.is_meta
+
+
+def test_tensors_read_at_their_offsets_match_safetensors(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, 5, generator=gen), "b": torch.randn(7, generator=gen).to(torch.bfloat16),
+               "c": torch.randn(2, 2, generator=gen).to(torch.float16), "d": torch.arange(4), "e": torch.empty(0, 3)}
+    save_file(tensors, tmp_path / "x.safetensors")
+    index = _index(str(tmp_path))
+    with safe_open(tmp_path / "x.safetensors", "pt") as fh:
+        for key in tensors:
+            want = fh.get_tensor(key)
+            got = _read(index[key])
+            assert got.shape == want.shape
+            assert torch.equal(got, want.to(torch.float32) if want.is_floating_point() else want)
