@@ -20,8 +20,10 @@ BITPLAN_JOB_MEMORY_LIMIT_MB when set); "auto" and "blocks" stream them then.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import json
+import mmap
 import os
 import struct
 from contextlib import contextmanager
@@ -77,12 +79,21 @@ def _index(path: str) -> dict[str, _Entry]:
     return entries
 
 
+def _pages(nbytes: int) -> torch.Tensor:
+    """nbytes of memory mapped for this tensor alone, unmapped when the tensor is freed: glibc keeps
+    freed heap blocks below its mmap threshold (32 MiB once workers.memory has planned), so blocks
+    read and dropped in turn would leave the resident set at the size of every block read."""
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
+
+
 def _read(entry: _Entry) -> torch.Tensor:
     """One tensor, float32 when it is floating point, read from its byte range."""
     dtype = _DTYPES.get(entry.dtype)
     if dtype is None:
         raise ModelLoadError(f"model: safetensors dtype {entry.dtype} cannot be read")
-    buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+    buf = _pages(entry.nbytes)
     view = memoryview(buf.numpy()) if entry.nbytes else None
     with open(entry.file, "rb", buffering=0) as fh:
         fh.seek(entry.offset)
@@ -93,7 +104,10 @@ def _read(entry: _Entry) -> torch.Tensor:
                 raise ModelLoadError(f"model: {os.path.basename(entry.file)} ends inside a tensor")
             done += got
     tensor = buf.view(dtype).reshape(entry.shape)
-    return tensor.to(torch.float32) if dtype.is_floating_point else tensor
+    if not dtype.is_floating_point or dtype == torch.float32:
+        return tensor
+    wide = _pages(tensor.numel() * 4).view(torch.float32).reshape(entry.shape)
+    return wide.copy_(tensor)
 
 
 def fp32_weight_bytes(path: str) -> int:
@@ -206,6 +220,7 @@ class WeightStore:
                 self.resident -= p.numel() * p.element_size()
                 torch.utils.swap_tensors(p, nn.Parameter(torch.empty_like(p, device="meta"),
                                                          requires_grad=p.requires_grad))
+            _malloc_trim()  # the block's activations were freed too; their heap pages go back to the system
 
     @contextmanager
     def holding(self, block: nn.Module):
@@ -233,6 +248,13 @@ class WeightStore:
     def describe(self) -> dict[str, Any]:
         return {"weights": "streamed", "peak_resident_weight_bytes": self.peak,
                 "weight_bytes": sum(e.fp32_bytes() for e in self.index.values()), "tensor_reads": self.reads}
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _params(module: nn.Module) -> list[nn.Parameter]:

@@ -79,7 +79,9 @@ class InputCovariance(Metric):
     backward pass (with labels drawn from the model) gives the output weights B; `loss` as for the
     other metrics (it only names the table's loss: the Gauss-Newton matrix of cross-entropy and of
     KL is the same, so the weights are the same); `streaming` "auto" (block by block once the
-    statistics pass STREAM_ABOVE_BYTES), "blocks" or "whole" (see _StagePlan)."""
+    statistics pass STREAM_ABOVE_BYTES), "blocks" or "whole" (see _StagePlan); for a Hugging Face
+    directory whose float32 weights exceed the job's memory, "auto" and "blocks" also stream the
+    weights and "whole" is refused (workers.streaming, decided when the job loads the model)."""
 
     weighting: str = "fisher"
     folds: int = 8
