@@ -15,7 +15,8 @@ safetensors' mmap: a mapping of a whole file counts against the job's address-sp
 
 Which mode (`plan_weights`): "whole" keeps every weight resident and is refused, naming the option,
 when the weights exceed SAFETY × the memory the job may use (workers.memory.free_memory, and
-BITPLAN_JOB_MEMORY_LIMIT_MB when set); "auto" and "blocks" stream them then.
+BITPLAN_JOB_MEMORY_LIMIT_MB when set); "auto" and "blocks" stream them then. A resident load needs
+the float32 parameters plus the files transformers maps while filling them, so both are counted.
 """
 
 from __future__ import annotations
@@ -134,14 +135,17 @@ def plan_weights(source: Any, streaming: str | None, device: torch.device) -> di
     AnalysisError when the weights do not fit and streaming is "whole"."""
     if streaming is None or source.format != "hf" or not os.path.isdir(source.path):
         return {"weights": "resident", "reason": "only Hugging Face directories analysed by input_covariance stream"}
-    size = fp32_weight_bytes(source.path)
+    index = _index(source.path)
+    size = sum(e.fp32_bytes() for e in index.values())
+    files = sum(os.path.getsize(f) for f in {e.file for e in index.values()})
     limit, bounds = job_memory(device)
-    plan = {"weight_mib": round(size / _MIB, 1), "limit_mib": None if limit is None else round(limit / _MIB, 1),
-            "safety": SAFETY, "bounds": sorted(bounds)}
-    if limit is None or size <= SAFETY * limit:
+    plan = {"weight_mib": round(size / _MIB, 1), "file_mib": round(files / _MIB, 1),
+            "limit_mib": None if limit is None else round(limit / _MIB, 1), "safety": SAFETY, "bounds": sorted(bounds)}
+    # transformers maps the files while it copies them into float32 parameters: both count (RLIMIT_AS)
+    if limit is None or size + files <= SAFETY * limit:
         return {"weights": "resident", **plan, "reason": "the float32 weights fit"}
-    over = (f"the model's float32 weights ({size / _MIB:.1f} MiB) exceed the memory this job may use"
-            f" ({SAFETY:.0%} of {limit / _MIB:.1f} MiB)")
+    over = (f"the model's float32 weights ({size / _MIB:.1f} MiB, with {files / _MIB:.1f} MiB of files mapped while"
+            f" loading) exceed the memory this job may use ({SAFETY:.0%} of {limit / _MIB:.1f} MiB)")
     if streaming == "whole":
         raise AnalysisError(f"{over}: options.streaming='whole' keeps every weight resident; use"
                             " options.streaming='auto' to stream the weights block by block from the safetensors files")
