@@ -311,12 +311,24 @@ def describe_model(source: ModelSource | Mapping[str, Any]) -> dict[str, Any]:
     """{"layers": the layer inventory, "inputs": input_signature} from one load (the upload's inspection)."""
     if not isinstance(source, ModelSource):
         source = ModelSource.from_dict(source)
-    model = load_model(source)
-    check_finite(model)
+    model = _model_to_inspect(source)
     layers = find_layers(model)
     if not layers:
         raise ModelLoadError("model: no quantizable layer found (Linear, Conv1d, Conv2d or Embedding)")
     return {"layers": [info.to_dict() for info, _ in layers], "inputs": input_signature(model, source)}
+
+
+def _model_to_inspect(source: ModelSource) -> nn.Module:
+    """The loaded model, checked finite; a Hugging Face directory over the job's memory is inspected
+    on the meta device instead (workers.streaming), so what the analysis can stream can be uploaded."""
+    if source.format == "hf":
+        from workers.streaming import inventory_model, plan_weights
+
+        if plan_weights(source, "auto", torch.device("cpu"))["weights"] == "streamed":
+            return inventory_model(source.path)
+    model = load_model(source)
+    check_finite(model)
+    return model
 
 
 def check_finite(model: nn.Module) -> None:

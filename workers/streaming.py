@@ -37,7 +37,7 @@ from torch import nn
 from workers.errors import AnalysisError, ModelLoadError
 from workers.memory import SAFETY, free_memory
 
-__all__ = ["WeightStore", "layer_weights", "load_streamed", "place", "plan_weights", "repeated_blocks", "store_of",
+__all__ = ["WeightStore", "build_on_meta", "inventory_model", "layer_weights", "load_streamed", "place", "plan_weights", "repeated_blocks", "store_of",
            "streamed_forward"]
 
 _MIB = 2**20
@@ -282,18 +282,41 @@ def _parameters_on_meta():
         nn.Module.register_parameter = original
 
 
-def load_streamed(path: str, why: str = "") -> nn.Module:
-    """The directory's model with its block weights on the meta device and a WeightStore as
-    `model.bitplan_weights`; AnalysisError (after `why`) when it has no repeated blocks."""
-    from workers.hf import hf_config_and_class, is_conv1d, single_output
+def build_on_meta(path: str) -> nn.Module:
+    """The directory's model class built from its config, every parameter on the meta device (nothing
+    read yet), buffers real."""
+    from workers.hf import hf_config_and_class
 
     config, cls = hf_config_and_class(path)
     build = cls.from_config if not hasattr(cls, "_from_config") else cls._from_config
     try:
         with _parameters_on_meta():
-            model = build(config, dtype=torch.float32, attn_implementation="eager")
+            return build(config, dtype=torch.float32, attn_implementation="eager")
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for one bad directory
         raise ModelLoadError(f"model: cannot build the Hugging Face model ({type(exc).__name__}: {exc})") from exc
+
+
+def inventory_model(path: str) -> nn.Module:
+    """For an upload's inspection of a model over the job's memory: the model on the meta device
+    (layers, shapes, ties and config are all inspection reads), every stored tensor checked finite
+    one at a time from the files (what workers.models.check_finite checks on a loaded model)."""
+    from workers.hf import single_output
+
+    model = build_on_meta(path)
+    for key, entry in _index(path).items():
+        tensor = _read(entry)
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(f"model: tensor {key!r} holds NaN or infinite values")
+        del tensor
+    return single_output(model, path)
+
+
+def load_streamed(path: str, why: str = "") -> nn.Module:
+    """The directory's model with its block weights on the meta device and a WeightStore as
+    `model.bitplan_weights`; AnalysisError (after `why`) when it has no repeated blocks."""
+    from workers.hf import is_conv1d, single_output
+
+    model = build_on_meta(path)
     layers = {id(m) for m in model.modules()
               if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Embedding) or is_conv1d(m)}
     blocks, reason = repeated_blocks(model, layers)

@@ -104,3 +104,38 @@ def test_tensors_read_at_their_offsets_match_safetensors(tmp_path):
             got = _read(index[key])
             assert got.shape == want.shape
             assert torch.equal(got, want.to(torch.float32) if want.is_floating_point() else want)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_an_upload_over_the_limit_is_inspected_without_loading_it(dirs, kind, monkeypatch):
+    from workers.jobs import describe_model_job
+
+    resident = describe_model_job({"format": "hf", "path": dirs[kind]})
+    monkeypatch.setenv("BITPLAN_JOB_MEMORY_LIMIT_MB", LIMIT_MB)
+    assert describe_model_job({"format": "hf", "path": dirs[kind]}) == resident
+
+
+def test_a_nan_weight_is_refused_by_the_streamed_inspection(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from workers.errors import ModelLoadError
+    from workers.jobs import describe_model_job
+
+    path = save_tiny("llama", tmp_path / "nan", hidden=128)
+    state = load_file(f"{path}/model.safetensors")
+    state["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(state, f"{path}/model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setenv("BITPLAN_JOB_MEMORY_LIMIT_MB", LIMIT_MB)
+    with pytest.raises(ModelLoadError, match="model.layers.1.mlp.up_proj.weight.*NaN"):
+        describe_model_job({"format": "hf", "path": path})
+
+
+def test_other_metrics_refuse_a_streamed_model(dirs):
+    from workers.analysis import analyse
+    from workers.data import Calibration
+    from workers.metrics import get_metric
+    from workers.quantizers import parse_candidates
+
+    cal = Calibration(torch.randint(4, 30, (4, 8)), None, batch_size=4, token_ids=True)
+    with pytest.raises(AnalysisError, match="only input_covariance"):
+        analyse(load_streamed(dirs["llama"]), cal, parse_candidates(["int4"]), get_metric("mse", {}))
