@@ -37,8 +37,20 @@ from torch import nn
 from workers.errors import AnalysisError, ModelLoadError
 from workers.memory import SAFETY, free_memory
 
-__all__ = ["WeightStore", "build_on_meta", "inventory_model", "layer_weights", "load_streamed", "place", "plan_weights", "repeated_blocks", "store_of",
-           "streamed_forward"]
+__all__ = [
+    "WeightStore",
+    "build_on_meta",
+    "fp32_weight_bytes",
+    "inventory_model",
+    "job_memory",
+    "layer_weights",
+    "load_streamed",
+    "place",
+    "plan_weights",
+    "repeated_blocks",
+    "store_of",
+    "streamed_forward",
+]
 
 _MIB = 2**20
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -119,7 +131,7 @@ def fp32_weight_bytes(path: str) -> int:
 def job_memory(device: torch.device) -> tuple[int | None, dict[str, int]]:
     """(the memory this job may still use, its bounds): what is free (workers.memory), the job's limit
     BITPLAN_JOB_MEMORY_LIMIT_MB when the environment gives it, and CUDA's free memory on a GPU."""
-    free, bounds = free_memory(torch.device("cpu"))
+    _, bounds = free_memory(torch.device("cpu"))
     bounds = dict(bounds)
     limit = os.environ.get("BITPLAN_JOB_MEMORY_LIMIT_MB", "")
     if limit.strip().isdigit():
