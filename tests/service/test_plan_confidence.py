@@ -78,9 +78,9 @@ def test_default_metric_plans_report_confidence(client, digits):
     r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"]})
     assert r.status_code == 202, r.text
     analysis = finished(client, r.json()["id"])
-    assert analysis["metric"] == DEFAULT_METRIC == "input_covariance"
+    assert analysis["metric"] == DEFAULT_METRIC == "sampled_gauss_newton"
     table = client.get(f"/v1/analyses/{analysis['id']}/table").json()
-    assert table["provenance"]["metric_run"]["input_statistics"] == "whole"  # a small net: no need to stream
+    assert table["metric"] == DEFAULT_METRIC
     plan = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": {"average_bits": 4}}).json()
     conf = plan["confidence"]
     assert 0 <= conf["confidence"] <= 1 and conf["redraws"] == 64 and not conf["exact"]  # CIs over sample folds
@@ -94,8 +94,8 @@ def test_another_metrics_option_is_refused_at_submit(client, digits):
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["field"] == "options.max_probes"
-    assert body["detail"].startswith("options.max_probes: unknown option for metric 'input_covariance'")
-    assert "weighting" in body["detail"]  # the options it does take are listed
+    assert body["detail"].startswith("options.max_probes: unknown option for metric 'sampled_gauss_newton'")
+    assert "draws" in body["detail"]  # the options it does take are listed
     assert client.get("/v1/analyses").json() == []  # nothing queued
 
 
