@@ -32,6 +32,7 @@ import math
 import os
 import resource
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "choose_batches",
     "free_memory",
     "is_allocator_failure",
+    "mapped_allocations",
     "measure_pass_cost",
     "process_peak",
 ]
@@ -172,6 +174,19 @@ def _mallopt(param: int, value: int) -> None:
         ctypes.CDLL("libc.so.6").mallopt(param, value)
     except (OSError, AttributeError):
         pass
+
+
+@contextmanager
+def mapped_allocations():
+    """Blocks of 64 KiB or more mapped (and unmapped when freed) one by one while this runs; after it,
+    the threshold workers.memory plans with (32 MiB, fixed). Under RLIMIT_AS the heap's free but
+    fragmented chunks still take address space: building a model whose weights are created and dropped
+    one by one (workers.streaming.build_on_meta) grew the heap by ~70 % of the float32 weights."""
+    _mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    try:
+        yield
+    finally:
+        _mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
 
 
 def _trim() -> None:

@@ -15,7 +15,9 @@ safetensors' mmap: a mapping of a whole file counts against the job's address-sp
 
 Which mode (`plan_weights`): "whole" keeps every weight resident and is refused, naming the option,
 when the weights exceed SAFETY × the memory the job may use (workers.memory.free_memory, and
-BITPLAN_JOB_MEMORY_LIMIT_MB when set); "auto" and "blocks" stream them then. A resident load needs
+BITPLAN_JOB_MEMORY_LIMIT_MB when set; a service job child is not given that setting and goes by its
+RLIMIT_AS, which is the setting, minus what it has mapped once the model's class is imported);
+"auto" and "blocks" stream them then. A resident load needs
 the float32 parameters plus the files transformers maps while filling them, so both are counted.
 """
 
@@ -35,7 +37,7 @@ import torch
 from torch import nn
 
 from workers.errors import AnalysisError, ModelLoadError
-from workers.memory import SAFETY, free_memory
+from workers.memory import SAFETY, free_memory, mapped_allocations
 
 __all__ = [
     "WeightStore",
@@ -98,7 +100,11 @@ def _pages(nbytes: int) -> torch.Tensor:
     read and dropped in turn would leave the resident set at the size of every block read."""
     if nbytes == 0:
         return torch.empty(0, dtype=torch.uint8)
-    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
+    try:
+        pages = mmap.mmap(-1, nbytes)
+    except OSError as exc:  # ENOMEM under RLIMIT_AS: an allocator failure like any other (workers.memory)
+        raise MemoryError(f"cannot allocate memory: mapping {nbytes} bytes of weights ({exc})") from exc
+    return torch.frombuffer(pages, dtype=torch.uint8)
 
 
 def _read(entry: _Entry) -> torch.Tensor:
@@ -150,6 +156,12 @@ def plan_weights(source: Any, streaming: str | None, device: torch.device) -> di
     index = _index(source.path)
     size = sum(e.fp32_bytes() for e in index.values())
     files = sum(os.path.getsize(f) for f in {e.file for e in index.values()})
+    from workers.hf import hf_config_and_class
+
+    # the model's class first: importing its transformers modules maps ~250 MiB (Llama), which a
+    # resident load needs as well and RLIMIT_AS counts. Measured before it, a job child under 1100 MiB
+    # saw 480 MiB free (70 %: 336) for a 312 MiB load, had 270 MiB once the class was in, and failed
+    hf_config_and_class(source.path)
     limit, bounds = job_memory(device)
     plan = {"weight_mib": round(size / _MIB, 1), "file_mib": round(files / _MIB, 1),
             "limit_mib": None if limit is None else round(limit / _MIB, 1), "safety": SAFETY, "bounds": sorted(bounds)}
@@ -302,7 +314,7 @@ def build_on_meta(path: str) -> nn.Module:
     config, cls = hf_config_and_class(path)
     build = cls.from_config if not hasattr(cls, "_from_config") else cls._from_config
     try:
-        with _parameters_on_meta():
+        with _parameters_on_meta(), mapped_allocations():  # each weight is allocated, then dropped
             return build(config, dtype=torch.float32, attn_implementation="eager")
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for one bad directory
         raise ModelLoadError(f"model: cannot build the Hugging Face model ({type(exc).__name__}: {exc})") from exc

@@ -139,3 +139,83 @@ def test_other_metrics_refuse_a_streamed_model(dirs):
     cal = Calibration(torch.randint(4, 30, (4, 8)), None, batch_size=4, token_ids=True)
     with pytest.raises(AnalysisError, match="only input_covariance"):
         analyse(load_streamed(dirs["llama"]), cal, parse_candidates(["int4"]), get_metric("mse", {}))
+
+
+# Under RLIMIT_AS (the job child's limit) what counts is address space, so these run in a fresh process
+# with the limit set just above what it holds once torch and the model's class are imported.
+_UNDER_LIMIT = r"""
+import json, resource, sys
+import torch
+from workers.hf import hf_config_and_class
+from workers.models import ModelSource
+from workers.streaming import build_on_meta, plan_weights
+
+def vm_size():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+
+path, what, headroom = sys.argv[1], sys.argv[2], int(sys.argv[3]) * 2**20
+if what == "build":
+    hf_config_and_class(path)  # the class's modules imported: what remains is the build itself
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + headroom,) * 2)
+    model = build_on_meta(path)
+    print(json.dumps({"meta": all(p.is_meta for p in model.parameters())}))
+else:
+    limit = vm_size() + headroom
+    resource.setrlimit(resource.RLIMIT_AS, (limit,) * 2)
+    plan = plan_weights(ModelSource.from_dict({"format": "hf", "path": path}), "auto", torch.device("cpu"))
+    hf_config_and_class(path)  # as a resident load does next
+    print(json.dumps({"plan_free_mib": plan["limit_mib"], "free_now_mib": (limit - vm_size()) / 2**20}))
+"""
+
+
+def _under_limit(path: str, what: str, headroom_mib: int) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("BITPLAN_JOB_MEMORY_LIMIT_MB", None)
+    done = subprocess.run([sys.executable, "-c", _UNDER_LIMIT, path, what, str(headroom_mib)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_building_on_meta_takes_no_address_space_for_the_weights(tmp_path):
+    """Each parameter is allocated, then moved to the meta device: glibc kept those blocks in a heap
+    that grew by ~70 % of the float32 weights, so a model over the limit failed to build (ENOMEM)."""
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    config = tf.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=16,
+                            num_attention_heads=8, num_key_value_heads=8, vocab_size=64, max_position_embeddings=64)
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(tmp_path)  # 208 MiB of float32 weights; only the config is read
+    save_file({"unused": torch.zeros(1)}, tmp_path / "model.safetensors")
+    assert _under_limit(str(tmp_path), "build", 64) == {"meta": True}
+
+
+def test_the_weights_plan_counts_the_address_space_of_the_models_class(dirs):
+    """Importing the model's transformers modules maps ~250 MiB (Llama), which a resident load needs too:
+    the free memory the plan goes by is measured after it."""
+    got = _under_limit(dirs["llama"], "plan", 2048)
+    assert got["plan_free_mib"] <= got["free_now_mib"] + 4, got
+
+
+def test_a_mapping_refused_for_a_block_is_an_allocator_failure(monkeypatch):
+    """ENOMEM from mmap (the streamed weights' own mappings, under RLIMIT_AS) is out of memory, so the
+    analysis backs off and says what to lower, instead of failing the forward as a model error."""
+    import errno
+    import mmap
+
+    from workers.memory import is_allocator_failure
+    from workers.streaming import _pages
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    with pytest.raises(MemoryError) as caught:
+        _pages(4096)
+    assert is_allocator_failure(caught.value)
