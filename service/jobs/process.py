@@ -54,7 +54,8 @@ def _apply_limits(limits: Limits, parent: int):
 # What a child may inherit: locale, thread pools, accelerators. Never BITPLAN_* (the database URL with its
 # password, the Redis URL) nor anything else the server was given: the child needs none of it.
 _INHERITED = ("PATH", "LANG", "LANGUAGE", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-              "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")
+              "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
+              "MALLOC_ARENA_MAX")
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -67,6 +68,9 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env.update(extra or {})
     # One BLAS/OpenMP thread pool per job process; several jobs share the machine's cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1))))
+    # glibc gives each thread that allocates its own arena, 64 MiB of address space apiece, which the
+    # job's RLIMIT_AS counts: a streamed analysis had 126-180 MiB reserved that way (2-8 threads)
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
 
 

@@ -76,8 +76,11 @@ def model_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("streamed") / "llama"
 
 
-def test_a_model_over_the_job_memory_streams_and_whole_says_to_stream(tmp_path, model_dir):
+def test_a_model_over_the_job_memory_streams_and_whole_says_to_stream(tmp_path, model_dir, monkeypatch):
     from workers.streaming import fp32_weight_bytes
+
+    # one thread in the child, whatever the machine: each thread's stack is address space under the limit too
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     path = _llama(model_dir)
     weights = fp32_weight_bytes(path)

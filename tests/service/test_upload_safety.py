@@ -200,6 +200,14 @@ def test_child_environment_is_an_allowlist(monkeypatch):
     assert env["HF_HUB_OFFLINE"] == "1"
 
 
+def test_child_malloc_arenas_are_capped(monkeypatch):
+    """Each glibc arena reserves 64 MiB of the child's RLIMIT_AS; an operator's own setting wins."""
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert child_env()["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert child_env()["MALLOC_ARENA_MAX"] == "4"
+
+
 def _job_commands(job_id: str) -> list[list[str]]:
     found = []
     for entry in Path("/proc").iterdir():
