@@ -234,21 +234,31 @@ class WeightStore:
         self.peak = max(self.peak, self.resident)
 
     def load(self, block: nn.Module) -> None:
+        """Hold the block's weights; all or nothing: a read that fails (out of memory under RLIMIT_AS)
+        puts back what it had read, so a retry at a smaller batch reads the whole block again."""
         i = self.position[id(block)]
+        if self.holds[i] == 0:
+            done = []
+            try:
+                for p in self.block_params[i]:
+                    self._swap_in(p)
+                    done.append(p)
+            except BaseException:
+                self._swap_out(done)
+                raise
         self.holds[i] += 1
-        if self.holds[i] == 1:
-            for p in self.block_params[i]:
-                self._swap_in(p)
 
     def drop(self, block: nn.Module) -> None:
         i = self.position[id(block)]
         self.holds[i] -= 1
         if self.holds[i] == 0:
-            for p in self.block_params[i]:
-                self.resident -= p.numel() * p.element_size()
-                torch.utils.swap_tensors(p, nn.Parameter(torch.empty_like(p, device="meta"),
-                                                         requires_grad=p.requires_grad))
+            self._swap_out(self.block_params[i])
             _malloc_trim()  # the block's activations were freed too; their heap pages go back to the system
+
+    def _swap_out(self, params: list[nn.Parameter]) -> None:
+        for p in params:
+            self.resident -= p.numel() * p.element_size()
+            torch.utils.swap_tensors(p, nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad))
 
     @contextmanager
     def holding(self, block: nn.Module):
@@ -263,10 +273,20 @@ class WeightStore:
     def streaming(self):
         """Every block loads its weights when it is called and drops them when it returns, so a
         whole forward (no graph kept through the weights) holds one block at a time."""
-        handles = []
+        handles, held = [], []
+
+        def load(m, args):
+            self.load(m)
+            held.append(m)
+
+        def drop(m, args, out):  # also when the block raised (always_call): an out-of-memory back-off retries
+            if held and held[-1] is m:
+                held.pop()
+                self.drop(m)
+
         for block in self.blocks:
-            handles.append(block.register_forward_pre_hook(lambda m, args: self.load(m)))
-            handles.append(block.register_forward_hook(lambda m, args, out: self.drop(m)))
+            handles.append(block.register_forward_pre_hook(load))
+            handles.append(block.register_forward_hook(drop, always_call=True))
         try:
             yield
         finally:

@@ -219,3 +219,37 @@ def test_a_mapping_refused_for_a_block_is_an_allocator_failure(monkeypatch):
     with pytest.raises(MemoryError) as caught:
         _pages(4096)
     assert is_allocator_failure(caught.value)
+
+
+def test_a_block_that_fails_to_load_or_run_is_put_back(dirs, monkeypatch):
+    """An out-of-memory while a block's weights are read, or while it runs, leaves no block held: the
+    analysis's back-off retries at a smaller batch and must read the whole block again (a half-read block
+    stayed held and the retry ran on meta weights)."""
+    model = load_streamed(dirs["llama"])
+    store = store_of(model)
+    x = torch.randint(4, 30, (2, 8))
+    with torch.no_grad(), store.streaming():
+        want = model(x)
+    real_read, calls = store.read, [0]
+
+    def read_then_fail(p):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise MemoryError("cannot allocate memory")
+        return real_read(p)
+
+    monkeypatch.setattr(store, "read", read_then_fail)
+    with pytest.raises(MemoryError), torch.no_grad(), store.streaming():
+        model(x)
+    assert store.holds == [0, 0] and all(p.is_meta for b in store.blocks for p in b.parameters())
+    monkeypatch.setattr(store, "read", real_read)
+
+    mlp = store.blocks[1].mlp
+    monkeypatch.setattr(mlp, "forward", lambda h: (_ for _ in ()).throw(MemoryError("cannot allocate memory")))
+    with pytest.raises(MemoryError), torch.no_grad(), store.streaming():
+        model(x)
+    assert store.holds == [0, 0] and all(p.is_meta for b in store.blocks for p in b.parameters())
+    monkeypatch.undo()
+    with torch.no_grad(), store.streaming():
+        assert torch.equal(model(x), want)
+    assert store.resident == sum(p.numel() * 4 for p in model.parameters() if not p.is_meta)
