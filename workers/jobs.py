@@ -67,7 +67,8 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
     from workers.streaming import load_streamed, plan_weights
 
     # weights that do not fit the job's memory are streamed block by block (workers.streaming)
-    weights = plan_weights(source, getattr(metric, "streaming", None), resolve_device(analysis_options["device"]))
+    weights = plan_weights(source, getattr(metric, "streaming", None), resolve_device(analysis_options["device"]),
+                           metric.name)
     if weights["weights"] == "streamed":
         if refine_bits is not None:
             raise AnalysisError(f"{weights['reason']}: options.refine_bits measures whole-model forwards, which need"

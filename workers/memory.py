@@ -58,7 +58,8 @@ _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory",
 # gauss_newton's vmapped jvp over candidates is budgeted as an hvp over as many probes (an upper bound).
 _PASSES = {"hutchinson": ("hvp", "probe_batch"), "eigen": ("hvp", None), "fisher": ("grad", None),
            "loss_delta": ("forward", None), "gauss_newton": ("hvp", "candidate_batch"),
-           "input_covariance": ("grad", None), "sampled_gauss_newton": ("grad", None)}  # its sampled-Fisher backwards (weighting none: forward only)
+           "input_covariance": ("grad", None)}  # its sampled-Fisher backwards (weighting none: forward only)
+# sampled_gauss_newton has no batch to plan: it forwards one sample at a time
 
 
 def is_allocator_failure(exc: BaseException) -> bool:

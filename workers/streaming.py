@@ -147,12 +147,13 @@ def job_memory(device: torch.device) -> tuple[int | None, dict[str, int]]:
     return (min(bounds.values()) if bounds else None), bounds
 
 
-def plan_weights(source: Any, streaming: str | None, device: torch.device) -> dict[str, Any]:
+def plan_weights(source: Any, streaming: str | None, device: torch.device, metric: str = "input_covariance"
+                 ) -> dict[str, Any]:
     """{"weights": "resident" | "streamed", "weight_mib", "limit_mib", "reason"} for an analysis of
-    `source` by a metric whose `streaming` option is given (None: the metric cannot stream).
-    AnalysisError when the weights do not fit and streaming is "whole"."""
-    if streaming is None or source.format != "hf" or not os.path.isdir(source.path):
-        return {"weights": "resident", "reason": "only Hugging Face directories analysed by input_covariance stream"}
+    `source` by `metric`, whose `streaming` option is given (None: the metric cannot stream).
+    AnalysisError when the weights do not fit and streaming is "whole" or impossible, naming what to change."""
+    if source.format != "hf" or not os.path.isdir(source.path):
+        return {"weights": "resident", "reason": "only Hugging Face directories stream"}
     index = _index(source.path)
     size = sum(e.fp32_bytes() for e in index.values())
     files = sum(os.path.getsize(f) for f in {e.file for e in index.values()})
@@ -170,6 +171,9 @@ def plan_weights(source: Any, streaming: str | None, device: torch.device) -> di
         return {"weights": "resident", **plan, "reason": "the float32 weights fit"}
     over = (f"the model's float32 weights ({size / _MIB:.1f} MiB, with {files / _MIB:.1f} MiB of files mapped while"
             f" loading) exceed the memory this job may use ({SAFETY:.0%} of {limit / _MIB:.1f} MiB)")
+    if streaming is None:
+        raise AnalysisError(f"{over}: metric {metric!r} needs every weight resident (a backward through the whole"
+                            " model); use metric 'input_covariance', which streams the weights block by block")
     if streaming == "whole":
         raise AnalysisError(f"{over}: options.streaming='whole' keeps every weight resident; use"
                             " options.streaming='auto' to stream the weights block by block from the safetensors files")

@@ -62,6 +62,15 @@ def test_over_the_limit_whole_is_refused_naming_the_option(dirs, monkeypatch):
     assert job(dirs, "llama", streaming="blocks")["provenance"]["metric_run"]["weights"] == "streamed"
 
 
+def test_over_the_limit_a_metric_that_cannot_stream_names_the_one_that_can(dirs, monkeypatch):
+    monkeypatch.setenv("BITPLAN_JOB_MEMORY_LIMIT_MB", LIMIT_MB)
+    request = {"model": {"format": "hf", "path": dirs["llama"]}, "dataset_path": dirs["text"], "candidates": CANDIDATES,
+               "options": {"max_samples": 4, "max_length": 10, "device": "cpu"}}  # the default metric
+    with pytest.raises(AnalysisError, match=r"exceed the memory.*metric 'sampled_gauss_newton' needs every weight"
+                                            r" resident.*use metric 'input_covariance'"):
+        run_analysis_job(request)
+
+
 def test_a_model_without_repeated_blocks_says_why_it_cannot_stream(tmp_path, monkeypatch):
     import transformers as tf
 
