@@ -338,6 +338,8 @@ def digits_section(args, device) -> None:
             stat = " ".join(f"{r.mean:.3g}" for r in table.layers)
             print(f"  {name:<12} {seconds:6.2f} s  peak RSS +{extra:6.1f} MiB{cuda}  Spearman vs loss_delta"
                   f" {rho:5.2f}  {table.statistic}: {stat}")
+        for name in ("gauss_newton", "sampled_gauss_newton"):
+            metric_cost(model, calibration, CANDIDATES, metric_name=name, title=title, options=loss, repeat=1)
         model.cpu()
 
 
@@ -433,13 +435,14 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
-# --------------------------------------------------------------------- gauss_newton cost (issue 11)
-def gauss_newton_cost(model: nn.Module, calibration: Calibration, candidates: list[str], *, title: str = "",
-                      options: dict | None = None, repeat: int = 3) -> dict[str, float]:
-    """Seconds of the gauss_newton metric's measure against one forward + backward of the calibration
-    loss over the same batches, printed side by side. Target (issue 11): ≤ 1 forward+backward per
-    candidate per batch, i.e. `per_layer_candidate` ≤ 1; `per_candidate` divides by candidates only
-    (the whole model's layers at once), the stricter reading. Self-contained: any model, any data."""
+# ------------------------------------------------- cost of the exact quadratic forms (issue 11)
+def metric_cost(model: nn.Module, calibration: Calibration, candidates: list[str], *, metric_name: str = "gauss_newton",
+                title: str = "", options: dict | None = None, repeat: int = 3) -> dict[str, float]:
+    """Seconds of a metric's measure (gauss_newton, sampled_gauss_newton) against one forward + backward
+    of the calibration loss over the same batches, printed side by side. Target (issue 11): ≤ 1
+    forward+backward per candidate per batch: `per_layer_candidate` ≤ 1 (a pass per layer × candidate,
+    gauss_newton's shape), `per_candidate` ≤ 1 (the whole model's layers at once, the stricter reading
+    and sampled_gauss_newton's shape). Self-contained: any model, any data."""
     from workers.metrics import MetricContext
 
     layers = find_layers(model)
@@ -453,7 +456,7 @@ def gauss_newton_cost(model: nn.Module, calibration: Calibration, candidates: li
                 torch.autograd.grad(value, params, allow_unused=True)
 
         fb = median_seconds(fwd_bwd, repeat=repeat)
-    metric = get_metric("gauss_newton", options or {})
+    metric = get_metric(metric_name, options or {})
     ctx = MetricContext(model=model, layers=layers, calibration=calibration, candidates=quantizers, seed=0)
     gn = median_seconds(lambda: metric.measure(ctx), repeat=max(1, repeat // 2))
     n_layers, n_cands = len(layers), len(quantizers)
@@ -463,7 +466,7 @@ def gauss_newton_cost(model: nn.Module, calibration: Calibration, candidates: li
         "per_layer_candidate": gn / (fb * n_layers * n_cands),
         "per_candidate": gn / (fb * n_cands),
     }
-    print(f"{title or type(model).__name__}: gauss_newton measure {gn:.3f} s, fwd+bwd {fb:.4f} s over"
+    print(f"  {title or type(model).__name__}: {metric_name} measure {gn:.3f} s, fwd+bwd {fb:.4f} s over"
           f" {len(calibration)} batch(es); {n_layers} layers × {n_cands} candidates →"
           f" {out['per_layer_candidate']:.2f} fwd+bwd per layer × candidate per batch (target ≤ 1),"
           f" {out['per_candidate']:.2f} per candidate (whole model)", flush=True)
