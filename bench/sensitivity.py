@@ -388,7 +388,8 @@ def real_section(key: str, args) -> None:
         result["bench_request"] = request
         (args.tables / f"{key}-{table.metric}.json").write_text(__import__("json").dumps(result))
     prov = table.provenance or {}
-    used = (prov.get("batch_size") or {}).get("used") or 1
+    # a metric that forwards fewer samples at once than the batches it reads says so (sampled_gauss_newton: 1)
+    used = (prov.get("metric_run") or {}).get("forward_batch") or (prov.get("batch_size") or {}).get("used") or 1
     model = load_model(prep.source)
     tokenizer = None
     if prep.source["format"] == "hf":

@@ -95,6 +95,9 @@ def test_a_fixed_batch_model_gives_the_numbers_of_one_sample_at_a_time():
     x = torch.randn(8, 2, 4, 4)
     alone = sgn_table(net, Calibration(x, None, batch_size=3), draws=3, groups=4)
     fixed = sgn_table(FixedBatch(net), Calibration(x, None, batch_size=4), draws=3, groups=4)
+    assert alone.provenance["metric_run"] == {"forward_batch": 1, "draws": 3, "perturbations": "float32",
+                                              "perturbation_mib": pytest.approx(0.0, abs=0.1)}
+    assert fixed.provenance["metric_run"]["forward_batch"] == 4
     for a, b in zip(alone.layers, fixed.layers, strict=True):
         assert a.name == b.name.removeprefix("inner.")
         for ca, cb in zip(a.candidates, b.candidates, strict=True):

@@ -100,7 +100,8 @@ class SampledGaussNewton(Metric):
             ctx.report(done / samples, f"{self.name}: {done} of {samples} samples × {self.draws} draws, ETA {eta:.0f} s")
 
         with grad_only_for(ctx.model, params):
-            inner = _InnerProducts(params, _perturbations(ctx))
+            deltas = _perturbations(ctx)
+            inner = _InnerProducts(params, deltas)
             rows = start = 0
             alone = None
             with inner.hooked():
@@ -111,6 +112,10 @@ class SampledGaussNewton(Metric):
                                                     and _runs_alone(ctx.model, x[:1]))
                     rows += self._batch(ctx.model, x, start, alone, kind, ctx.seed, inner, squares, progress)
                     start += x.shape[0]
+        # what ran, for the analysis's provenance (metric_run)
+        self.run_info = {"forward_batch": 1 if alone else calibration.batch_size, "draws": self.draws,
+                         "perturbations": str(deltas[0].dtype).removeprefix("torch."),
+                         "perturbation_mib": round(sum(d.numel() * d.element_size() for d in deltas) / 2**20, 1)}
         per_row = rows / samples
         stats = []
         for values in squares:
