@@ -206,6 +206,25 @@ def pct(value: float) -> str:
     return f"{value:.1%}" if math.isfinite(value) else "∞"
 
 
+def candidate_statistic(metric: str, damage: dict[str, float], half: dict[str, float], samples: int,
+                        source: str) -> Any:
+    """The LayerStatistic of a metric that measures each candidate's damage itself: the worst
+    candidate's damage and half-width, the per-candidate values kept for `measured_damage`;
+    AnalysisError naming `source` when any is not finite."""
+    from workers.metrics._base import LayerStatistic
+
+    if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
+        raise AnalysisError(f"{metric}: the damage is not finite (NaN/inf in {source})")
+    worst = max(damage, key=damage.__getitem__) if damage else None
+    return LayerStatistic(
+        mean=damage[worst] if worst is not None else 0.0,
+        ci_halfwidth=half[worst] if worst is not None else 0.0,
+        samples=samples,
+        converged=True,
+        extra={"damage": damage, "ci": half, "worst": worst},
+    )
+
+
 def measured_damage(metric: str, stat: Any, candidate: Any) -> float:
     """d(l, c) of a metric that measures each candidate's damage itself (gauss_newton, input_covariance).
     A statistic moved by k of its half-widths (how the analysis reads a damage's confidence interval)

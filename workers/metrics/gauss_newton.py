@@ -41,7 +41,7 @@ from torch import nn
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
-    Z95,
+    candidate_statistic,
     measured_damage,
     calibrated_params,
     check_loss,
@@ -133,18 +133,7 @@ class GaussNewton(Metric):
             damage, half = {}, {}
             for j, q in enumerate(ctx.candidates):
                 damage[q.name], half[q.name] = group_damage_ci(values[j], per_row, self.groups)
-            if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
-                raise AnalysisError("gauss_newton: the damage is not finite (NaN/inf in the model's outputs)")
-            worst = max(damage, key=damage.__getitem__) if damage else None
-            stats.append(
-                LayerStatistic(
-                    mean=damage[worst] if worst is not None else 0.0,
-                    ci_halfwidth=half[worst] if worst is not None else 0.0,
-                    samples=min(self.groups, samples),
-                    converged=True,
-                    extra={"damage": damage, "ci": half, "worst": worst},
-                )
-            )
+            stats.append(candidate_statistic(self.name, damage, half, min(self.groups, samples), "the model's outputs"))
         ctx.report(
             1.0, f"gauss_newton: {len(params)} layers × {len(ctx.candidates)} candidates, {samples} samples"
         )

@@ -56,6 +56,7 @@ from torch import nn
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
+    candidate_statistic,
     Z95, calibrated_params, check_loss, check_positive_ints, grad_only_for, measured_damage,
 )
 from workers.metrics._loss import forward, model_device, uses_label_free
@@ -177,16 +178,7 @@ class InputCovariance(Metric):
             damage[q.name], half[q.name] = _damage_ci(per_fold, sizes)
         for use in layer_uses:
             use.release()
-        if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
-            raise AnalysisError("input_covariance: the damage is not finite (NaN/inf in the activations)")
-        worst = max(damage, key=damage.__getitem__) if damage else None
-        return LayerStatistic(
-            mean=damage[worst] if worst is not None else 0.0,
-            ci_halfwidth=half[worst] if worst is not None else 0.0,
-            samples=folds,
-            converged=True,
-            extra={"damage": damage, "ci": half, "worst": worst},
-        )
+        return candidate_statistic(self.name, damage, half, folds, "the activations")
 
     def _output_weights(self, ctx, flat, batches, gen, progress) -> int:
         """Σ (∂ℓ/∂y_o)² and the positions it sums over, for every use, ℓ the summed cross-entropy

@@ -38,7 +38,6 @@ number of groups; damage is d(l, c) for the candidate asked.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
+    candidate_statistic,
     calibrated_params, check_loss, check_output_loss, check_positive_ints, grad_only_for, group_damage_ci,
     measured_damage,
 )
@@ -122,16 +122,7 @@ class SampledGaussNewton(Metric):
             damage, half = {}, {}
             for j, q in enumerate(ctx.candidates):
                 damage[q.name], half[q.name] = group_damage_ci(0.5 * values[j] / self.draws, per_row, self.groups)
-            if not all(math.isfinite(v) for v in (*damage.values(), *half.values())):
-                raise AnalysisError(f"{self.name}: the damage is not finite (NaN/inf in the model's gradients)")
-            worst = max(damage, key=damage.__getitem__) if damage else None
-            stats.append(LayerStatistic(
-                mean=damage[worst] if worst is not None else 0.0,
-                ci_halfwidth=half[worst] if worst is not None else 0.0,
-                samples=min(self.groups, samples),
-                converged=True,
-                extra={"damage": damage, "ci": half, "worst": worst},
-            ))
+            stats.append(candidate_statistic(self.name, damage, half, min(self.groups, samples), "the model's gradients"))
         return stats
 
     def _batch(self, model, x, start, alone, kind, seed, inner, squares, progress) -> int:
