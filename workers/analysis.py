@@ -116,6 +116,7 @@ def analyse(
     plan_memory: bool = True,
     cost_sample: torch.Tensor | None = None,
     no_cost_sample: str | None = None,
+    measure: Callable[[MetricContext], list[Any]] | None = None,
 ) -> SensitivityTable:
     """The sensitivity table of `model`'s quantizable layers under `candidates`.
 
@@ -127,6 +128,7 @@ def analyse(
     carries a cost_unavailable warning instead of silently missing costs.
     `plan_memory` sizes the batches from the free memory (module docstring): `calibration.batch_size`
     and the metric's probe batch are then upper bounds, and both objects are changed in place.
+    `measure` stands in for `metric.measure` (a sharded analysis's merge: workers.sharding).
     """
     raw_report = report or (lambda fraction, message: None)
     shown = [0.0]
@@ -209,7 +211,7 @@ def analyse(
     meter.reset()
     stats = _measure_with_backoff(
         model, layers, calibration, candidates, metric, seed, target, report,
-        cost=cost, knob=knob, static_batch=static_batch, backoffs=memory.setdefault("backoffs", []),
+        cost=cost, knob=knob, static_batch=static_batch, backoffs=memory.setdefault("backoffs", []), measure=measure,
     )
     memory["measure_peak_above_start_bytes"] = meter.peak()
     if len(stats) != len(layers):
@@ -407,7 +409,7 @@ def _halve_probes_first(cost: PassCost | None, batch: int, probes: int) -> bool:
 
 
 def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, device, report, *,
-                          cost=None, knob=None, static_batch=None, backoffs=None):
+                          cost=None, knob=None, static_batch=None, backoffs=None, measure=None):
     backoffs = backoffs if backoffs is not None else []
     while True:
         ctx = MetricContext(
@@ -419,7 +421,7 @@ def _measure_with_backoff(model, layers, calibration, candidates, metric, seed, 
             report=lambda f, m: report(_MEASURE_SHARE * min(max(f, 0.0), 1.0), m),
         )
         try:
-            return metric.measure(ctx)
+            return (measure or metric.measure)(ctx)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
             if calibration is None or not is_out_of_memory(exc):
                 raise

@@ -17,7 +17,8 @@ from typing import Any
 from workers.errors import AnalysisError
 from workers.requests import ANALYSIS_OPTIONS, AnalysisRequest, ExportRequest
 
-__all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_analysis_job", "run_export_job"]
+__all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_analysis_job", "run_export_job",
+           "run_shard_job"]
 
 Report = Callable[[float, str], None]
 
@@ -38,7 +39,9 @@ def describe_model_job(source: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
     """Run one sensitivity analysis; returns SensitivityTable.to_dict() plus "seed" and "timings".
-    `report(fraction, message)` gets progress in [0, 1]; the metric's messages carry an ETA."""
+    `report(fraction, message)` gets progress in [0, 1]; the metric's messages carry an ETA. With
+    `request.shard_sums` (a sharded analysis's merge) the statistics come from its shards' sums and
+    nothing is measured; the table is the one the unsplit analysis gives."""
     report = report or (lambda fraction, message: None)
     total_started = time.perf_counter()
     if not isinstance(request, AnalysisRequest):
@@ -49,7 +52,7 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
     from workers.quantizers import DEFAULT_CANDIDATES, parse_candidates
     from workers.units import validate_grouping, validate_ties
 
-    source, dataset_path, seed = request.model, request.dataset_path, request.seed
+    source, seed = request.model, request.seed
     candidates = parse_candidates(DEFAULT_CANDIDATES if request.candidates is None else request.candidates)
     analysis_options = request.analysis_options
     hardware = None if analysis_options["hardware"] is None else parse_hardware(analysis_options["hardware"])
@@ -58,14 +61,99 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
     refine_bits, refine_rounds = analysis_options["refine_bits"], analysis_options["refine_rounds"]
     metric = get_metric(request.metric, request.metric_options)
 
-    report(0.0, "loading model")
     timings: dict[str, float] = {}
+    model, calibration, weights = _load_inputs(request, metric, report, timings)
+    from workers.analysis import analyse
+    from workers.sharding import merged_measure
+
+    latency_table = None
+    if analysis_options["latency_table"] is not None:
+        from workers.costs import parse_latency_table
+        from workers.models import find_layers
+
+        latency_table = parse_latency_table(
+            analysis_options["latency_table"], [info.name for info, _ in find_layers(model)], [q.name for q in candidates]
+        )
+
+    cost_sample, no_cost_sample = None, None
+    if calibration is None:
+        from workers.costs import synthetic_sample
+        from workers.models import input_signature
+
+        try:
+            signature = input_signature(model, source)
+        except Exception as exc:  # noqa: BLE001 - an unreadable signature only costs the MACs
+            signature, no_cost_sample = None, f"the model's input signature cannot be read ({exc})"
+        if no_cost_sample is None:
+            cost_sample, no_cost_sample = synthetic_sample(signature, analysis_options["max_length"])
+
+    table = analyse(
+        model,
+        calibration,
+        candidates,
+        metric,
+        seed=seed,
+        report=report,
+        timings=timings,
+        device=analysis_options["device"],
+        hardware=hardware,
+        latency_table=latency_table,
+        cost_sample=cost_sample,
+        no_cost_sample=no_cost_sample,
+        grouping=grouping,
+        ties=ties,
+        provenance={"weight_loading": weights, **({"shards": len(request.shard_sums)} if request.shard_sums else {})},
+        measure=merged_measure(metric, request.shard_sums) if request.shard_sums else None,
+    )
+    if refine_bits is not None:
+        started = time.perf_counter()
+        table.provenance["refinement"] = _refine(model, calibration, table, metric, refine_bits, refine_rounds, report)
+        timings["refine_s"] = time.perf_counter() - started
+    timings["total_s"] = time.perf_counter() - total_started
+    return {**table.to_dict(), "seed": seed, "timings": timings}
+
+
+def run_shard_job(request: AnalysisRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """One shard of a sharded analysis (`request.shard` = (index, count)): the metric's per-sample sums
+    over its share of the calibration samples (workers.sharding), for the analysis's merge."""
+    report = report or (lambda fraction, message: None)
     started = time.perf_counter()
-    from workers.analysis import analyse, resolve_device
+    if not isinstance(request, AnalysisRequest):
+        request = AnalysisRequest.from_dict(request)
+    if request.shard is None:
+        raise AnalysisError("shard: a shard job needs [index, count]")
+    from workers.metrics import get_metric
+    from workers.quantizers import DEFAULT_CANDIDATES, parse_candidates
+    from workers.sharding import measure_share
+
+    candidates = parse_candidates(DEFAULT_CANDIDATES if request.candidates is None else request.candidates)
+    metric = get_metric(request.metric, request.metric_options)
+    timings: dict[str, float] = {}
+    model, calibration, _ = _load_inputs(request, metric, report, timings)
+    if calibration is None:
+        raise AnalysisError(f"dataset: the {metric.name} metric needs calibration data")
+    index, count = request.shard
+    measured = time.perf_counter()
+    sums = measure_share(model, calibration, candidates, metric, seed=request.seed, index=index, count=count,
+                         device=request.analysis_options["device"], report=report)
+    timings["measure_s"] = time.perf_counter() - measured
+    timings["total_s"] = time.perf_counter() - started
+    return {**sums, "timings": timings}
+
+
+def _load_inputs(request: AnalysisRequest, metric, report: Report, timings: dict[str, float]):
+    """The model (resident, or streamed when its weights exceed the job's memory) and the calibration
+    data of an analysis or one of its shards: (model, calibration or None, the weight-loading record)."""
+    from workers.analysis import resolve_device
     from workers.data import TEXT_DEFAULTS, load_calibration
     from workers.models import load_model
     from workers.streaming import load_streamed, plan_weights
 
+    source, dataset_path = request.model, request.dataset_path
+    analysis_options = request.analysis_options
+    refine_bits = analysis_options["refine_bits"]
+    report(0.0, "loading model")
+    started = time.perf_counter()
     # weights that do not fit the job's memory are streamed block by block (workers.streaming)
     weights = plan_weights(source, getattr(metric, "streaming", None), resolve_device(analysis_options["device"]),
                            metric.name)
@@ -108,51 +196,7 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
             causal_lm=bool(getattr(model, "bitplan_causal_lm", False)),
         )
     timings["load_data_s"] = time.perf_counter() - started
-
-    latency_table = None
-    if analysis_options["latency_table"] is not None:
-        from workers.costs import parse_latency_table
-        from workers.models import find_layers
-
-        latency_table = parse_latency_table(
-            analysis_options["latency_table"], [info.name for info, _ in find_layers(model)], [q.name for q in candidates]
-        )
-
-    cost_sample, no_cost_sample = None, None
-    if calibration is None:
-        from workers.costs import synthetic_sample
-        from workers.models import input_signature
-
-        try:
-            signature = input_signature(model, source)
-        except Exception as exc:  # noqa: BLE001 - an unreadable signature only costs the MACs
-            signature, no_cost_sample = None, f"the model's input signature cannot be read ({exc})"
-        if no_cost_sample is None:
-            cost_sample, no_cost_sample = synthetic_sample(signature, analysis_options["max_length"])
-
-    table = analyse(
-        model,
-        calibration,
-        candidates,
-        metric,
-        seed=seed,
-        report=report,
-        timings=timings,
-        device=analysis_options["device"],
-        hardware=hardware,
-        latency_table=latency_table,
-        cost_sample=cost_sample,
-        no_cost_sample=no_cost_sample,
-        grouping=grouping,
-        ties=ties,
-        provenance={"weight_loading": weights},
-    )
-    if refine_bits is not None:
-        started = time.perf_counter()
-        table.provenance["refinement"] = _refine(model, calibration, table, metric, refine_bits, refine_rounds, report)
-        timings["refine_s"] = time.perf_counter() - started
-    timings["total_s"] = time.perf_counter() - total_started
-    return {**table.to_dict(), "seed": seed, "timings": timings}
+    return model, calibration, weights
 
 
 def run_export_job(request: ExportRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:

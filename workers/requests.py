@@ -43,6 +43,8 @@ MODEL_FORMATS = ("safetensors", "pt2", "hf")
 #                 interactions measured on the calibration data (workers.refine); the rounds,
 #                 predicted vs measured, land in the table's provenance["refinement"]
 #   refine_rounds rounds of that loop (one forward + backward each), default 3
+#   shards        split the calibration samples over this many sub-jobs (workers.sharding), each run by
+#                 whichever worker is free, their sums merged exactly; only metrics that shard
 ANALYSIS_OPTIONS: dict[str, Any] = {
     "batch_size": 256,
     "max_samples": None,
@@ -54,6 +56,7 @@ ANALYSIS_OPTIONS: dict[str, Any] = {
     "ties": "auto",
     "refine_bits": None,
     "refine_rounds": 3,
+    "shards": 1,
 }
 EVALUATION_OPTIONS: dict[str, Any] = {"batch_size": 256, "max_samples": None, "output_loss": "kl"}
 BASELINES = ("uniform", "greedy", "hawq_v3")  # what workers.evaluation_jobs.baseline_plans builds
@@ -96,7 +99,11 @@ class AnalysisRequest:
     """One sensitivity analysis (workers.jobs.run_analysis_job). `candidates` None: the default
     set; `options`: ANALYSIS_OPTIONS keys, the rest go to the metric. Model format "hf" takes a
     Hugging Face directory, and then `dataset_path` may be text (JSONL or lines) tokenized by its
-    tokenizer."""
+    tokenizer.
+
+    A sharded analysis (`options.shards` > 1) runs as sub-jobs: each with `shard` = (index, count)
+    measures its share of the samples (workers.jobs.run_shard_job), then the analysis itself runs
+    with every shard's sums in `shard_sums` and measures nothing (workers.sharding)."""
 
     model: ModelSource
     dataset_path: str | None = None
@@ -104,6 +111,8 @@ class AnalysisRequest:
     metric: str = DEFAULT_METRIC
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
+    shard_sums: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def analysis_options(self) -> dict[str, Any]:
@@ -138,12 +147,38 @@ class AnalysisRequest:
         options = _mapping(data.get("options"), "options")
         request = cls(model, dataset_path, names, metric, seed, options)
         _check_analysis_options(request)
-        return request
+        return _with_shard_fields(request, data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.to_dict(), "dataset_path": self.dataset_path,
-                "candidates": None if self.candidates is None else list(self.candidates), "metric": self.metric,
-                "seed": self.seed, "options": dict(self.options)}
+        out = {"model": self.model.to_dict(), "dataset_path": self.dataset_path,
+               "candidates": None if self.candidates is None else list(self.candidates), "metric": self.metric,
+               "seed": self.seed, "options": dict(self.options)}
+        if self.shard is not None:
+            out["shard"] = list(self.shard)
+        if self.shard_sums is not None:
+            out["shard_sums"] = [dict(part) for part in self.shard_sums]
+        return out
+
+
+def _with_shard_fields(request: AnalysisRequest, data: Mapping[str, Any]) -> AnalysisRequest:
+    """`shard` (a sub-job's index and count) or `shard_sums` (the merge's input), checked against options.shards."""
+    from dataclasses import replace
+
+    count, shard, sums = request.analysis_options["shards"], data.get("shard"), data.get("shard_sums")
+    if shard is not None and sums is not None:
+        raise RequestError("shard: a shard measures, the merge reads shard_sums; not both")
+    if shard is not None:
+        if (not isinstance(shard, list | tuple) or len(shard) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in shard)
+                or not (0 <= shard[0] < shard[1] == count)):
+            raise RequestError(f"shard: must be [index, count] with 0 ≤ index < count = options.shards ({count}),"
+                               f" got {shard!r}")
+        return replace(request, shard=(shard[0], shard[1]))
+    if sums is not None:
+        if not isinstance(sums, list | tuple) or len(sums) != count or not all(isinstance(p, Mapping) for p in sums):
+            raise RequestError(f"shard_sums: must be one JSON object per shard ({count}), as the shards returned")
+        return replace(request, shard_sums=tuple(dict(p) for p in sums))
+    return request
 
 
 def _check_analysis_options(request: AnalysisRequest) -> None:
@@ -178,7 +213,20 @@ def _check_analysis_options(request: AnalysisRequest) -> None:
         raise RequestError(f"options.refine_rounds: must be an integer in 0..20, got {rounds!r}")
     if _checked(lambda: metric_needs_data(request.metric), "metric") and request.dataset_path is None:
         raise RequestError(f"dataset: the {request.metric} metric needs calibration data")
+    _check_shards(opts["shards"], request.metric)
     _checked(lambda: get_metric(request.metric, request.metric_options), "options")
+
+
+def _check_shards(shards: Any, metric: str) -> None:
+    """options.shards: a positive integer, above 1 only for a metric that shards (the sample count is
+    checked where the samples are loaded)."""
+    from workers.metrics import metric_shards
+    from workers.metrics._registry import SHARDABLE
+
+    _positive_int(shards, "options.shards")
+    if shards > 1 and not metric_shards(metric):
+        raise RequestError(f"options.shards: the {metric} metric cannot be split across workers (adaptive stopping"
+                           f" or no per-sample sums); metrics that shard: {', '.join(SHARDABLE)}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from workers.errors import DatasetError
 from workers.metrics import (
     METRICS, LayerStatistic, Metric, MetricContext, get_metric, metric_names, metric_needs_data, metric_options,
 )
-from workers.metrics._registry import DEFAULT_METRIC, NEEDS_DATA, OPTION_NAMES
+from workers.metrics._registry import DEFAULT_METRIC, NEEDS_DATA, OPTION_NAMES, SHARDABLE
 from workers.models import find_layers
 from workers.quantizers import parse_candidates
 
@@ -69,6 +69,9 @@ def test_class_agrees_with_registry(name):
     assert isinstance(m.name, str) and isinstance(m.statistic, str) and isinstance(m.needs_data, bool)
     assert m.needs_data is NEEDS_DATA[name] is metric_needs_data(name)  # the torch-free record agrees
     assert OPTION_NAMES[name] == metric_options(name)  # so the API refuses the same unknown options
+    assert m.shardable is (name in SHARDABLE)  # options.shards is refused at submit for the same metrics
+    if m.shardable:
+        assert callable(m.measure_share) and callable(m.merge_shares)
     assert get_metric(name) is not get_metric(name)  # options are per instance: never the shared entry
     assert METRICS.get(name).name == name
 

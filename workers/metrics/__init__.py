@@ -11,6 +11,7 @@ chosen metric's module.
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._registry import (
     DEFAULT_METRIC, METRICS, get_metric, metric_names, metric_needs_data, metric_option_names, metric_options,
+    metric_shards,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "metric_needs_data",
     "metric_option_names",
     "metric_options",
+    "metric_shards",
 ]

@@ -53,11 +53,16 @@ class Metric(ABC):
       under `candidate` and returns a finite predicted loss increase (≥ 0 for proxies).
     - `needs_data` metrics raise `DatasetError` when `ctx.calibration` is None.
     - `available()` is False when an optional dependency is missing; it never raises.
+    - `shardable` metrics (a sum over calibration samples, each sample's randomness seeded by its
+      global index) also implement `measure_share(ctx, share)` → JSON-able sums of the samples in
+      `share` and `merge_shares(ctx, shares)` → what `measure` returns, equal to it for any split
+      (workers.sharding runs them; an analysis's `options.shards` needs one).
     """
 
     name: ClassVar[str]
     statistic: ClassVar[str]  # what LayerStatistic.mean is, e.g. "hessian_trace"
     needs_data: ClassVar[bool]
+    shardable: ClassVar[bool] = False
 
     def available(self) -> bool:
         return True

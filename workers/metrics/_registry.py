@@ -39,6 +39,10 @@ NEEDS_DATA = {"eigen": True, "fisher": True, "gauss_newton": True, "hutchinson":
                "input_covariance": True, "loss_delta": True, "mse": False,
               "sampled_gauss_newton": True}
 
+# Metrics whose measurement can be split across workers (Metric.shardable), torch-free for the API. Adaptive
+# stopping (hutchinson, eigen) decides on all probes at once, and the rest are not written as per-sample sums.
+SHARDABLE = ("sampled_gauss_newton",)
+
 
 # Torch-free option names of the built-ins (their constructors' keyword arguments), so the API can
 # refuse an unknown option at submit; tests/conformance checks them against the classes.
@@ -74,6 +78,12 @@ def metric_needs_data(name: str) -> bool:
     return entry.needs_data if entry is not None else NEEDS_DATA[name]
 
 
+def metric_shards(name: str) -> bool:
+    """Whether metric `name` can split its calibration samples across workers (options.shards)."""
+    entry = METRICS.peek(name)
+    return bool(entry.shardable) if entry is not None else name in SHARDABLE
+
+
 def metric_options(name: str) -> tuple[str, ...]:
     """The option names metric `name` accepts (its constructor's keyword arguments)."""
     cls = type(METRICS.get(name))
@@ -95,4 +105,5 @@ def get_metric(name: str, options: Mapping[str, Any] | None = None) -> Metric:
     return cls(**options)
 
 
-__all__ = ["METRICS", "get_metric", "metric_names", "metric_needs_data", "metric_options"]
+__all__ = ["METRICS", "SHARDABLE", "get_metric", "metric_names", "metric_needs_data", "metric_options",
+           "metric_shards"]

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
+from workers.data import batches
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
@@ -78,6 +79,7 @@ class SampledGaussNewton(Metric):
     name: ClassVar[str] = "sampled_gauss_newton"
     statistic: ClassVar[str] = "max_quadratic_damage"
     needs_data: ClassVar[bool] = True
+    shardable: ClassVar[bool] = True  # a sum over samples seeded per sample (measure_share / merge_shares)
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "draws", "groups")
@@ -88,24 +90,56 @@ class SampledGaussNewton(Metric):
 
     def measure(self, ctx: MetricContext) -> list[LayerStatistic]:
         params = calibrated_params(self.name, ctx)
+        squares, rows = self._squares(ctx, params, range(ctx.calibration.samples))
+        return self._statistics(squares, rows, ctx.calibration.samples, ctx.candidates)
+
+    def measure_share(self, ctx: MetricContext, share: range) -> dict:
+        """The per-sample sums of one share of the calibration samples (a shard's), JSON-able, for
+        `merge_shares`. Samples keep their global index, which seeds their draws and picks their CI
+        group, so the shares of a split run add up to exactly what `measure` computes."""
+        params = calibrated_params(self.name, ctx)
+        squares, rows = self._squares(ctx, params, share)
+        part = [values[:, share.start : share.stop] for values in squares]
+        if not all(bool(torch.isfinite(values).all()) for values in part):
+            raise AnalysisError(f"{self.name}: the damage is not finite (NaN/inf in the model's gradients)")
+        return {"start": share.start, "stop": share.stop, "rows": rows, "run": dict(self.run_info),
+                "squares": [values.tolist() for values in part]}
+
+    def merge_shares(self, ctx: MetricContext, shares: list[dict]) -> list[LayerStatistic]:
+        """The statistics of the whole calibration set from every share's `measure_share`: the sums
+        put back in global sample order, then what `measure` does with its own."""
+        samples = ctx.calibration.samples
+        ordered = sorted(shares, key=lambda part: part["start"])
+        bounds = [(part["start"], part["stop"]) for part in ordered]
+        if [lo for lo, _ in bounds] != [0, *(hi for _, hi in bounds[:-1])] or bounds[-1][1] != samples:
+            raise AnalysisError(f"{self.name}: the shards cover samples {bounds}, not 0..{samples} once each")
+        squares = [torch.cat([torch.tensor(part["squares"][i], dtype=torch.float64).reshape(len(ctx.candidates), -1)
+                              for part in ordered], dim=1) for i in range(len(ctx.layers))]
+        self.run_info = {**ordered[0]["run"], "shards": len(ordered)}
+        return self._statistics(squares, sum(part["rows"] for part in ordered), samples, ctx.candidates)
+
+    def _squares(self, ctx: MetricContext, params, share: range) -> tuple[list[torch.Tensor], int]:
+        """Per layer, (candidates, samples) sums of ⟨g, ΔW⟩² over the draws, filled for the samples in
+        `share` (zero elsewhere), and the output rows of those samples."""
         calibration = ctx.calibration
         label_free = uses_label_free(ctx.model, calibration, self.loss)
         kind = self.output_loss if label_free else "kl"  # cross-entropy's Hessian in the logits is KL's
-        samples = calibration.samples
-        squares = [torch.zeros(len(ctx.candidates), samples, dtype=torch.float64) for _ in params]
+        samples = len(share)
+        squares = [torch.zeros(len(ctx.candidates), calibration.samples, dtype=torch.float64) for _ in params]
         started = time.perf_counter()
 
-        def progress(done: int) -> None:
+        def progress(end: int) -> None:
+            done = end - share.start
             eta = (time.perf_counter() - started) / done * (samples - done)
             ctx.report(done / samples, f"{self.name}: {done} of {samples} samples × {self.draws} draws, ETA {eta:.0f} s")
 
         with grad_only_for(ctx.model, params):
             deltas = _perturbations(ctx)
             inner = _InnerProducts(params, deltas)
-            rows = start = 0
+            rows, start = 0, share.start
             alone = None
             with inner.hooked():
-                for x, _ in calibration.batches():
+                for x, _ in batches(calibration.inputs[share.start : share.stop], None, calibration.batch_size):
                     x = x.to(model_device(ctx.model))
                     if alone is None:
                         alone = x.shape[0] == 1 or (getattr(ctx.model, "bitplan_static_batch", None) is None
@@ -116,11 +150,14 @@ class SampledGaussNewton(Metric):
         self.run_info = {"forward_batch": 1 if alone else calibration.batch_size, "draws": self.draws,
                          "perturbations": str(deltas[0].dtype).removeprefix("torch."),
                          "perturbation_mib": round(sum(d.numel() * d.element_size() for d in deltas) / 2**20, 1)}
+        return squares, rows
+
+    def _statistics(self, squares: list[torch.Tensor], rows: int, samples: int, candidates) -> list[LayerStatistic]:
         per_row = rows / samples
         stats = []
         for values in squares:
             damage, half = {}, {}
-            for j, q in enumerate(ctx.candidates):
+            for j, q in enumerate(candidates):
                 damage[q.name], half[q.name] = group_damage_ci(0.5 * values[j] / self.draws, per_row, self.groups)
             stats.append(candidate_statistic(self.name, damage, half, min(self.groups, samples), "the model's gradients"))
         return stats
