@@ -123,9 +123,10 @@ def test_options_are_checked():
         get_metric("sampled_gauss_newton", {"output_loss": "l1"})
 
 
-def test_a_large_perturbation_stack_kept_in_bfloat16_gives_nearly_the_same_damages(monkeypatch):
-    """Models whose ΔW stack would pass DELTA_FLOAT32_BYTES keep it in bfloat16, widened a slice at a
-    time for the product (the slices are made smaller than one layer here so several are summed)."""
+def test_a_large_perturbation_stack_kept_as_int8_codes_gives_nearly_the_same_damages(monkeypatch):
+    """Models whose ΔW stack would pass DELTA_FLOAT32_BYTES keep it as int8 codes with block scales,
+    widened a slice at a time for the product (blocks and slices are made smaller than one layer
+    here, and the layers' sizes are not multiples of a block, so padding and several slices run)."""
     import workers.metrics.sampled_gauss_newton as sgn
 
     torch.manual_seed(6)
@@ -133,9 +134,11 @@ def test_a_large_perturbation_stack_kept_in_bfloat16_gives_nearly_the_same_damag
     cal = Calibration(torch.randn(6, 2, 4, 4), None, batch_size=6)
     wide = sgn_table(model, cal, draws=2, groups=3)
     monkeypatch.setattr(sgn, "DELTA_FLOAT32_BYTES", 0)
+    monkeypatch.setattr(sgn, "CODE_BLOCK", 5)
     monkeypatch.setattr(sgn, "WIDEN_ELEMENTS", 7)
     narrow = sgn_table(model, cal, draws=2, groups=3)
+    assert narrow.provenance["metric_run"]["perturbations"] == "int8_blocks"
     for a, b in zip(wide.layers, narrow.layers, strict=True):
         for ca, cb in zip(a.candidates, b.candidates, strict=True):
             assert cb.raw_damage == pytest.approx(ca.raw_damage, rel=0.02)
-            assert cb.raw_damage != ca.raw_damage  # the bfloat16 stack really was used
+            assert cb.raw_damage != ca.raw_damage  # the coded stack really was used

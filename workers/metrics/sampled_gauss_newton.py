@@ -24,10 +24,12 @@ the same factor for every role (README, Benchmarks).
 Cost: per sample, one forward at batch 1 and `draws` backward passes through it (a model with a
 fixed batch dimension is run at its calibration batch, and each sample's backward pays for the whole
 batch); each weight gradient is dotted with every candidate's ΔW as soon as it is accumulated and
-then freed. Memory: the model, one sample's graph, and ΔW of every layer and candidate (float32, or
-bfloat16 when that stack would pass `DELTA_FLOAT32_BYTES`; bfloat16's 2⁻⁸ rounding of ΔW moves an
-inner product over many weights by far less than the sampling does). It needs a backward through the
-whole model, so it does not stream block by block (input_covariance does).
+then freed. Memory: the model, one sample's graph, and ΔW of every layer and candidate: float32, or,
+when that stack would pass `DELTA_FLOAT32_BYTES`, int8 codes with one float32 scale per `CODE_BLOCK`
+weights (1.06 bytes a weight instead of 4). The codes' rounding error e is about 0.4% of ΔW, random
+and uncorrelated with the gradient, so it moves E⟨g, ΔW + e⟩² by E⟨g, e⟩², about 10⁻⁵ of the value:
+far below the sampling error. It needs a backward through the whole model, so it does not stream
+block by block (input_covariance does).
 
 Confidence interval: over `groups` consecutive groups of samples, each group's estimate of the
 damage, 1.96 · s / √groups; it covers both the finite calibration set and the label draws.
@@ -58,10 +60,13 @@ from workers.metrics._loss import forward, model_device, uses_label_free
 if TYPE_CHECKING:
     from workers.quantizers import Quantizer
 
-# above this many bytes the stack of every layer's and candidate's ΔW is kept in bfloat16
-DELTA_FLOAT32_BYTES = 2**30
-# weights per slice when a bfloat16 ΔW stack is widened to float32 for the product
-WIDEN_ELEMENTS = 2**22
+# above this many bytes (as float32) the stack of every layer's and candidate's ΔW is kept as int8 codes
+DELTA_FLOAT32_BYTES = 2**26
+# weights that share one scale in the int8 stack
+CODE_BLOCK = 64
+# weights per slice when int8 codes are widened to float32 for the product: small enough that the
+# widened slice of every candidate stays in cache (2^16: 2.4× a float32 product; 2^22: 12×)
+WIDEN_ELEMENTS = 2**16
 
 
 @dataclass
@@ -148,8 +153,8 @@ class SampledGaussNewton(Metric):
                     start += x.shape[0]
         # what ran, for the analysis's provenance (metric_run)
         self.run_info = {"forward_batch": 1 if alone else calibration.batch_size, "draws": self.draws,
-                         "perturbations": str(deltas[0].dtype).removeprefix("torch."),
-                         "perturbation_mib": round(sum(d.numel() * d.element_size() for d in deltas) / 2**20, 1)}
+                         "perturbations": deltas[0].kind,
+                         "perturbation_mib": round(sum(d.nbytes for d in deltas) / 2**20, 1)}
         return squares, rows
 
     def _statistics(self, squares: list[torch.Tensor], rows: int, samples: int, candidates) -> list[LayerStatistic]:
@@ -212,16 +217,63 @@ def _sampled_loss(logits: torch.Tensor, kind: str, gen: torch.Generator) -> torc
     return F.cross_entropy(logits, drawn, reduction="sum")
 
 
-def _perturbations(ctx: MetricContext) -> list[torch.Tensor]:
+def _perturbations(ctx: MetricContext) -> list[_Deltas | _CodedDeltas]:
     """Per layer, (candidates, weights) of Q_c(W) − W flattened in the Parameter's layout, rounded
-    exactly as the analysis rounds (LayerInfo.quantize)."""
+    exactly as the analysis rounds (LayerInfo.quantize); int8-coded when the stack is large."""
     total = sum(w.numel() for _, w in ctx.layers) * len(ctx.candidates) * 4
-    dtype = torch.float32 if total <= DELTA_FLOAT32_BYTES else torch.bfloat16
+    store = _Deltas if total <= DELTA_FLOAT32_BYTES else _CodedDeltas
     out = []
     for info, weight in ctx.layers:
         w = weight.detach().to(torch.float32)
-        out.append(torch.stack([(info.quantize(q, w) - w).reshape(-1).to(dtype) for q in ctx.candidates]))
+        out.append(store([(info.quantize(q, w) - w).reshape(-1) for q in ctx.candidates]))
     return out
+
+
+class _Deltas:
+    """Every candidate's ΔW of one layer in float32: `matvec(g)` = (⟨g, ΔW_c⟩ for each c)."""
+
+    kind = "float32"
+
+    def __init__(self, rows: list[torch.Tensor]):
+        self.values = torch.stack(rows)
+        self.nbytes = self.values.numel() * 4
+        self.candidates = len(rows)
+
+    def matvec(self, g: torch.Tensor) -> torch.Tensor:
+        return self.values @ g
+
+
+class _CodedDeltas:
+    """Every candidate's ΔW of one layer as int8 codes × one float32 scale per CODE_BLOCK weights
+    (absmax / 127), widened a slice at a time for the product (no fast int8 or bfloat16
+    matrix-vector product on CPUs)."""
+
+    kind = "int8_blocks"
+
+    def __init__(self, rows: list[torch.Tensor]):
+        n = rows[0].numel()
+        self.weights = n
+        self.candidates = len(rows)
+        blocks = -(-n // CODE_BLOCK)
+        device = rows[0].device
+        self.codes = torch.empty(len(rows), blocks, CODE_BLOCK, dtype=torch.int8, device=device)
+        self.scales = torch.empty(len(rows), blocks, 1, dtype=torch.float32, device=device)
+        for c, delta in enumerate(rows):
+            padded = F.pad(delta, (0, blocks * CODE_BLOCK - n)).view(blocks, CODE_BLOCK)
+            scale = padded.abs().amax(dim=1, keepdim=True) / 127
+            self.scales[c] = scale
+            self.codes[c] = torch.round(padded / scale.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(-127, 127)
+        self.nbytes = self.codes.numel() + self.scales.numel() * 4
+
+    def matvec(self, g: torch.Tensor) -> torch.Tensor:
+        blocks = self.codes.shape[1]
+        g = F.pad(g, (0, blocks * CODE_BLOCK - self.weights)).view(blocks, CODE_BLOCK)
+        step = max(1, WIDEN_ELEMENTS // CODE_BLOCK)
+        out = torch.zeros(self.candidates, dtype=torch.float32, device=g.device)
+        for lo in range(0, blocks, step):
+            wide = self.codes[:, lo : lo + step].to(torch.float32).mul_(self.scales[:, lo : lo + step])
+            out += wide.reshape(self.candidates, -1) @ g[lo : lo + step].reshape(-1)
+        return out
 
 
 class _InnerProducts:
@@ -240,19 +292,13 @@ class _InnerProducts:
         self.values = [None] * len(self.params)
 
     def take(self) -> list[torch.Tensor]:
-        zero = torch.zeros(self.deltas[0].shape[0], dtype=torch.float64)
+        zero = torch.zeros(self.deltas[0].candidates, dtype=torch.float64)
         return [zero if v is None else v for v in self.values]
 
     def _on_grad(self, p: torch.Tensor) -> None:
         g = p.grad.reshape(-1).to(torch.float32)
         for i in self.uses[id(p)]:
-            d = self.deltas[i]
-            if d.dtype == torch.float32:
-                value = d @ g
-            else:  # CPUs have no fast bfloat16 matrix-vector product: widen a slice at a time
-                value = sum(d[:, lo : lo + WIDEN_ELEMENTS].to(torch.float32) @ g[lo : lo + WIDEN_ELEMENTS]
-                            for lo in range(0, g.numel(), WIDEN_ELEMENTS))
-            self.values[i] = value.to(torch.float64).cpu()
+            self.values[i] = self.deltas[i].matvec(g).to(torch.float64).cpu()
         p.grad = None
 
     def hooked(self):
