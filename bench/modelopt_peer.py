@@ -43,10 +43,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
-def fmt(bits: int) -> dict:
+def fmt(candidate: str) -> dict:
+    """ModelOpt's config for one of bitplan's integer candidates: `int4` per output channel,
+    `int4_g64` in blocks of 64 along the input dimension (ModelOpt's block_sizes)."""
+    bits, _, group = candidate[3:].partition("_g")
+    scale = {"block_sizes": {-1: int(group)}} if group else {"axis": 0}
     return {
         "quant_cfg": [
-            {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": bits, "axis": 0}},
+            {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": int(bits), **scale}},
             {"quantizer_name": "*input_quantizer", "enable": False},
             {"quantizer_name": "*output_quantizer", "enable": False},
         ],
@@ -102,8 +106,8 @@ def main(request_path: str, result_path: str) -> int:
     x, y = data["inputs"], data.get("targets")
     bs = int(request["batch_size"])
     batches = [(x[i : i + bs], None if y is None else y[i : i + bs]) for i in range(0, len(x), bs)]
-    bits = [int(b) for b in request["bits"]]
-    formats = [fmt(b) for b in bits]
+    candidates = list(request["candidates"])
+    formats = [fmt(c) for c in candidates]
     spaces = [{"module_name_patterns": "*", "quantization_formats": formats, "allow_no_quant": False}]
     unit_of: dict[str, str] = request["units"]
     layer_bytes: dict[str, dict[str, float]] = request["bytes"]
@@ -134,7 +138,7 @@ def main(request_path: str, result_path: str) -> int:
                 index = [str(f) for f in stats["formats"]].index(str(recipe))
                 for module in stats["module_names"]:
                     if module in unit_of:
-                        choice[unit_of[module]] = f"int{bits[index]}"
+                        choice[unit_of[module]] = candidates[index]
             missing = sorted(set(layer_bytes) - set(choice))
             used = sum(layer_bytes[u][c] for u, c in choice.items())
             result["runs"].append({"budget": budget["name"], "target_effective_bits": target, "seconds": seconds,

