@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.storage.db.models import (
-    AnalysisRecord, DatasetRecord, EvaluationRecord, ExportRecord, FrontierRecord, IdempotencyRecord, JobColumns,
+    AnalysisRecord, AnalysisShardRecord, DatasetRecord, EvaluationRecord, ExportRecord, FrontierRecord, IdempotencyRecord, JobColumns,
     ModelRecord, PlanRecord, new_id, utcnow,
 )
 from service.storage.db.session import get_engine
@@ -27,6 +27,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # its work) is its entry in service.jobs.kinds.KINDS, which has one entry for each key here.
 JOB_RECORDS: dict[str, type[JobColumns]] = {
     "analysis": AnalysisRecord, "evaluation": EvaluationRecord, "export": ExportRecord,
+    "analysis_shard": AnalysisShardRecord,  # the sub-jobs of a sharded analysis (service.storage.shards)
 }
 
 
@@ -167,9 +168,10 @@ def requeue_interrupted(
     those whose heartbeat is older than `stale_after` (a worker that died). Each row moves with its own
     conditional update, so reapers in several processes never requeue a row another attempt just
     claimed. A row whose cancel was requested becomes cancelled; one out of attempts becomes failed.
-    Returns the ids put back in the queue (the caller offers them to its queue)."""
+    Returns the ids put back in the queue (the caller offers them to its queue). A running row that no
+    attempt owns is waiting on its sub-jobs (service.storage.shards), which are requeued themselves."""
     rec = job_record(kind)
-    conditions = [rec.status == "running"]
+    conditions = [rec.status == "running", rec.owner.is_not(None)]
     if stale_after is not None:
         conditions.append(rec.heartbeat_at < utcnow() - stale_after)
     rows = session.execute(select(rec.id, rec.cancel_requested, rec.attempts).where(*conditions)).all()
@@ -291,12 +293,15 @@ def release_due_retries(session: Session, *, kind: str) -> list[str]:
 
 def request_cancel(session: Session, *, kind: str, job_id: str, owned_by: str | None = None) -> Any:
     """Queued → cancelled at once; running → cancel requested (its runner ends it within seconds).
-    Cancelling a cancelled job is a no-op; a finished one is a Conflict."""
+    Running with no owner (waiting on its sub-jobs, service.storage.shards) → cancelled at once: no
+    runner watches it; the caller cancels the sub-jobs. Cancelling a cancelled job is a no-op; a
+    finished one is a Conflict."""
     rec_cls = job_record(kind)
     rec = get_job(session, kind=kind, job_id=job_id, owned_by=owned_by)
     result = session.execute(
         update(rec_cls)
-        .where(rec_cls.id == job_id, rec_cls.status == "queued")
+        .where(rec_cls.id == job_id, or_(rec_cls.status == "queued",
+                                         (rec_cls.status == "running") & rec_cls.owner.is_(None)))
         .values(status="cancelled", message="cancelled", finished_at=utcnow(), retry_at=None, cancel_requested=True)
     )
     if result.rowcount == 0:

@@ -127,6 +127,22 @@ class AnalysisRecord(Owned, JobColumns, Base):
     problem: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
 
 
+class AnalysisShardRecord(Owned, JobColumns, Base):
+    """One sub-job of a sharded analysis (options.shards > 1): shard `shard_index` of `shard_count`
+    measures its share of the calibration samples and keeps the metric's per-sample sums in `sums`
+    until the analysis merges them (workers.sharding; lifecycle in service.storage.shards). Made with
+    all its siblings in one transaction, so an analysis never has some of its shards."""
+
+    __tablename__ = "analysis_shards"
+    __table_args__ = (UniqueConstraint("analysis_id", "shard_index", name="uq_analysis_shard"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id"), index=True)
+    shard_index: Mapped[int] = mapped_column(Integer)
+    shard_count: Mapped[int] = mapped_column(Integer)
+    sums: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
+
+
 class PlanRecord(Owned, Base):
     __tablename__ = "plans"
 
