@@ -41,6 +41,32 @@ def check_metric(name: str, *, has_dataset: bool, options: dict[str, Any] | None
         )
 
 
+def check_shards(metric: str, options: dict[str, Any], dataset: Any) -> int:
+    """options.shards: an integer ≥ 1, above 1 only for a metric that shards and at most one shard per
+    calibration sample (a tensor dataset's samples, capped by options.max_samples; a text dataset's
+    windows are counted by the job, which refuses more shards the same way). The shard count."""
+    from workers.metrics import metric_shards
+    from workers.metrics._registry import SHARDABLE
+
+    shards = options.get("shards", 1)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise InvalidInput("options.shards", f"must be an integer ≥ 1 (sub-jobs to split the samples over), got {shards!r}")
+    if shards == 1:
+        return 1
+    if not metric_shards(metric):
+        raise InvalidInput("options.shards", f"the {metric} metric cannot be split across workers (adaptive stopping or"
+                                             f" no per-sample sums); metrics that shard: {', '.join(SHARDABLE)}")
+    if dataset is not None and dataset.input_dtype != "text":
+        samples = dataset.samples
+        cap = options.get("max_samples")
+        if isinstance(cap, int) and not isinstance(cap, bool) and 0 < cap < samples:
+            samples = cap
+        if shards > samples:
+            raise InvalidInput("options.shards", f"{shards} shards but only {samples} calibration samples; give at most"
+                                                 f" {samples}")
+    return shards
+
+
 _LAYER_STATS = ("mean", "ci_halfwidth", "samples", "converged")
 _PROVENANCE = ("statistic", "loss", "calibration_samples", "seed", "timings", "candidates", "version", "groups",
                "ties")

@@ -29,7 +29,7 @@ class InlineQueue(JobQueue):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.url = settings.resolved_database_url
-        self.runner = JobRunner(RunnerConfig.from_settings(settings))
+        self.runner = JobRunner(RunnerConfig.from_settings(settings), offer=self.enqueue)
         self.reaper = Reaper(
             self.url, offer=self.enqueue, stale_after_s=settings.job_stale_after_s,
             interval_s=settings.job_reaper_s, max_attempts=settings.job_max_attempts,

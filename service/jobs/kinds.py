@@ -13,6 +13,7 @@ imports workers' torch code only when called, so importing this module is cheap 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.storage import store
+from service.storage import shards, store
 from workers.requests import AnalysisRequest, EvaluationRequest, ExportRequest, ModelSource
 
 __all__ = ["KINDS", "JobKind", "Payload", "get_kind", "model_source"]
@@ -63,7 +64,14 @@ class JobKind:
     writes a file has `collect(job_id, payload, outputs, blobs)`, which moves it into the blob store
     before success is recorded and returns the outputs to record, and `discard(session, job_id,
     outputs, blobs)`, which removes it again when that success could not be recorded (cancelled or
-    lost meanwhile), so a row never names a missing file."""
+    lost meanwhile), so a row never names a missing file.
+
+    A kind whose work may run as sub-jobs (an analysis with options.shards) has `fan_out(session,
+    job_id, owner)`, called once the attempt holds the row: the sub-jobs it created, to be offered
+    (the attempt ends there and holds no worker while they run), or None to run the attempt itself.
+    A sub-job kind has `progress(session, job_id)`, called after each of its progress writes, and
+    `settle(session, job_id)`, called after each of its attempts: the jobs to offer now (its parent,
+    once every sibling succeeded). `sweep(session)` runs on every reaper tick: jobs to offer."""
 
     name: str
     request: type
@@ -71,6 +79,10 @@ class JobKind:
     run: Callable[[Payload, Report], dict[str, Any]]
     collect: Callable[[str, Payload, dict[str, Any], Any], dict[str, Any]] | None = None
     discard: Callable[[Session, str, dict[str, Any], Any], None] | None = None
+    fan_out: Callable[[Session, str, str], list[tuple[str, str]] | None] | None = None
+    progress: Callable[[Session, str], None] | None = None
+    settle: Callable[[Session, str], list[tuple[str, str]]] | None = None
+    sweep: Callable[[Session], list[tuple[str, str]]] | None = None
 
     @property
     def record(self) -> type:
@@ -86,26 +98,88 @@ def model_source(model, blobs) -> ModelSource:
 # analysis ----------------------------------------------------------------------------------------
 
 
-def _build_analysis(s: Session, job_id: str, blobs) -> Payload:
-    analysis = store.get_analysis(s, analysis_id=job_id)
+def _analysis_request(s: Session, analysis, blobs) -> AnalysisRequest:
     model = store.get_model(s, model_id=analysis.model_id)
     dataset = store.get_dataset(s, dataset_id=analysis.dataset_id) if analysis.dataset_id else None
-    return Payload(AnalysisRequest(
+    return AnalysisRequest(
         model=model_source(model, blobs),
         dataset_path=str(blobs.path_for(dataset.sha256)) if dataset is not None else None,
         candidates=None if analysis.candidates is None else tuple(analysis.candidates),
         metric=analysis.metric,
         seed=analysis.seed,
         options=dict(analysis.options or {}),
-    ))
+    )
+
+
+def _shard_count(analysis) -> int:
+    count = (analysis.options or {}).get("shards", 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) else 1
+
+
+def _build_analysis(s: Session, job_id: str, blobs) -> Payload:
+    """The analysis's request; for a sharded one (its attempt after the shards) with their sums, which
+    the child merges instead of measuring."""
+    analysis = store.get_analysis(s, analysis_id=job_id)
+    request = _analysis_request(s, analysis, blobs)
+    if _shard_count(analysis) <= 1:
+        return Payload(request)
+    parts = shards.shards_of(s, analysis_id=job_id)
+    unfinished = [p.shard_index + 1 for p in parts if p.status != "succeeded"]
+    if len(parts) != _shard_count(analysis) or unfinished:
+        raise RuntimeError(f"shards: the merge needs all {_shard_count(analysis)} shards succeeded;"
+                           f" {len(parts)} exist, not succeeded: {unfinished}")
+    return Payload(dataclasses.replace(request, shard_sums=tuple(p.sums for p in parts)))
 
 
 def _run_analysis(payload: Payload, report: Report) -> dict[str, Any]:
     from workers.jobs import run_analysis_job
     from workers.table import SensitivityTable
 
+    if payload.request.shard_sums is not None:  # the merge: the last part of a sharded analysis's progress
+        shown = report
+        report = lambda fraction, message: shown(1 - shards.MERGE_SHARE * (1 - fraction), message)  # noqa: E731
     table = run_analysis_job(payload.request, report)
     return {"table": table, "problem": SensitivityTable.from_dict(table).stored_problem()}
+
+
+def _fan_out_analysis(s: Session, job_id: str, owner: str) -> list[tuple[str, str]] | None:
+    """A sharded analysis's first attempt creates its shards (service.storage.shards) and ends; None for
+    an unsharded one, and for one whose shards exist (this attempt is the merge)."""
+    analysis = store.get_analysis(s, analysis_id=job_id)
+    count = _shard_count(analysis)
+    if count <= 1 or shards.shards_of(s, analysis_id=job_id):
+        return None
+    ids = shards.fan_out(s, analysis_id=job_id, owner=owner, count=count)
+    return [("analysis_shard", shard_id) for shard_id in ids or []]
+
+
+def _sweep_analyses(s: Session) -> list[tuple[str, str]]:
+    """Settle every analysis waiting on its shards (one a reaper failed or cancelled; a merge offer lost)."""
+    return [("analysis", i) for i in shards.waiting_ids(s) if shards.settle(s, analysis_id=i)]
+
+
+# analysis shard ----------------------------------------------------------------------------------
+
+
+def _build_shard(s: Session, job_id: str, blobs) -> Payload:
+    shard = store.get_job(s, kind="analysis_shard", job_id=job_id)
+    request = _analysis_request(s, store.get_analysis(s, analysis_id=shard.analysis_id), blobs)
+    return Payload(dataclasses.replace(request, shard=(shard.shard_index, shard.shard_count)))
+
+
+def _run_shard(payload: Payload, report: Report) -> dict[str, Any]:
+    from workers.jobs import run_shard_job
+
+    return {"sums": run_shard_job(payload.request, report)}
+
+
+def _shard_progress(s: Session, job_id: str) -> None:
+    shards.aggregate_progress(s, analysis_id=store.get_job(s, kind="analysis_shard", job_id=job_id).analysis_id)
+
+
+def _settle_shard(s: Session, job_id: str) -> list[tuple[str, str]]:
+    analysis_id = store.get_job(s, kind="analysis_shard", job_id=job_id).analysis_id
+    return [("analysis", analysis_id)] if shards.settle(s, analysis_id=analysis_id) else []
 
 
 # evaluation --------------------------------------------------------------------------------------
@@ -196,9 +270,12 @@ def _discard_export(s: Session, job_id: str, outputs: dict[str, Any], blobs) -> 
 KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
-        JobKind("analysis", AnalysisRequest, _build_analysis, _run_analysis),
+        JobKind("analysis", AnalysisRequest, _build_analysis, _run_analysis, fan_out=_fan_out_analysis,
+                sweep=_sweep_analyses),
         JobKind("evaluation", EvaluationRequest, _build_evaluation, _run_evaluation),
         JobKind("export", ExportRequest, _build_export, _run_export, collect=_collect_export, discard=_discard_export),
+        JobKind("analysis_shard", AnalysisRequest, _build_shard, _run_shard, progress=_shard_progress,
+                settle=_settle_shard),
     )
 }
 

@@ -66,6 +66,13 @@ class Reaper:
             for job_id in [*stale, *due]:
                 self.offer(kind, job_id)
                 offered.append((kind, job_id))
+        for job_kind in KINDS.values():  # jobs waiting on sub-jobs: one the reaper just failed, a lost offer
+            if job_kind.sweep is not None:
+                with session_scope(self.database_url) as s:
+                    ready = job_kind.sweep(s)
+                for job in ready:
+                    self.offer(*job)
+                    offered.append(job)
         lost = [job for job in (self.lost() if self.lost else []) if job not in offered]
         if lost:
             log.warning("re-offering %d queued jobs whose queue message is gone: %s", len(lost),

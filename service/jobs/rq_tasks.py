@@ -18,8 +18,10 @@ def run_job(kind: str, job_id: str) -> str:
     global _runner
     if _runner is None:  # a plain `rq worker` without `bitplan worker`'s set-up
         from service.config import get_settings
+        from service.jobs.rq_queue import RQQueue
 
-        _runner = JobRunner(RunnerConfig.from_settings(get_settings()))
+        settings = get_settings()
+        _runner = JobRunner(RunnerConfig.from_settings(settings), offer=RQQueue(settings).enqueue)
     return _runner.run(kind, job_id)
 
 

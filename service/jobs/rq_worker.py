@@ -36,7 +36,7 @@ def _work(settings: Settings, *, burst: bool) -> int:
     from service.jobs.runner import JobRunner, RunnerConfig
 
     queue = RQQueue(settings)  # its reaper offers stale and retried jobs back to Redis
-    runner = JobRunner(RunnerConfig.from_settings(settings))
+    runner = JobRunner(RunnerConfig.from_settings(settings), offer=queue.enqueue)  # a sharded analysis's parts
     rq_tasks.install(runner)
     rq = queue.rq_queue()
     worker = SimpleWorker([rq], connection=rq.connection, serializer=rq.serializer)

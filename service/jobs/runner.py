@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +84,13 @@ def describe_exit(returncode: int, stderr: str) -> str:
 
 
 class JobRunner:
-    """Thread-safe: several threads may `run` different jobs at once; `stop` ends every child."""
+    """Thread-safe: several threads may `run` different jobs at once; `stop` ends every child.
+    `offer(kind, id)` hands the queue the jobs an attempt makes ready (a sharded analysis's shards,
+    then its merge); without it they wait for the queue's next start or reaper sweep."""
 
-    def __init__(self, config: RunnerConfig):
+    def __init__(self, config: RunnerConfig, offer: Callable[[str, str], None] | None = None):
         self.config = config
+        self.offer = offer
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -100,12 +104,24 @@ class JobRunner:
 
     def run(self, kind: str, job_id: str) -> str:
         """Run one attempt of the job `kind`/`job_id`; returns what became of it (a status, "retry",
-        "skipped", "lost", "stopped")."""
+        "skipped", "lost", "stopped", or "waiting": its work was handed to sub-jobs)."""
         c = self.config
         with session_scope(c.database_url) as s:
             owner = store.claim_job(s, kind=kind, job_id=job_id)
         if owner is None:
             return "skipped"  # cancelled, taken by another worker, already done, or backoff not over
+        try:
+            return self._attempt(kind, job_id, owner)
+        finally:
+            self._settle(kind, job_id)
+
+    def _attempt(self, kind: str, job_id: str, owner: str) -> str:
+        if get_kind(kind).fan_out is not None:
+            with session_scope(self.config.database_url) as s:
+                made = get_kind(kind).fan_out(s, job_id, owner)
+            if made is not None:  # the work runs as these sub-jobs; this attempt holds no worker for them
+                self._offer(made)
+                return "waiting" if made else self._after_exit(kind, job_id, owner, 0, "")
         try:
             payload = self._prepare(kind, job_id)
         except Exception as exc:  # noqa: BLE001 - a row or blob that cannot be read fails (or retries) the job
@@ -145,6 +161,24 @@ class JobRunner:
         log.info("%s %s (pid %d): %s", kind, job_id, proc.pid, outcome)
         return outcome
 
+    def _offer(self, jobs: list[tuple[str, str]]) -> None:
+        for job in jobs:
+            if self.offer is not None:
+                self.offer(*job)
+
+    def _settle(self, kind: str, job_id: str) -> None:
+        """After an attempt of a sub-job: the kind's `settle` decides its parent (the merge to offer, or
+        a failure to record). Never raises: the reapers settle again on their next sweep."""
+        settle = get_kind(kind).settle
+        if settle is None:
+            return
+        try:
+            with session_scope(self.config.database_url) as s:
+                ready = settle(s, job_id)
+            self._offer(ready)
+        except Exception:  # noqa: BLE001 - the database may be down; the reaper's sweep retries
+            log.exception("%s %s: could not settle its parent job", kind, job_id)
+
     def _blobs(self) -> BlobStore:
         return BlobStore(self.config.data_dir / "blobs")
 
@@ -164,6 +198,7 @@ class JobRunner:
                 break
             if self._stopping.is_set():
                 return "stopped"
+            moved = False
             try:
                 with session_scope(c.database_url) as s:
                     rec = store.get_job(s, **job)
@@ -178,6 +213,7 @@ class JobRunner:
                         store.report_progress(s, **job, fraction=progress[0], message=progress[1], owner=owner)
                         reported = progress
                         next_beat = time.monotonic() + c.heartbeat_s
+                        moved = True
                     if rec.cancel_requested:
                         kill_tree(proc)
                         proc.wait()
@@ -187,6 +223,11 @@ class JobRunner:
                         store.heartbeat(s, **job, owner=owner)
                         next_beat = time.monotonic() + c.heartbeat_s
                         _touch(payload.output_paths())  # the staging sweep never takes a live folder
+                # a sub-job's parent takes its share in a transaction of its own, after the sub-job's
+                # row is committed (service.storage.shards: the parent's row is always locked first)
+                if moved and get_kind(kind).progress is not None:
+                    with session_scope(c.database_url) as s:
+                        get_kind(kind).progress(s, job_id)
             except StorageError:
                 log.warning("%s %s: database unavailable while watching; still waiting", kind, job_id)
         return self._after_exit(kind, job_id, owner, proc.returncode, stream.stderr(), stream.outcome, payload)

@@ -16,12 +16,15 @@ PROBLEM = {"units": [{"name": "fc1", "weights": 4, "options": [{"candidate": "in
 
 
 def test_every_record_has_one_kind_and_each_kind_its_request():
-    assert list(KINDS) == list(store.JOB_RECORDS) == ["analysis", "evaluation", "export"]
+    assert list(KINDS) == list(store.JOB_RECORDS) == ["analysis", "evaluation", "export", "analysis_shard"]
     for name, kind in KINDS.items():
         assert kind.name == name and kind.record is store.JOB_RECORDS[name]
         assert callable(kind.request.from_dict) and callable(kind.build) and callable(kind.run)
     assert [n for n, k in KINDS.items() if k.collect is not None] == ["export"]
-    with pytest.raises(ValueError, match="^kind: unknown job kind 'training'; valid kinds: analysis, evaluation, export"):
+    assert [n for n, k in KINDS.items() if k.fan_out is not None] == ["analysis"]  # its shards: analysis_shard
+    assert [n for n, k in KINDS.items() if k.settle is not None] == ["analysis_shard"]
+    with pytest.raises(ValueError, match="^kind: unknown job kind 'training'; valid kinds: analysis, evaluation, export,"
+                                         " analysis_shard"):
         get_kind("training")
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from service.storage import store
+from service.storage import shards, store
 from service.api.deps import get_session, get_session_factory, get_settings
 from service.api.jobs_http import EVENT_STREAM_DOC, Sessions, job_events
 from service.api.responses import analysis_out
@@ -26,8 +26,11 @@ router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 def cancel_analysis(
     analysis_id: str, session: Session = Depends(get_session), caller: Caller = Depends(get_caller)
 ) -> AnalysisOut:
-    """Queued: cancelled at once. Running: cancel requested, cancelled within seconds. Finished: 409."""
-    return analysis_out(store.request_cancel(session, kind="analysis", job_id=analysis_id, owned_by=caller.sees))
+    """Queued: cancelled at once. Running: cancel requested, cancelled within seconds. Finished: 409.
+    A sharded analysis's unfinished shards are cancelled with it, in the same transaction."""
+    rec = store.request_cancel(session, kind="analysis", job_id=analysis_id, owned_by=caller.sees)
+    shards.cancel_shards(session, analysis_id=rec.id)
+    return analysis_out(rec)
 
 
 @router.get("/{analysis_id}/events", response_class=StreamingResponse, responses=EVENT_STREAM_DOC)
