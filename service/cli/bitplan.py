@@ -89,6 +89,9 @@ def _add_client_commands(sub) -> None:
                                      ' {"hardware": "a100", "latency_table": {...}}')
     p.add_argument("--latency-table", metavar="FILE",
                    help='measured latencies, a JSON file {layer: {candidate: ms}} (sent as options.latency_table)')
+    p.add_argument("--shards", type=int, metavar="N",
+                   help="split the calibration samples over N sub-jobs, run by whichever workers are free and"
+                        " merged exactly (sent as options.shards; sampled_gauss_newton only)")
     p.add_argument("--name", help="the model's name on the server (default: the file name)")
     p.add_argument("--wait", action="store_true", help="follow it with a progress bar until it ends")
     p.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)

@@ -125,13 +125,21 @@ def budget_from_args(args: argparse.Namespace) -> dict[str, float]:
     return budget
 
 
+def submit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`submit`'s analysis options: --options, with --latency-table and --shards folded in."""
+    options = _options(args.options)
+    if getattr(args, "latency_table", None):
+        options["latency_table"] = _latency_table_file(args.latency_table)
+    if getattr(args, "shards", None) is not None:
+        options["shards"] = args.shards
+    return options
+
+
 @_errors
 def submit(args: argparse.Namespace) -> int:
     architecture, hyperparams = _spec(args.spec)
     with client_from(args) as client:
-        options = _options(args.options)
-        if getattr(args, "latency_table", None):
-            options["latency_table"] = _latency_table_file(args.latency_table)
+        options = submit_options(args)
         model = client.upload_model(Path(args.model), architecture=architecture, hyperparams=hyperparams,
                                     name=args.name)
         dataset = client.upload_dataset(Path(args.dataset)) if args.dataset else None

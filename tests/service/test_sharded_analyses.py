@@ -88,6 +88,15 @@ def test_bad_shards_are_refused_naming_the_field(inline_service, options, metric
     assert "options.shards" in r.text and message in r.text, r.text
 
 
+def test_cli_submit_sends_shards_in_the_options():
+    from service.cli.bitplan import build_parser
+    from service.cli.commands import submit_options
+
+    args = build_parser().parse_args(["submit", "m.pt2", "--shards", "4", "--options", '{"draws": 2}'])
+    assert submit_options(args) == {"draws": 2, "shards": 4}
+    assert submit_options(build_parser().parse_args(["submit", "m.pt2"])) == {}
+
+
 rq = pytest.mark.skipif(not QUEUES.available("rq"), reason="rq and redis not installed")
 
 
@@ -128,7 +137,9 @@ def test_cancelling_a_sharded_analysis_cancels_its_shards(workers_service):
                       120, "both shards to run, one on each worker")
     for row in rows:
         job_process(row["id"])  # each shard's job process is up
-    assert state(client, a["id"])["status"] == "running"
+    shown = wait_until(lambda: (s := state(client, a["id"]))["progress"]["fraction"] > 0 and s, 120,
+                       "the analysis to show its shards' progress")
+    assert shown["status"] == "running" and shown["progress"]["message"].startswith("shards: 0 of 2 done; shard ")
     r = client.post(f"/v1/analyses/{a['id']}/cancel")
     assert r.status_code == 202 and r.json()["status"] == "cancelled"  # waiting on its shards: at once
     wait_until(lambda: all(x["status"] == "cancelled" for x in _shard_rows(client, a["id"])), 60,
@@ -153,3 +164,20 @@ def test_a_failed_shard_fails_the_analysis_and_cancels_the_others(workers_servic
     wait_until(lambda: [x["status"] for x in _shard_rows(client, a["id"])] == ["cancelled", "failed"], 60,
                "the other shard to be cancelled")
     wait_until(lambda: not job_children(rows[0]["id"]), 30, "the cancelled shard's job process to end")
+
+
+@rq
+def test_a_killed_shard_is_retried_and_the_table_is_still_the_unsplit_one(workers_service):
+    client, workers, model_id, dataset_id = workers_service(2, job_retry_backoff_s=1.0)
+    options = {"draws": 200, "groups": 8}
+    split = submit(client, model_id, dataset_id, {**options, "shards": 2}, metric=SGN)
+    rows = wait_until(lambda: (r := _shard_rows(client, split["id"])) and r, 60, "the shards to exist")
+    os.kill(job_process(rows[0]["id"]), signal.SIGKILL)  # its first attempt, wherever it got to
+    final = wait_done(client, split["id"], timeout=300)
+    assert final["status"] == "succeeded", final["error"]
+    assert [r["attempts"] for r in _shard_rows(client, split["id"])] == [2, 1]
+    assert final["attempts"] == 1  # the merge; the fan-out is not an attempt
+    whole = wait_done(client, submit(client, model_id, dataset_id, options, metric=SGN)["id"], timeout=300)
+    a = client.get(f"/v1/analyses/{whole['id']}/table").json()
+    b = client.get(f"/v1/analyses/{split['id']}/table").json()
+    assert _cells(b) == pytest.approx(_cells(a), rel=1e-12, abs=0)
