@@ -173,6 +173,23 @@ def _zeros(batch: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros((batch, *like.shape), dtype=like.dtype, device=like.device)
 
 
+# softmax values turned into float64 at once when labels are drawn (32 MiB)
+LABEL_CHUNK_ELEMENTS = 2**22
+
+
+def sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One label per row of `logits` (rows, classes) drawn from its softmax, on the CPU so a seed gives
+    the same labels on every device. A few rows at a time: a whole batch of LM logits in float64 is
+    2× the logits again (64 × 128 tokens × 49,152: 3.2 GB), and row by row the draws are the same."""
+    step = max(1, LABEL_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    drawn = []
+    with torch.no_grad():
+        for lo in range(0, logits.shape[0], step):
+            probs = torch.softmax(logits[lo : lo + step].detach(), dim=-1).cpu().to(torch.float64)
+            drawn.append(torch.multinomial(probs, 1, generator=gen).squeeze(1))
+    return torch.cat(drawn).to(logits.device)
+
+
 def rademacher(shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """±1 entries drawn on the CPU (so a seed gives the same probes on every device), moved to
     `like`'s device and dtype."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.errors import AnalysisError
+from workers.metrics._common import sample_labels
 from workers.metrics._loss import model_device, output_of
 from workers.metrics.input_covariance import _replaying, _restore, _Stop, _tapping
 
@@ -142,9 +143,7 @@ def _head(model, blocks, outside, outputs, x, gen):
     finally:
         _restore(blocks)
     logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
-    with torch.no_grad():
-        probs = torch.softmax(logits.detach(), dim=-1).cpu().to(torch.float64)
-    drawn = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+    drawn = sample_labels(logits, gen)
     value = F.cross_entropy(logits, drawn, reduction="sum")
     (g,) = torch.autograd.grad(value, [last], allow_unused=True)
     return (torch.zeros_like(last) if g is None else g.detach()), out[..., 0].numel()

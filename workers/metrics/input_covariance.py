@@ -57,7 +57,7 @@ from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
     candidate_statistic,
-    Z95, calibrated_params, check_loss, check_positive_ints, grad_only_for, measured_damage,
+    Z95, calibrated_params, check_loss, check_positive_ints, grad_only_for, measured_damage, sample_labels,
 )
 from workers.metrics._loss import forward, model_device, uses_label_free
 from workers.streaming import layer_weights, repeated_blocks, store_of, streamed_forward
@@ -205,9 +205,7 @@ class InputCovariance(Metric):
             rows += out[..., 0].numel()
             seen += x.shape[0]
             logits = out.reshape(-1, out.shape[-1]).to(torch.float32)
-            with torch.no_grad():
-                probs = torch.softmax(logits.detach(), dim=-1).cpu().to(torch.float64)
-            drawn = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+            drawn = sample_labels(logits, gen)
             value = F.cross_entropy(logits, drawn, reduction="sum")
             order = [(i, t) for i in sorted(outputs) for t in outputs[i]]  # the graph's leaves
             grads = torch.autograd.grad(value, [t for _, t in order], allow_unused=True) if order else []

@@ -53,7 +53,7 @@ from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
     candidate_statistic,
     calibrated_params, check_loss, check_output_loss, check_positive_ints, grad_only_for, group_damage_ci,
-    measured_damage,
+    measured_damage, sample_labels,
 )
 from workers.metrics._loss import forward, model_device, uses_label_free
 
@@ -212,8 +212,7 @@ def _sampled_loss(logits: torch.Tensor, kind: str, gen: torch.Generator) -> torc
     if kind == "mse":
         u = torch.randint(0, 2, logits.shape, generator=gen).to(logits).mul_(2).sub_(1)
         return (logits * u).sum()
-    probs = torch.softmax(logits.detach(), dim=-1).cpu().to(torch.float64)
-    drawn = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+    drawn = sample_labels(logits, gen)
     return F.cross_entropy(logits, drawn, reduction="sum")
 
 
