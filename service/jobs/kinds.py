@@ -135,10 +135,10 @@ def _run_analysis(payload: Payload, report: Report) -> dict[str, Any]:
     from workers.jobs import run_analysis_job
     from workers.table import SensitivityTable
 
-    if payload.request.shard_sums is not None:  # the merge: the last part of a sharded analysis's progress
-        shown = report
-        report = lambda fraction, message: shown(1 - shards.MERGE_SHARE * (1 - fraction), message)  # noqa: E731
-    table = run_analysis_job(payload.request, report)
+    def merging(fraction: float, message: str) -> None:  # the last part of a sharded analysis's progress bar
+        report(1 - shards.MERGE_SHARE * (1 - fraction), message)
+
+    table = run_analysis_job(payload.request, report if payload.request.shard_sums is None else merging)
     return {"table": table, "problem": SensitivityTable.from_dict(table).stored_problem()}
 
 
