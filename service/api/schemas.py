@@ -61,7 +61,8 @@ class AnalysisIn(BaseModel):
     options: dict[str, float | int | str | bool | list[float] | dict[str, Any]] = Field(
         default_factory=dict,
         description="Analysis and metric options, e.g. tolerance, max_probes, batch_size; hardware (a name or"
-                    " {name, peak_ops, bandwidth}); latency_table {layer: {candidate: milliseconds}}.",
+                    " {name, peak_ops, bandwidth}); latency_table {layer: {candidate: milliseconds}}; shards (split"
+                    " the calibration samples over N sub-jobs on any free workers, merged exactly; sampled_gauss_newton).",
     )
 
     @model_validator(mode="after")
