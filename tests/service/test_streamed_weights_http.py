@@ -24,8 +24,9 @@ pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
 _MIB = 2**20
-HEADROOM_MIB = 360  # the streamed run peaks ~255 MiB above the baseline (this model, the options below)
-LAYERS, HIDDEN = 32, 512  # 416 MiB of float32 weights (stored as bfloat16: a 208 MiB upload)
+HEADROOM_MIB = 440  # the streamed run peaks ~255 MiB above the baseline (this model, the options below); 360 failed
+# once in CI on a loaded machine
+LAYERS, HIDDEN = 40, 512  # 520 MiB of float32 weights (stored as bfloat16: a 260 MiB upload)
 OPTIONS = {"max_samples": 8, "max_length": 10, "batch_size": 4, "folds": 2}
 
 _BASELINE = r"""
