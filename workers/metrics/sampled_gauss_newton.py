@@ -11,7 +11,17 @@ draws are independent, so for any ΔW
     E_ŷ[⟨g_s, ΔW⟩²] = Σ_{r ∈ s} Δz_rᵀ H_r Δz_r,   Δz_r = J_r · ΔW,
 
 the exact Gauss-Newton form of gauss_newton, cross terms between output channels, positions and
-(for tied weights) uses included. The damage is d(l, c) = ½ · (1/R) Σ_s mean over `draws` of
+(for tied weights) uses included.
+
+Drawing ŷ ~ p directly fails on a confident model: with p_top = 0.9997 (a trained digits MLP; an
+ImageNet CNN on most photos, an LM on most tokens) four draws almost never pick another label, and
+those rare labels carry nearly all of H, so the estimate came out ~500× below the exact form with a
+tight interval. So each draw is split in two backward passes over the identity
+H = p_t (e_t − p)(e_t − p)ᵀ + (1 − p_t) E_{k ~ p, k ≠ t}[(e_k − p)(e_k − p)ᵀ] (t: the row's most
+likely label): part 0 takes label t with weight √p_t, part 1 a label drawn from the other labels'
+probabilities with weight √(1 − p_t), and every row gets a random sign s_r = ±1 so that the rows'
+cross terms still vanish in expectation. The sum of the two parts' ⟨g, ΔW⟩² has the same
+expectation, and the rare labels' share enters with its weight every time instead of by chance. The damage is d(l, c) = ½ · (1/R) Σ_s mean over `draws` of
 ⟨g_s, Q_c(W) − W⟩² (R: output rows), ≥ 0 by construction. "mse" output loss: the label is a
 Rademacher vector u_r (E[u uᵀ] = I), the loss Σ_r ⟨u_r, z_r⟩.
 
@@ -21,7 +31,7 @@ o_proj under-predicted 2–3×, a product of averaging the output factor over po
 bits from the MLPs to attention and gave a plan worse than uniform int4; this form's error is nearly
 the same factor for every role (README, Benchmarks).
 
-Cost: per sample, one forward at batch 1 and `draws` backward passes through it (a model with a
+Cost: per sample, one forward at batch 1 and 2 × `draws` backward passes through it ("mse": `draws`) (a model with a
 fixed batch dimension is run at its calibration batch, and each sample's backward pays for the whole
 batch); each weight gradient is dotted with every candidate's ΔW as soon as it is accumulated and
 then freed. Memory: the model, one sample's graph, and ΔW of every layer and candidate: float32, or,
@@ -51,9 +61,10 @@ from workers.data import batches
 from workers.errors import AnalysisError
 from workers.metrics._base import LayerStatistic, Metric, MetricContext
 from workers.metrics._common import (
+    LABEL_CHUNK_ELEMENTS,
     candidate_statistic,
     calibrated_params, check_loss, check_output_loss, check_positive_ints, grad_only_for, group_damage_ci,
-    measured_damage, sample_labels,
+    measured_damage,
 )
 from workers.metrics._loss import forward, model_device, uses_label_free
 
@@ -71,12 +82,12 @@ WIDEN_ELEMENTS = 2**16
 
 @dataclass
 class SampledGaussNewton(Metric):
-    """Options: `draws` sampled labels per calibration sample (the variance falls as 1/(samples ×
-    draws)); `groups` of samples the confidence interval is computed over; `loss` ("auto",
+    """Options: `draws` per calibration sample, each two backward passes (the variance falls as
+    1/(samples × draws)); `groups` of samples the confidence interval is computed over; `loss` ("auto",
     "label_free" or "cross_entropy": the Gauss-Newton matrix of cross-entropy is that of "kl") and
     `output_loss` ("kl" or "mse") as for gauss_newton."""
 
-    draws: int = 4
+    draws: int = 2
     groups: int = 16
     loss: str = "auto"
     output_loss: str = "kl"
@@ -179,9 +190,10 @@ class SampledGaussNewton(Metric):
             logits = out.reshape(out.shape[0], -1, out.shape[-1]).to(torch.float32)
             rows += logits.shape[0] * logits.shape[1]
             gens = [torch.Generator().manual_seed((seed * 1_000_003 + column) % 2**63) for column in columns]
-            steps = [(b, column) for _ in range(self.draws) for b, column in enumerate(columns)]
-            for t, (b, column) in enumerate(steps):
-                sampled = _sampled_loss(logits[b], kind, gens[b])
+            parts = range(2) if kind == "kl" else range(1)
+            steps = [(b, column, part) for _ in range(self.draws) for part in parts for b, column in enumerate(columns)]
+            for t, (b, column, part) in enumerate(steps):
+                sampled = _sampled_loss(logits[b], kind, gens[b], part)
                 inner.reset()
                 sampled.backward(retain_graph=t < len(steps) - 1)
                 for products, acc in zip(inner.take(), squares, strict=True):
@@ -206,14 +218,41 @@ def _runs_alone(model, x1: torch.Tensor) -> bool:
     return True
 
 
-def _sampled_loss(logits: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Σ over this sample's rows of the loss whose gradient in the logits has covariance H
-    (labels drawn on the CPU, so a seed gives the same draws on every device)."""
+def _sampled_loss(logits: torch.Tensor, kind: str, gen: torch.Generator, part: int) -> torch.Tensor:
+    """Σ over this sample's rows of a loss whose gradient in the logits, summed over the `parts` of
+    a draw, has covariance H (labels and signs drawn on the CPU, so a seed gives the same draws on
+    every device). "kl": part 0 is each row's most likely label t weighted by √p_t, part 1 a label
+    drawn from the rest of its softmax weighted by √(1 − p_t), each row with a random sign (module
+    docstring)."""
     if kind == "mse":
         u = torch.randint(0, 2, logits.shape, generator=gen).to(logits).mul_(2).sub_(1)
         return (logits * u).sum()
-    drawn = sample_labels(logits, gen)
-    return F.cross_entropy(logits, drawn, reduction="sum")
+    labels, weights = _split_labels(logits, gen, part)
+    signs = torch.randint(0, 2, (logits.shape[0],), generator=gen, dtype=torch.float64).mul_(2).sub_(1)
+    per_row = F.cross_entropy(logits, labels.to(logits.device), reduction="none")
+    return (per_row * (signs * weights).to(per_row)).sum()
+
+
+def _split_labels(logits: torch.Tensor, gen: torch.Generator, part: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Part 0: (argmax, √p_top) per row; part 1: (a label drawn ∝ p among the others, √(their mass)),
+    in float64 a few rows at a time (as sample_labels)."""
+    step = max(1, LABEL_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    labels, weights = [], []
+    with torch.no_grad():
+        for lo in range(0, logits.shape[0], step):
+            probs = torch.softmax(logits[lo : lo + step].detach().to(torch.float64), dim=-1).cpu()
+            top, at = probs.max(dim=-1)
+            if part == 0:
+                labels.append(at)
+                weights.append(top.sqrt())
+                continue
+            rest = probs.scatter(1, at[:, None], 0.0)
+            mass = rest.sum(dim=-1)
+            certain = mass <= 0  # nothing else has probability: weight 0, any label
+            rest[certain] = 1.0
+            labels.append(torch.multinomial(rest, 1, generator=gen).squeeze(1))
+            weights.append(mass.sqrt())
+    return torch.cat(labels), torch.cat(weights)
 
 
 def _perturbations(ctx: MetricContext) -> list[_Deltas | _CodedDeltas]:
