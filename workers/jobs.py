@@ -65,6 +65,7 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
     model, calibration, weights = _load_inputs(request, metric, report, timings)
     from workers.analysis import analyse
     from workers.sharding import merged_measure
+    from workers.spot_check import CHECKED_METRICS, spot_check
 
     latency_table = None
     if analysis_options["latency_table"] is not None:
@@ -105,6 +106,13 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
         provenance={"weight_loading": weights, **({"shards": len(request.shard_sums)} if request.shard_sums else {})},
         measure=merged_measure(metric, request.shard_sums) if request.shard_sums else None,
     )
+    if calibration is not None and metric.name in CHECKED_METRICS:
+        started = time.perf_counter()
+        table.provenance["spot_check"] = spot_check(
+            model, calibration, table, candidates, layers=analysis_options["spot_checks"], seed=seed,
+            output_loss=getattr(metric, "output_loss", "kl"), report=lambda fraction, message: report(1.0, message),
+        )
+        timings["spot_check_s"] = time.perf_counter() - started
     if refine_bits is not None:
         started = time.perf_counter()
         table.provenance["refinement"] = _refine(model, calibration, table, metric, refine_bits, refine_rounds, report)

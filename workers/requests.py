@@ -43,6 +43,8 @@ MODEL_FORMATS = ("safetensors", "pt2", "hf")
 #                 interactions measured on the calibration data (workers.refine); the rounds,
 #                 predicted vs measured, land in the table's provenance["refinement"]
 #   refine_rounds rounds of that loop (one forward + backward each), default 3
+#   spot_checks   layers whose single-layer loss change is measured for each candidate of ≤ 4 weight bits,
+#                 to correct the second-order damage of large roundings (workers.spot_check); 0 = off
 #   shards        split the calibration samples over this many sub-jobs (workers.sharding), each run by
 #                 whichever worker is free, their sums merged exactly; only metrics that shard
 ANALYSIS_OPTIONS: dict[str, Any] = {
@@ -56,6 +58,7 @@ ANALYSIS_OPTIONS: dict[str, Any] = {
     "ties": "auto",
     "refine_bits": None,
     "refine_rounds": 3,
+    "spot_checks": 8,
     "shards": 1,
 }
 EVALUATION_OPTIONS: dict[str, Any] = {"batch_size": 256, "max_samples": None, "output_loss": "kl"}
@@ -213,6 +216,9 @@ def _check_analysis_options(request: AnalysisRequest) -> None:
         raise RequestError(f"options.refine_rounds: must be an integer in 0..20, got {rounds!r}")
     if _checked(lambda: metric_needs_data(request.metric), "metric") and request.dataset_path is None:
         raise RequestError(f"dataset: the {request.metric} metric needs calibration data")
+    checks = opts["spot_checks"]
+    if isinstance(checks, bool) or not isinstance(checks, int) or not 0 <= checks <= 64:
+        raise RequestError(f"options.spot_checks: must be an integer in 0..64, got {checks!r}")
     _check_shards(opts["shards"], request.metric)
     _checked(lambda: get_metric(request.metric, request.metric_options), "options")
 
