@@ -31,19 +31,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from service.api.app import create_app  # noqa: E402
 from tests.utils.queue_factories import Workers, queue_settings, wait_done, wait_until  # noqa: E402
 from tests.utils.servers import start_postgres, start_redis  # noqa: E402
-from tests.utils.service_factories import upload_dataset, upload_model  # noqa: E402
+from tests.utils.service_factories import table_numbers, upload_dataset, upload_model  # noqa: E402
 from workers.digits import train_digits  # noqa: E402
-
-
-def _numbers(table: dict) -> dict[str, float]:
-    out = {}
-    for row in table["layers"]:
-        out[f"{row['layer']} mean"] = row["statistics"]["mean"]
-        out[f"{row['layer']} ci"] = row["statistics"]["ci_halfwidth"]
-        for cell in row["candidates"]:
-            out[f"{row['layer']} {cell['candidate']} damage"] = cell["damage"]
-            out[f"{row['layer']} {cell['candidate']} damage_ci"] = cell["details"].get("damage_ci")
-    return out
 
 
 def _run(client: TestClient, model_id: str, dataset_id: str, options: dict, timeout: float) -> tuple[float, dict, str]:
@@ -120,7 +109,7 @@ def main() -> int:
     (one, table_one, _), (two, table_two, phases) = results[(1, 1)], results[(2, 2)]
     measure_one = table_one["provenance"]["timings"]["measure_s"]
     merge = table_two["provenance"]["timings"]["total_s"]
-    a, b = _numbers(table_one), _numbers(table_two)
+    a, b = table_numbers(table_one), table_numbers(table_two)
     worst = max((abs(a[k] - b[k]) / abs(a[k]) for k in a if a[k]), default=0.0) if set(a) == set(b) else float("inf")
     print()
     print(f"{'setting':<28}{'wall s':>10}  where")

@@ -132,10 +132,11 @@ def test_bad_input_fails_at_once(make_harness, request):
 
 
 def test_event_stream_follows_progress_and_ends(make_harness):
-    h = make_harness(sse_keepalive_s=0.1)  # below the 0.5 s heartbeat: polls that see no change send keep-alives
-    # a CI target that is never met: the estimator reports after every probe batch, up to 4,096 probes, so the
-    # stream sees several changes however fast the machine is (progress is recorded once per heartbeat)
-    a = h.submit({"stop": "ci", "tolerance": 1e-9, "min_probes": 8, "max_probes": 4096, "probe_batch": 8})
+    # progress is recorded once per heartbeat: at 0.1 s, the few seconds of a 256-probe job give dozens of
+    # changes however fast the machine is; keep-alives below it: polls that see no change send them
+    h = make_harness(job_heartbeat_s=0.1, sse_keepalive_s=0.05)
+    # a CI target that is never met: the estimator reports after every probe batch, up to 256 probes
+    a = h.submit({"stop": "ci", "tolerance": 1e-9, "min_probes": 8, "max_probes": 256, "probe_batch": 8})
     with h.client.stream("GET", f"/v1/analyses/{a['id']}/events") as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")

@@ -17,23 +17,11 @@ from service.storage.db.session import session_scope
 from tests.utils.queue_factories import (
     Workers, job_children, job_process, queue_settings, state, submit, wait_done, wait_until,
 )
-from tests.utils.service_factories import upload_dataset, upload_model
+from tests.utils.service_factories import table_numbers, upload_dataset, upload_model
 
 SGN = "sampled_gauss_newton"
 QUICK = {"draws": 2, "groups": 8}  # seconds of work on the digits MLP
 SLOW = {"draws": 4000, "groups": 8}  # minutes: cancelled or killed long before it ends
-
-
-def _cells(table: dict) -> dict[str, float]:
-    """Every number the solver and the confidence intervals read, by layer and candidate."""
-    out = {}
-    for row in table["layers"]:
-        out[f"{row['layer']} mean"] = row["statistics"]["mean"]
-        out[f"{row['layer']} ci"] = row["statistics"]["ci_halfwidth"]
-        for cell in row["candidates"]:
-            for key in ("damage", "raw_damage", "damage_ci"):
-                out[f"{row['layer']} {cell['candidate']} {key}"] = cell.get(key, cell["details"].get(key))
-    return out
 
 
 def _shard_rows(client: TestClient, analysis_id: str) -> list[dict]:
@@ -51,8 +39,8 @@ def _same_table_as_unsplit(client: TestClient, model_id: str, dataset_id: str, c
     assert [r["status"] for r in _shard_rows(client, split["id"])] == ["succeeded"] * count
     a = client.get(f"/v1/analyses/{whole['id']}/table").json()
     b = client.get(f"/v1/analyses/{split['id']}/table").json()
-    assert set(_cells(b)) == set(_cells(a))
-    assert _cells(b) == pytest.approx(_cells(a), rel=1e-12, abs=0)
+    assert set(table_numbers(b)) == set(table_numbers(a))
+    assert table_numbers(b) == pytest.approx(table_numbers(a), rel=1e-12, abs=0)
     assert b["provenance"]["shards"] == count
     plan = {"budget": {"avg_bits": 5}}
     chosen = [client.post(f"/v1/analyses/{i}/plans", json=plan).json() for i in (split["id"], whole["id"])]
@@ -63,6 +51,15 @@ def _same_table_as_unsplit(client: TestClient, model_id: str, dataset_id: str, c
 @pytest.fixture
 def inline_service(tmp_path, digits):
     with TestClient(create_app(queue_settings(tmp_path, None, job_concurrency=1))) as client:
+        model = upload_model(client, digits).json()
+        dataset = upload_dataset(client, digits.calibration_path).json()
+        yield client, model["id"], dataset["id"]
+
+
+@pytest.fixture(scope="module")
+def refusing_service(tmp_path_factory, digits):
+    """Uploads only: what is refused at submit never reaches a runner."""
+    with TestClient(create_app(queue_settings(tmp_path_factory.mktemp("refusals"), None), run_jobs=False)) as client:
         model = upload_model(client, digits).json()
         dataset = upload_dataset(client, digits.calibration_path).json()
         yield client, model["id"], dataset["id"]
@@ -80,8 +77,8 @@ def test_in_process_runner_merges_shards_into_the_unsplit_table(inline_service):
     ({"shards": 129}, SGN, "129 shards but only 128 calibration samples"),
     ({"shards": 9, "max_samples": 8}, SGN, "9 shards but only 8 calibration samples"),
 ])
-def test_bad_shards_are_refused_naming_the_field(inline_service, options, metric, message):
-    client, model_id, dataset_id = inline_service
+def test_bad_shards_are_refused_naming_the_field(refusing_service, options, metric, message):
+    client, model_id, dataset_id = refusing_service
     r = client.post("/v1/analyses", json={"model_id": model_id, "dataset_id": dataset_id, "metric": metric,
                                           "options": options})
     assert r.status_code == 422, r.text
@@ -169,7 +166,8 @@ def test_a_failed_shard_fails_the_analysis_and_cancels_the_others(workers_servic
 @rq
 def test_a_killed_shard_is_retried_and_the_table_is_still_the_unsplit_one(workers_service):
     client, workers, model_id, dataset_id = workers_service(2, job_retry_backoff_s=1.0)
-    options = {"draws": 200, "groups": 8}
+    # the kill lands while the shard's process starts or works: a few seconds of draws are enough
+    options = {"draws": 30, "groups": 8}
     split = submit(client, model_id, dataset_id, {**options, "shards": 2}, metric=SGN)
     rows = wait_until(lambda: (r := _shard_rows(client, split["id"])) and r, 60, "the shards to exist")
     os.kill(job_process(rows[0]["id"]), signal.SIGKILL)  # its first attempt, wherever it got to
@@ -180,4 +178,4 @@ def test_a_killed_shard_is_retried_and_the_table_is_still_the_unsplit_one(worker
     whole = wait_done(client, submit(client, model_id, dataset_id, options, metric=SGN)["id"], timeout=300)
     a = client.get(f"/v1/analyses/{whole['id']}/table").json()
     b = client.get(f"/v1/analyses/{split['id']}/table").json()
-    assert _cells(b) == pytest.approx(_cells(a), rel=1e-12, abs=0)
+    assert table_numbers(b) == pytest.approx(table_numbers(a), rel=1e-12, abs=0)

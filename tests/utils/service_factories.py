@@ -45,6 +45,19 @@ def upload_dataset(client: TestClient, path: Path):
         return client.post("/v1/datasets", files={"file": ("d.safetensors", f)})
 
 
+def table_numbers(table: dict) -> dict[str, float | None]:
+    """Every number of a `GET /v1/analyses/{id}/table` answer that the solver and the confidence
+    intervals read, keyed by layer and candidate: two tables are the same when these are."""
+    out: dict[str, float | None] = {}
+    for row in table["layers"]:
+        out[f"{row['layer']} mean"] = row["statistics"]["mean"]
+        out[f"{row['layer']} ci"] = row["statistics"]["ci_halfwidth"]
+        for cell in row["candidates"]:
+            for key in ("damage", "raw_damage", "damage_ci"):
+                out[f"{row['layer']} {cell['candidate']} {key}"] = cell.get(key, cell["details"].get(key))
+    return out
+
+
 def zipped(directory: Path, *, top: str | None = "model") -> bytes:
     """A model directory as the zip a user uploads (under `top/`, or at the root with top=None)."""
     buf = io.BytesIO()
