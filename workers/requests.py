@@ -24,7 +24,7 @@ from workers.metrics import DEFAULT_METRIC
 
 __all__ = [
     "ANALYSIS_OPTIONS", "BASELINES", "EVALUATION_OPTIONS", "AnalysisRequest", "EvaluationRequest", "ExportRequest", "ModelSource",
-    "RequestError",
+    "RequestError", "check_analysis_option_values",
 ]
 
 MODEL_FORMATS = ("safetensors", "pt2", "hf")
@@ -185,11 +185,22 @@ def _with_shard_fields(request: AnalysisRequest, data: Mapping[str, Any]) -> Ana
 
 
 def _check_analysis_options(request: AnalysisRequest) -> None:
-    from workers.costs import parse_hardware
     from workers.metrics import get_metric, metric_needs_data
+
+    check_analysis_option_values(request.options, has_dataset=request.dataset_path is not None)
+    if _checked(lambda: metric_needs_data(request.metric), "metric") and request.dataset_path is None:
+        raise RequestError(f"dataset: the {request.metric} metric needs calibration data")
+    _check_shards(request.analysis_options["shards"], request.metric)
+    _checked(lambda: get_metric(request.metric, request.metric_options), "options")
+
+
+def check_analysis_option_values(options: Mapping[str, Any], *, has_dataset: bool) -> None:
+    """The values of the analysis's own options (ANALYSIS_OPTIONS; the metric checks its own), a
+    RequestError naming the option: the service calls this at submit, the job again."""
+    from workers.costs import parse_hardware
     from workers.units import validate_grouping, validate_ties
 
-    opts = request.analysis_options
+    opts = {k: options.get(k, v) for k, v in ANALYSIS_OPTIONS.items()}
     _positive_int(opts["batch_size"], "options.batch_size")
     for name in ("max_samples", "max_length"):
         if opts[name] is not None:
@@ -210,17 +221,13 @@ def _check_analysis_options(request: AnalysisRequest) -> None:
     if bits is not None:
         if isinstance(bits, bool) or not isinstance(bits, int | float) or not 0 < bits < 64:
             raise RequestError(f"options.refine_bits: must be average bits per weight in (0, 64), got {bits!r}")
-        if request.dataset_path is None:
+        if not has_dataset:
             raise RequestError("options.refine_bits: the refinement measures plans on calibration data: give a dataset")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= 20:
         raise RequestError(f"options.refine_rounds: must be an integer in 0..20, got {rounds!r}")
-    if _checked(lambda: metric_needs_data(request.metric), "metric") and request.dataset_path is None:
-        raise RequestError(f"dataset: the {request.metric} metric needs calibration data")
     checks = opts["spot_checks"]
     if isinstance(checks, bool) or not isinstance(checks, int) or not 0 <= checks <= 64:
         raise RequestError(f"options.spot_checks: must be an integer in 0..64, got {checks!r}")
-    _check_shards(opts["shards"], request.metric)
-    _checked(lambda: get_metric(request.metric, request.metric_options), "options")
 
 
 def _check_shards(shards: Any, metric: str) -> None:

@@ -62,7 +62,9 @@ class AnalysisIn(BaseModel):
         default_factory=dict,
         description="Analysis and metric options, e.g. tolerance, max_probes, batch_size; hardware (a name or"
                     " {name, peak_ops, bandwidth}); latency_table {layer: {candidate: milliseconds}}; shards (split"
-                    " the calibration samples over N sub-jobs on any free workers, merged exactly; sampled_gauss_newton).",
+                    " the calibration samples over N sub-jobs on any free workers, merged exactly; sampled_gauss_newton);"
+                    " spot_checks (layers measured per candidate of ≤ 4 bits to correct the second-order damage;"
+                    " default 8, 0 = off).",
     )
 
     @model_validator(mode="after")

@@ -23,9 +23,11 @@ def check_candidates(names: list[str] | None) -> list[str]:
 
 def check_metric(name: str, *, has_dataset: bool, options: dict[str, Any] | None = None) -> None:
     """The metric exists, has the data it needs, and takes every option that is not the analysis's
-    own, so a misspelt or another metric's option is refused here rather than failing in the queue."""
+    own, and the analysis's own options have valid values, so a misspelt option, another metric's or
+    a bad value is refused here rather than failing in the queue (metric option values: in the job)."""
+    from workers.errors import RequestError
     from workers.metrics import metric_names, metric_needs_data, metric_option_names
-    from workers.requests import ANALYSIS_OPTIONS
+    from workers.requests import ANALYSIS_OPTIONS, check_analysis_option_values
 
     if name not in metric_names():
         raise InvalidInput("metric", f"unknown metric {name!r}; valid: {', '.join(metric_names())}")
@@ -39,6 +41,11 @@ def check_metric(name: str, *, has_dataset: bool, options: dict[str, Any] | None
             f"unknown option for metric {name!r} (its options: {', '.join(valid) or 'none'}; the analysis's:"
             f" {', '.join(ANALYSIS_OPTIONS)}); another metric's option needs that metric named in `metric`",
         )
+    try:
+        check_analysis_option_values(options or {}, has_dataset=has_dataset)
+    except RequestError as exc:  # "options.NAME: why"
+        field, _, message = str(exc).partition(": ")
+        raise InvalidInput(field, message) from exc
 
 
 def check_shards(metric: str, options: dict[str, Any], dataset: Any) -> int:

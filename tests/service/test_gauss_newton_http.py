@@ -28,6 +28,9 @@ def test_gauss_newton_analysis_with_refinement_over_http(client, digits):
     refinement = table["provenance"]["refinement"]
     assert refinement["average_bits"] == 3.5
     assert refinement["measured"] == min(r["measured"] for r in refinement["rounds"])
+    check = table["provenance"]["spot_check"]  # on by default: the ≤ 4-bit candidates measured on seeded layers
+    assert set(check["candidates"]) == {"int2", "int3", "int4"} and check["layers"]
+    assert all(c["factor"] >= 1.0 and set(c["ratios"]) <= set(check["layers"]) for c in check["candidates"].values())
     plan = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": {"average_bits": 4}})
     assert plan.status_code == 201, plan.text
     assert not plan.json()["confidence"]["exact"]  # the damages carry half-widths
@@ -38,3 +41,13 @@ def test_unknown_metric_lists_gauss_newton(client, digits):
     r = client.post("/v1/analyses", json={"model_id": model["id"], "metric": "quadratic"})
     assert r.status_code == 422
     assert "metric" in r.text and "gauss_newton" in r.text
+
+
+def test_a_bad_spot_check_count_is_refused_naming_the_option(client, digits):
+    model = upload_model(client, digits).json()
+    dataset = upload_dataset(client, digits.calibration_path).json()
+    r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                          "options": {"spot_checks": -1}})
+    assert r.status_code == 422
+    assert "options.spot_checks" in r.text and "0..64" in r.text
+    assert client.get("/v1/analyses").json() == []  # nothing queued
