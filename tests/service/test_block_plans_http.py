@@ -113,7 +113,7 @@ def test_plan_and_frontier_evaluations(served, grouping):
     assert [p["measured"]["float_layers"] for p in state["result"]["points"]] == [0, 0]
 
 
-@pytest.mark.parametrize("grouping", ["block", "layer"])
+@pytest.mark.parametrize("grouping", ["block"])  # layer plans of a tied GPT-2: test_export_jobs.py
 def test_exports(served, grouping):
     client, _, directory, plans, _ = served
     plan = plans[grouping]

@@ -11,8 +11,8 @@ import pytest
 from tests.utils.fuzzing import fuzz_app, seed_objects
 from tests.utils.service_factories import bearer, issue_token, make_client
 
-EXAMPLES, HEAVY_EXAMPLES = 60, 40
-MIN_TOTAL = 1000
+EXAMPLES, HEAVY_EXAMPLES = 40, 25
+MIN_TOTAL = 650
 
 
 @pytest.mark.slow
