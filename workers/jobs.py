@@ -66,6 +66,7 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
     from workers.analysis import analyse
     from workers.sharding import merged_measure
     from workers.spot_check import CHECKED_METRICS, spot_check
+    from workers.table import table_warnings
 
     latency_table = None
     if analysis_options["latency_table"] is not None:
@@ -113,6 +114,7 @@ def run_analysis_job(request: AnalysisRequest | Mapping[str, Any], report: Repor
             output_loss=getattr(metric, "output_loss", "kl"), report=lambda fraction, message: report(1.0, message),
         )
         timings["spot_check_s"] = time.perf_counter() - started
+        table.warnings = table_warnings(table)
     if refine_bits is not None:
         started = time.perf_counter()
         table.provenance["refinement"] = _refine(model, calibration, table, metric, refine_bits, refine_rounds, report)

@@ -19,6 +19,8 @@ used. Each is {code, layer (None for the whole analysis), message, values}:
   so the damage may be 0 or up to the upper end.
 - not_converged: the layer had not met the metric's stopping rule when probing ended.
 - stopped_early: the analysis hit max_probes or max_seconds before its target (it still succeeded).
+- damage_under_predicted: a spot check (workers.spot_check) measured a candidate's single-layer loss
+  change above its prediction and raised that candidate's damage by the measured factor.
 """
 
 from __future__ import annotations
@@ -282,6 +284,13 @@ def table_warnings(table: SensitivityTable) -> list[dict[str, Any]]:
         out.append(_warning("stopped_early", None, values,
             f"the analysis stopped at {stopping['reason']} ({stopping.get('probes')} probes) before {target}{detail};"
             " it succeeded with what it had."))
+    check = table.provenance.get("spot_check")
+    for candidate, found in ((check or {}).get("candidates") or {}).items():
+        if found.get("factor", 1.0) > 1.0:
+            out.append(_warning("damage_under_predicted", None, {"candidate": candidate, **found},
+                f"{candidate}: the measured single-layer loss change was {found['factor']:.3g}× the prediction"
+                f" (median over {len(found.get('ratios') or {})} spot-checked layers); its damage was raised by that"
+                " factor in every layer, an estimate from those layers."))
     missing = table.provenance.get("costs_unavailable")
     if isinstance(missing, dict) and missing.get("costs"):
         out.append(_warning("cost_unavailable", None, dict(missing),

@@ -104,7 +104,8 @@ class WarningOut(BaseModel):
     """A number the analysis cannot fully stand behind, machine-readable (workers.table)."""
 
     code: str = Field(description="negative_trace, negative_statistic, ci_straddles_zero, not_converged,"
-                                  " stopped_early, low_confidence, confidence_unavailable, cost_unavailable")
+                                  " stopped_early, low_confidence, confidence_unavailable, cost_unavailable,"
+                                  " damage_under_predicted")
     layer: str | None = Field(None, description="The layer or unit it is about; null for the whole analysis or plan.")
     message: str
     values: dict[str, Any] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from workers.metrics._loss import CalibrationLoss
 from workers.models import find_layers
 from workers.quantizers import parse_candidates
 from workers.spot_check import spot_check
+from workers.table import table_warnings
 
 CANDIDATES = parse_candidates(["int2", "int3", "int4", "int8"])
 
@@ -69,6 +70,10 @@ def test_a_quarter_of_the_measured_change_is_raised_back_by_four(analysed):
         assert cells["int8"].raw_damage == pytest.approx(truth[row.name]["int8"] / 4, rel=1e-12)
         ladder = [cells[n].damage for n in ("int2", "int3", "int4", "int8")]
         assert ladder == sorted(ladder, reverse=True)  # the monotone repair ran again
+    copy.provenance["spot_check"] = out
+    warned = [w for w in table_warnings(copy) if w["code"] == "damage_under_predicted"]
+    assert [w["values"]["candidate"] for w in warned] == ["int2", "int3", "int4"]
+    assert all("4×" in w["message"] and w["layer"] is None for w in warned)
 
 
 def test_an_over_prediction_is_left_alone(analysed):
@@ -83,6 +88,8 @@ def test_an_over_prediction_is_left_alone(analysed):
     assert all(v["factor"] == 1.0 for v in out["candidates"].values())
     assert all(r < 1 for v in out["candidates"].values() for r in v["ratios"].values())
     assert _damages(copy) == before
+    copy.provenance["spot_check"] = out
+    assert [w for w in table_warnings(copy) if w["code"] == "damage_under_predicted"] == []
 
 
 def test_the_model_is_left_as_it_was(analysed):

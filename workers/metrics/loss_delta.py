@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -30,6 +31,7 @@ from workers.metrics._common import calibrated_params, check_output_loss, grad_o
 from workers.metrics._loss import CalibrationLoss
 
 if TYPE_CHECKING:
+    from workers.models import LayerInfo
     from workers.quantizers import Quantizer
 
 
@@ -56,23 +58,16 @@ class LossDelta(Metric):
             loss = CalibrationLoss(ctx.model, ctx.calibration, output_loss=self.output_loss)
             base = _total(loss)
             for info, weight in ctx.layers:
-                original = weight.detach().clone()
-                deltas: dict[str, float] = {}
-                try:
-                    for q in ctx.candidates:
-                        # info.quantize rounds in output-channel orientation (HF Conv1D stores weights transposed)
-                        weight.copy_(info.quantize(q, original).to(weight.dtype))
-                        deltas[q.name] = _total(loss) - base
-                        weight.copy_(original)
-                        done += 1
-                        elapsed = time.perf_counter() - started
-                        ctx.report(
-                            done / total,
-                            f"loss_delta: {done} of {total} evaluations ({info.name} × {q.name}),"
-                            f" ETA {elapsed / done * (total - done):.0f} s",
-                        )
-                finally:
-                    weight.copy_(original)
+
+                def each(q: Quantizer) -> None:
+                    nonlocal done
+                    done += 1
+                    elapsed = time.perf_counter() - started
+                    ctx.report(done / total, f"loss_delta: {done} of {total} evaluations ({info.name} × {q.name}),"
+                                             f" ETA {elapsed / done * (total - done):.0f} s")
+
+                deltas = {name: _finite(value) - base
+                          for name, value in quantized_losses(loss, info, weight, ctx.candidates, each).items()}
                 stats.append(
                     LayerStatistic(
                         mean=max(deltas.values(), default=0.0),
@@ -92,8 +87,29 @@ class LossDelta(Metric):
             raise AnalysisError(f"loss_delta: candidate {candidate.name!r} was not measured") from None
 
 
+def quantized_losses(loss: CalibrationLoss, info: LayerInfo, weight: torch.Tensor, candidates: Sequence[Quantizer],
+                     each: Callable[[Quantizer], None] = lambda q: None) -> dict[str, float]:
+    """The calibration loss with only `weight` rounded to each candidate (no grad), the weight put back
+    after each and whatever happens; `each` is called after every evaluation."""
+    original = weight.detach().clone()
+    out: dict[str, float] = {}
+    try:
+        for q in candidates:
+            # info.quantize rounds in output-channel orientation (HF Conv1D stores weights transposed)
+            weight.copy_(info.quantize(q, original).to(weight.dtype))
+            out[q.name] = math.fsum(float(v) for v in loss.batch_losses())  # may be inf / nan: the caller decides
+            weight.copy_(original)
+            each(q)
+    finally:
+        weight.copy_(original)
+    return out
+
+
 def _total(loss: CalibrationLoss) -> float:
-    value = math.fsum(float(v) for v in loss.batch_losses())
+    return _finite(math.fsum(float(v) for v in loss.batch_losses()))
+
+
+def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise AnalysisError("loss_delta: the loss is not finite on the calibration data")
     return value
