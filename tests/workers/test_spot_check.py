@@ -50,7 +50,7 @@ def _damages(table) -> dict[tuple[str, str], float]:
 
 def test_a_quarter_of_the_measured_change_is_raised_back_by_four(analysed):
     model, calibration, table = analysed
-    truth = _measured(model, Calibration(calibration.inputs[:16], None, batch_size=16))  # what the check measures on
+    truth = _measured(model, Calibration(calibration.inputs[:16], None, batch_size=1))  # what the check measures on, as it does
     copy = type(table).from_dict(table.to_dict())
     for row in copy.layers:
         for cell in row.candidates:
@@ -90,6 +90,19 @@ def test_an_over_prediction_is_left_alone(analysed):
     assert _damages(copy) == before
     copy.provenance["spot_check"] = out
     assert [w for w in table_warnings(copy) if w["code"] == "damage_under_predicted"] == []
+
+
+def test_the_check_forwards_at_the_batch_the_metric_forwarded(analysed):
+    model, calibration, table = analysed
+    assert table.provenance["metric_run"]["forward_batch"] == 1  # the MLP takes one sample at a time
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(int(args[0].shape[0])))
+    try:
+        out = spot_check(model, calibration, type(table).from_dict(table.to_dict()), CANDIDATES, layers=2, seed=0)
+    finally:
+        hook.remove()
+    assert out["samples"] == 16
+    assert seen and set(seen) == {1}  # 16 samples at once would raise the job's peak above the metric's
 
 
 def test_the_model_is_left_as_it_was(analysed):
