@@ -5,6 +5,7 @@ The workers' registries parse names without loading torch; only running a metric
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from service.errors import InvalidInput
@@ -48,8 +49,9 @@ def check_metric(name: str, *, has_dataset: bool, options: dict[str, Any] | None
         raise InvalidInput(field, message) from exc
 
 
-def check_shards(metric: str, options: dict[str, Any], dataset: Any) -> int:
-    """options.shards: an integer ≥ 1, above 1 only for a metric that shards and at most one shard per
+def check_shards(metric: str, options: dict[str, Any], dataset: Any, model_inputs: Mapping[str, Any] | None = None) -> int:
+    """options.shards: an integer ≥ 1, above 1 only for a metric that shards, a model that takes any
+    batch size (`model_inputs`: the input signature its upload recorded) and at most one shard per
     calibration sample (a tensor dataset's samples, capped by options.max_samples; a text dataset's
     windows are counted by the job, which refuses more shards the same way). The shard count."""
     from workers.metrics import metric_shards
@@ -63,6 +65,12 @@ def check_shards(metric: str, options: dict[str, Any], dataset: Any) -> int:
     if not metric_shards(metric):
         raise InvalidInput("options.shards", f"the {metric} metric cannot be split across workers (adaptive stopping or"
                                              f" no per-sample sums); metrics that shard: {', '.join(SHARDABLE)}")
+    static = (model_inputs or {}).get("static_batch")
+    if isinstance(static, int):
+        raise InvalidInput("options.shards", f"the model was exported with a fixed batch of {static}, so it is fed whole"
+                                             " batches and cannot be split by samples; leave shards at 1, or re-export"
+                                             " with a dynamic batch: torch.export.export(m, (x,), dynamic_shapes="
+                                             "{'x': {0: torch.export.Dim('batch')}})")
     if dataset is not None and dataset.input_dtype != "text":
         samples = dataset.samples
         cap = options.get("max_samples")

@@ -1,5 +1,5 @@
 """A dataset that cannot feed the model is refused at POST /v1/analyses (422 naming both shapes), before
-anything is queued; a static-batch .pt2 is accepted and analysed end to end."""
+anything is queued; a static-batch .pt2 is accepted and analysed end to end (but not split into shards)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,11 @@ def test_a_static_batch_pt2_uploads_refuses_too_few_samples_and_analyses_end_to_
         assert client.get("/v1/analyses").json() == []
 
         enough = _dataset(client, rng.normal(size=(10, 1, 8, 8)).astype(np.float32))
+        r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": enough["id"],
+                                              "options": {"shards": 2}})
+        assert r.status_code == 422, r.text  # whole batches of 4 cannot be split by samples: said at submit
+        assert "options.shards" in r.json()["detail"] and "fixed batch of 4" in r.json()["detail"]
+        assert client.get("/v1/analyses").json() == []
         r = client.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": enough["id"],
                                               "candidates": ["int4", "int8"], "metric": "hutchinson",
                                               "options": {"max_probes": 16}})

@@ -37,7 +37,7 @@ def create_analysis(
                if body.dataset_id else None)
     candidates = catalog.check_candidates(body.candidates)
     catalog.check_metric(body.metric, has_dataset=dataset is not None, options=body.options)
-    catalog.check_shards(body.metric, body.options, dataset)
+    catalog.check_shards(body.metric, body.options, dataset, model.inputs)
     compat.check_dataset_fits(model.inputs, dataset, body.options)  # before anything is queued
     compat.check_latency_table_fits(model.layers, candidates, body.options)
     rec = AnalysisRecord(
