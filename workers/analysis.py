@@ -55,6 +55,7 @@ from workers.memory import (
     measure_pass_cost,
     pass_kind,
     process_peak,
+    release_freed_memory,
 )
 from workers.metrics import Metric, MetricContext
 from workers.metrics._loss import loss_name, uses_label_free
@@ -214,6 +215,7 @@ def analyse(
         cost=cost, knob=knob, static_batch=static_batch, backoffs=memory.setdefault("backoffs", []), measure=measure,
     )
     memory["measure_peak_above_start_bytes"] = meter.peak()
+    release_freed_memory()  # the metric's freed heap goes back before quantizing allocates anew
     if len(stats) != len(layers):
         raise AnalysisError(f"metric {metric.name!r} returned {len(stats)} statistics for {len(layers)} layers")
     timings["measure_s"] = time.perf_counter() - started
@@ -229,7 +231,9 @@ def analyse(
         spreads: list[tuple[float, float] | None] = []
         for q in candidates:
             quantized = info.quantize(q, w)
-            perturbation = float((quantized.to(torch.float64) - w.to(torch.float64)).pow(2).sum())
+            # the difference in float32, summed in float64: two float64 copies of SmolLM2's 28 M-weight
+            # embedding made this loop the job's peak (+430 MiB above the metric's own)
+            perturbation = float(torch.sub(quantized, w).pow_(2).sum(dtype=torch.float64))
             damage = float(metric.damage(stat, q, w, quantized))
             spreads.append(_damage_bounds(metric, stat, q, w, quantized, damage))
             if damage != damage or damage in (float("inf"), float("-inf")):

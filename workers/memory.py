@@ -49,6 +49,7 @@ __all__ = [
     "mapped_allocations",
     "measure_pass_cost",
     "process_peak",
+    "release_freed_memory",
 ]
 
 SAFETY = 0.7  # share of the free memory planned with
@@ -188,6 +189,12 @@ def mapped_allocations():
         yield
     finally:
         _mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+
+
+def release_freed_memory() -> None:
+    """Freed heap pages back to the system: between phases, so one phase's leftovers do not sit under
+    the next one's peak."""
+    _trim()
 
 
 def _trim() -> None:
