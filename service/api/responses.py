@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from service.core import evaluations, planning
 from service.api.schemas import (
-    AnalysisOut, DatasetOut, EvaluationOut, ExportOut, LayerChoice, ModelOut, PlanOut, Progress, TokenOut,
+    AnalysisOut, DatasetOut, EvaluationOut, ExportOut, LayerChoice, ModelOut, PlanOut, Progress, ShardOut, TokenOut,
     UnitChoice,
 )
 from service.storage.db.models import (
-    AnalysisRecord, ApiTokenRecord, DatasetRecord, EvaluationRecord, ExportRecord, ModelRecord, PlanRecord,
+    AnalysisRecord, AnalysisShardRecord, ApiTokenRecord, DatasetRecord, EvaluationRecord, ExportRecord, ModelRecord, PlanRecord,
 )
 from solver import Problem
 
@@ -30,6 +30,11 @@ def plan_out(rec: PlanRecord, problem: Problem) -> PlanOut:
         links={"self": f"/v1/plans/{rec.id}", "analysis": f"/v1/analyses/{rec.analysis_id}"},
         **planning.plan_report(rec.id, problem, rec.budget, rec.assignment),
     )
+
+
+def shard_out(rec: AnalysisShardRecord) -> ShardOut:
+    return ShardOut(id=rec.id, index=rec.shard_index, status=rec.status, progress=Progress(fraction=rec.progress, message=rec.message),
+                    error=rec.error, attempts=rec.attempts, started_at=rec.started_at, finished_at=rec.finished_at)
 
 
 def analysis_out(rec: AnalysisRecord) -> AnalysisOut:

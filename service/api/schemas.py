@@ -127,6 +127,19 @@ class PlanConfidence(BaseModel):
     uncertain_units: list[UncertainUnit]
 
 
+class ShardOut(BaseModel):
+    """One sub-job of a sharded analysis (options.shards > 1): its share of the calibration samples."""
+
+    id: str = Field(description="The sub-job's id (as in worker logs).")
+    index: int = Field(description="0-based; shard i of n takes the i-th of n consecutive shares of the samples.")
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    error: str | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class AnalysisOut(BaseModel):
     id: str
     model_id: str
@@ -145,6 +158,10 @@ class AnalysisOut(BaseModel):
     links: dict[str, str]
     warnings: list[WarningOut] | None = Field(
         None, description="A succeeded analysis's warnings (GET /v1/analyses/{id}; null in lists and before success)."
+    )
+    shards: list[ShardOut] | None = Field(
+        None, description="A sharded analysis's sub-jobs once they exist (GET /v1/analyses/{id}; null in lists and"
+                          " for an analysis run as one job)."
     )
 
 

@@ -12,8 +12,6 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.jobs import QUEUES
-from service.storage import shards
-from service.storage.db.session import session_scope
 from tests.utils.queue_factories import (
     Workers, job_children, job_process, queue_settings, state, submit, wait_done, wait_until,
 )
@@ -25,9 +23,8 @@ SLOW = {"draws": 4000, "groups": 8}  # minutes: cancelled or killed long before 
 
 
 def _shard_rows(client: TestClient, analysis_id: str) -> list[dict]:
-    with session_scope(client.app.state.settings.resolved_database_url) as s:
-        return [{"id": r.id, "index": r.shard_index, "status": r.status, "attempts": r.attempts, "error": r.error}
-                for r in shards.shards_of(s, analysis_id=analysis_id)]
+    """The analysis's shards as GET /v1/analyses/{id} shows them ([] before the fan-out)."""
+    return state(client, analysis_id)["shards"] or []
 
 
 def _same_table_as_unsplit(client: TestClient, model_id: str, dataset_id: str, count: int) -> None:
@@ -36,7 +33,10 @@ def _same_table_as_unsplit(client: TestClient, model_id: str, dataset_id: str, c
     assert wait_done(client, whole["id"], timeout=300)["status"] == "succeeded"
     final = wait_done(client, split["id"], timeout=300)
     assert final["status"] == "succeeded", final["error"]
-    assert [r["status"] for r in _shard_rows(client, split["id"])] == ["succeeded"] * count
+    rows = _shard_rows(client, split["id"])
+    assert [(r["index"], r["status"], r["progress"]["fraction"]) for r in rows] == [(i, "succeeded", 1.0) for i in range(count)]
+    assert all(r["finished_at"] is not None and r["error"] is None for r in rows)
+    assert state(client, whole["id"])["shards"] is None  # one job: no sub-jobs to show
     a = client.get(f"/v1/analyses/{whole['id']}/table").json()
     b = client.get(f"/v1/analyses/{split['id']}/table").json()
     assert set(table_numbers(b)) == set(table_numbers(a))

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Depends, Response
 from sqlalchemy.orm import Session
 
 from service.core import catalog, compat, planning
-from service.storage import store
+from service.storage import shards, store
 from service.api.deps import get_queue, get_session, get_settings
 from service.api.jobs_http import submit_job
 from service.api.limits import check_active_jobs
-from service.api.responses import analysis_out, plan_out
+from service.api.responses import analysis_out, plan_out, shard_out
 from service.api.security import Caller, Principal, get_caller, get_principal
 from service.api.schemas import AnalysisIn, AnalysisOut, PlanIn, PlanOut, TableOut, WarningOut
 from service.config import Settings
@@ -65,6 +65,9 @@ def get_analysis(
 ) -> AnalysisOut:
     rec = store.get_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     out = analysis_out(rec)
+    parts = shards.shards_of(session, analysis_id=rec.id)
+    if parts:
+        out.shards = [shard_out(part) for part in parts]
     if rec.status == "succeeded":
         stored = planning.problem_of(rec)
         out.warnings = [WarningOut.model_validate(w) for w in getattr(stored, "warnings", ())]
