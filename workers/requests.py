@@ -24,7 +24,7 @@ from workers.metrics import DEFAULT_METRIC
 
 __all__ = [
     "ANALYSIS_OPTIONS", "BASELINES", "EVALUATION_OPTIONS", "AnalysisRequest", "EvaluationRequest", "ExportRequest", "ModelSource",
-    "RequestError", "check_analysis_option_values",
+    "RequestError", "check_analysis_option_values", "damage_predicts",
 ]
 
 MODEL_FORMATS = ("safetensors", "pt2", "hf")
@@ -63,6 +63,21 @@ ANALYSIS_OPTIONS: dict[str, Any] = {
 }
 EVALUATION_OPTIONS: dict[str, Any] = {"batch_size": 256, "max_samples": None, "output_loss": "kl"}
 BASELINES = ("uniform", "greedy", "hawq_v3")  # what workers.evaluation_jobs.baseline_plans builds
+# metrics whose damage predicts (second order) or measures a layer's KL to the float model per output
+# row, under the losses listed: an evaluation compares a plan's measured KL with their sum. The
+# Gauss-Newton matrix of cross-entropy in the logits is KL's, so the GN metrics predict KL under both.
+KL_DAMAGE_METRICS = {
+    "sampled_gauss_newton": ("kl_label_free", "cross_entropy"),
+    "gauss_newton": ("kl_label_free", "cross_entropy"),
+    "loss_delta": ("kl_label_free",),
+}
+
+
+def damage_predicts(table: Mapping[str, Any] | None) -> str | None:
+    """"kl" when an analysis table's damages are in units of the KL to the float model per output row
+    (EvaluationRequest.predicts), else None."""
+    table = table or {}
+    return "kl" if table.get("loss") in KL_DAMAGE_METRICS.get(table.get("metric"), ()) else None
 
 
 @dataclass(frozen=True)
@@ -252,7 +267,8 @@ class EvaluationRequest:
       or `points` evenly spaced ones of the `problem`'s frontier within `min_bits`..`max_bits`;
       `refine_trials` Optuna trials around it.
     `groups` is the analysis table's unit → layers (empty: every unit is one layer); `options`
-    are EVALUATION_OPTIONS keys."""
+    are EVALUATION_OPTIONS keys; `predicts` "kl" when the problem's damages are the KL to the float
+    model per output row (`damage_predicts`), so a plan's measured KL can be set against them."""
 
     model: ModelSource
     dataset_path: str
@@ -267,6 +283,7 @@ class EvaluationRequest:
     min_bits: float | None = None
     max_bits: float | None = None
     refine_trials: int = 0
+    predicts: str | None = None
 
     @property
     def target(self) -> str:
@@ -312,7 +329,11 @@ class EvaluationRequest:
                 if name in data:
                     raise RequestError(f"{name}: only with assignment (the baselines are those of one plan)")
             shape = _frontier_fields(data, problem)
-        request = cls(model, path, problem, {u: tuple(ls) for u, ls in groups.items()}, options, **shape)
+        predicts = data.get("predicts")
+        if predicts not in (None, "kl"):
+            raise RequestError(f"predicts: must be null or 'kl', got {predicts!r}")
+        request = cls(model, path, problem, {u: tuple(ls) for u, ls in groups.items()}, options, **shape,
+                      predicts=predicts)
         opts = request.evaluation_options
         _positive_int(opts["batch_size"], "options.batch_size")
         if opts["max_samples"] is not None:
@@ -326,7 +347,8 @@ class EvaluationRequest:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"model": self.model.to_dict(), "dataset_path": self.dataset_path, "problem": self.problem,
-               "groups": {u: list(ls) for u, ls in self.groups.items()}, "options": dict(self.options)}
+               "groups": {u: list(ls) for u, ls in self.groups.items()}, "options": dict(self.options),
+               "predicts": self.predicts}
         if self.target == "plan":
             return {**out, "assignment": dict(self.assignment), "hawq_table": self.hawq_table,
                     "baselines": None if self.baselines is None else list(self.baselines)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from service.core import evaluations, planning
 from service.api.schemas import (
     AnalysisOut, DatasetOut, EvaluationOut, ExportOut, LayerChoice, ModelOut, PlanOut, Progress, ShardOut, TokenOut,
-    UnitChoice,
+    UnitChoice, WarningOut,
 )
 from service.storage.db.models import (
     AnalysisRecord, AnalysisShardRecord, ApiTokenRecord, DatasetRecord, EvaluationRecord, ExportRecord, ModelRecord, PlanRecord,
@@ -60,6 +60,7 @@ def evaluation_out(rec: EvaluationRecord, *, plan_costs: dict | None = None, ful
         float_metrics=(result or {}).get("float"),
         points=evaluations.measured_points(target=rec.target, request=rec.request, result=result, plan_costs=plan_costs),
         rank_agreement=rec.rank_agreement, result=result if full else None,
+        warnings=[WarningOut.model_validate(w) for w in (result or {}).get("warnings") or []],
         links={"self": f"/v1/evaluations/{rec.id}", "analysis": f"/v1/analyses/{rec.analysis_id}",
                **({"plan": f"/v1/plans/{rec.plan_id}"} if rec.plan_id else {})},
     )

@@ -105,7 +105,8 @@ class WarningOut(BaseModel):
 
     code: str = Field(description="negative_trace, negative_statistic, ci_straddles_zero, not_converged,"
                                   " stopped_early, low_confidence, confidence_unavailable, cost_unavailable,"
-                                  " damage_under_predicted")
+                                  " damage_under_predicted; on evaluations measured_above_predicted,"
+                                  " worse_than_baseline")
     layer: str | None = Field(None, description="The layer or unit it is about; null for the whole analysis or plan.")
     message: str
     values: dict[str, Any] = Field(default_factory=dict)
@@ -351,6 +352,10 @@ class MeasuredPoint(BaseModel):
     average_bits: float | None
     predicted_damage: float | None
     measured: dict[str, Any]  # loss, loss_kind, accuracy, perplexity, top1_agreement, kl, cosine
+    measured_over_predicted: float | None = Field(
+        None, description="Measured KL to the float model per output row ÷ predicted damage, when the analysis's"
+                          " damages are that KL (sampled_gauss_newton, gauss_newton; loss_delta on the label-free"
+                          " KL loss); well above 1: the layers' errors compound.")
 
 
 class EvaluationOut(BaseModel):
@@ -370,6 +375,9 @@ class EvaluationOut(BaseModel):
     float_metrics: dict[str, Any] | None = Field(None, alias="float")
     points: list[MeasuredPoint]
     rank_agreement: dict[str, Any] | None
+    warnings: list[WarningOut] = Field(
+        default_factory=list, description="What the measurement says about the prediction: measured_above_predicted,"
+                                          " worse_than_baseline (workers.evaluation_jobs).")
     result: dict[str, Any] | None = Field(None, description="The whole result (GET /v1/evaluations/{id} only).")
     links: dict[str, str]
 

@@ -66,12 +66,13 @@ def measured_points(
                 "source": "frontier", "frontier_index": row.get("frontier_index"),
                 "costs": stored.get("costs") or {"bytes": row["bytes"]}, "average_bits": row.get("average_bits"),
                 "predicted_damage": row.get("predicted_damage"), "measured": _measured(row),
+                "measured_over_predicted": row.get("measured_over_predicted"),
             })
         for row in result.get("refined", []):
             out.append({
                 "source": "refined", "frontier_index": None, "costs": {"bytes": row["bytes"]},
                 "average_bits": row.get("average_bits"), "predicted_damage": row.get("predicted_damage"),
-                "measured": _measured(row),
+                "measured": _measured(row), "measured_over_predicted": row.get("measured_over_predicted"),
             })
         return out
     plan = result["plan"]
@@ -79,6 +80,7 @@ def measured_points(
         "source": "plan", "frontier_index": None, "costs": dict(plan_costs or {"bytes": plan.get("bytes")}),
         "average_bits": plan.get("average_bits"), "predicted_damage": plan.get("predicted_damage"),
         "measured": {k: plan.get(k) for k in MEASURED_FIELDS},
+        "measured_over_predicted": plan.get("measured_over_predicted"),
     })
     for name, row in (result.get("baselines") or {}).items():
         if "measured" not in row:  # a baseline that could not meet the budget
@@ -86,7 +88,7 @@ def measured_points(
         out.append({
             "source": name, "frontier_index": None, "costs": {"bytes": row["bytes"]},
             "average_bits": row.get("average_bits"), "predicted_damage": row.get("predicted_damage"),
-            "measured": _measured(row),
+            "measured": _measured(row), "measured_over_predicted": row.get("measured_over_predicted"),
         })
     return out
 

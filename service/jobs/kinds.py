@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.storage import shards, store
-from workers.requests import AnalysisRequest, EvaluationRequest, ExportRequest, ModelSource
+from workers.requests import AnalysisRequest, EvaluationRequest, ExportRequest, ModelSource, damage_predicts
 
 __all__ = ["KINDS", "JobKind", "Payload", "get_kind", "model_source"]
 
@@ -200,6 +200,7 @@ def _build_evaluation(s: Session, job_id: str, blobs) -> Payload:
         problem=analysis.problem,
         groups={unit: tuple(layers) for unit, layers in (table.get("groups") or {}).items()},  # plans name units
         options=dict(asked.get("options") or {}),
+        predicts=damage_predicts(table),  # a plan's measured KL is set against its predicted damage
     )
     if evaluation.target == "plan":
         plan = store.get_plan(s, plan_id=evaluation.plan_id)

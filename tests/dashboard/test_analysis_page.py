@@ -133,6 +133,10 @@ def test_measured_points_and_proxy_quality_from_a_real_evaluation(page, server, 
     expect(page.locator("#legend")).to_contain_text("Measured loss")
     expect(page.locator("#proxy")).to_be_visible()
     expect(page.locator("#proxy-table")).to_contain_text("plan damage vs measured loss")
+    # the default metric's damages are KL per output row: each measured point says how far it is from its prediction
+    assert all(p["measured_over_predicted"] > 0 for p in ev["points"])
+    page.locator("#chart .pts.s-measured .pt").first.hover()
+    expect(page.locator("#chart .tooltip")).to_contain_text("measured KL ÷ predicted")
     page.screenshot(path=str(artifacts / "analysis-digits-measured.png"), full_page=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.service.test_plan_confidence import finished
+from tests.utils.queue_factories import wait_finished
 from tests.utils.service_factories import make_client, upload_dataset, upload_model
 
 
@@ -34,6 +35,20 @@ def test_gauss_newton_analysis_with_refinement_over_http(client, digits):
     plan = client.post(f"/v1/analyses/{analysis['id']}/plans", json={"budget": {"average_bits": 4}})
     assert plan.status_code == 201, plan.text
     assert not plan.json()["confidence"]["exact"]  # the damages carry half-widths
+    # digits has class targets: cross-entropy, whose Gauss-Newton matrix is KL's, so the damages
+    # predict the KL per sample and a measured plan is set against its prediction
+    assert table["provenance"]["loss"] == "cross_entropy"
+    held_out = upload_dataset(client, digits.evaluation_path).json()
+    r = client.post(f"/v1/plans/{plan.json()['id']}/evaluations", json={"dataset_id": held_out["id"]})
+    assert r.status_code == 202, r.text
+    evaluation = wait_finished(client, r.headers["Location"])
+    assert evaluation["status"] == "succeeded", evaluation["error"]
+    points = {p["source"]: p for p in evaluation["points"]}
+    mine = points["plan"]
+    assert mine["measured_over_predicted"] == pytest.approx(mine["measured"]["kl"] / mine["predicted_damage"], rel=1e-9)
+    assert all(p["measured_over_predicted"] > 0 for p in points.values())
+    expected = [w for w in evaluation["warnings"] if w["code"] == "measured_above_predicted"]
+    assert (mine["measured_over_predicted"] > 1.5) == bool(expected)
 
 
 def test_unknown_metric_lists_gauss_newton(client, digits):

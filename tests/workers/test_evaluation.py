@@ -141,3 +141,34 @@ def test_evaluation_and_frontier_jobs(analysed):
         evaluate_frontier_job({"model": source, "dataset_path": data, "problem": problem, "points": 0})
     with pytest.raises(ValueError, match="assignment"):
         run_evaluation_job({"model": source, "dataset_path": data, "assignment": {}})
+
+
+def test_a_measured_plan_says_when_a_baseline_beat_it_and_when_it_far_exceeds_its_prediction(analysed):
+    _, table, source, data = analysed
+    problem = problem_to_dict(table.to_problem())
+    bad = {"fc1": "int2", "fc2": "int8"}  # the wide first layer at 2 bits: more bytes than uniform int4, worse
+    result = run_evaluation_job({"model": source, "dataset_path": data, "assignment": bad, "problem": problem})
+    uniform = result["baselines"]["uniform"]
+    assert uniform["candidate"] == "int4" and uniform["bytes"] <= result["plan"]["bytes"]
+    worse = {w["values"]["baseline"]: w for w in result["warnings"] if w["code"] == "worse_than_baseline"}
+    assert worse["uniform"]["values"]["baseline_loss"] == uniform["measured"]["loss"] < result["plan"]["loss"]
+    assert "uniform baseline" in worse["uniform"]["message"]
+    # a Hutchinson table's damages are not KL: no ratio, no interaction warning
+    assert result["plan"]["measured_over_predicted"] is None
+    assert not [w for w in result["warnings"] if w["code"] == "measured_above_predicted"]
+
+    for unit in problem["units"]:  # damages a thousandth of the truth, said to be KL per output row
+        for option in unit["options"]:
+            option["damage"] *= 1e-3
+    good = {"fc1": "int4", "fc2": "int8"}
+    result = run_evaluation_job({"model": source, "dataset_path": data, "assignment": good, "problem": problem,
+                                 "predicts": "kl"})
+    plan = result["plan"]
+    assert plan["measured_over_predicted"] == pytest.approx(plan["kl"] / plan["predicted_damage"], rel=1e-12)
+    (above,) = [w for w in result["warnings"] if w["code"] == "measured_above_predicted"]
+    assert above["values"]["plan"] == "the plan" and above["values"]["ratio"] == plan["measured_over_predicted"] > 100
+    assert not [w for w in result["warnings"] if w["code"] == "worse_than_baseline"]  # it measured best
+    front = evaluate_frontier_job({"model": source, "dataset_path": data, "problem": problem, "points": 2,
+                                   "predicts": "kl"})
+    assert len(front["warnings"]) == len(front["points"]) == 2  # every point far above its prediction
+    assert all(p["measured_over_predicted"] > 100 for p in front["points"])

@@ -94,9 +94,9 @@ function header(st) {
 }
 
 /** The analysis's warnings (numbers it cannot fully stand behind), collapsed to their codes. */
-function warningsBlock(warnings) {
+function warningsBlock(warnings, id = "warnings") {
   if (!warnings || !warnings.length) return "";
-  return `<details class="warnings" id="warnings" role="status"><summary>⚠ ${warnings.length} warning${warnings.length > 1 ? "s" : ""}:
+  return `<details class="warnings" id="${id}" role="status"><summary>⚠ ${warnings.length} warning${warnings.length > 1 ? "s" : ""}:
     ${esc(warningSummary(warnings))}</summary><ul>${warnings.map((w) =>
       `<li data-code="${esc(w.code)}"><code>${esc(w.code)}</code> ${esc(w.message)}</li>`).join("")}</ul></details>`;
 }
@@ -156,6 +156,7 @@ function layout(root, st) {
   </section>
   <section class="panel" id="proxy" aria-labelledby="proxy-h" hidden>
     <h2 id="proxy-h">How well predictions rank measured truth</h2>
+    <div id="measured-warnings"></div>
     <div class="table-wrap" id="proxy-table"></div>
   </section>`;
 
@@ -488,6 +489,16 @@ function renderProxyQuality(root, proxy) {
   panel.hidden = false;
 }
 
+/** What measuring said about the predictions (a plan far above its predicted damage, a baseline that
+ *  measured better): the evaluations' warnings, above the rank agreement. */
+function renderMeasuredWarnings(root, evaluations) {
+  const host = root.querySelector("#measured-warnings");
+  const warnings = (evaluations || []).flatMap((ev) => ev.warnings || []);
+  if (!host || !warnings.length) return;
+  host.innerHTML = warningsBlock(warnings, "evaluation-warnings");
+  root.querySelector("#proxy").hidden = false;
+}
+
 async function detectOptional(root, st) {
   const [evaluations, openapi, proxy] = await Promise.all([
     api.evaluations(st.id).catch(() => null), api.openapi(), api.proxyQuality(st.id).catch(() => null)]);
@@ -507,6 +518,7 @@ async function detectOptional(root, st) {
     formats = (enumSchema && enumSchema.enum) || (described.length ? described : [schema.default || "json"]);
   }
   st.evaluations = Array.isArray(list) && list.length ? list : null;
+  renderMeasuredWarnings(root, st.evaluations);
   st.exportFormats = formats;
   if (st.evaluations) renderFront(root, st);
   if (formats) renderDetail(root, st);

@@ -190,7 +190,10 @@ function buildMeasured(evaluations, axis, plans) {
     key = key || m.key;
     if (m.key !== key) return;
     points.push({ id: `measured:${i}`, x, y: m.value, label, series: "measured", index: i,
-                  totals: [[`measured ${m.key}`, formatSci(m.value)], ...totals(src, src.damage ?? src.predicted_damage ?? NaN)] });
+                  totals: [[`measured ${m.key}`, formatSci(m.value)],
+                           ...(Number.isFinite(src.measured_over_predicted)
+                             ? [["measured KL ÷ predicted", `${src.measured_over_predicted.toFixed(2)}×`]] : []),
+                           ...totals(src, src.damage ?? src.predicted_damage ?? NaN)] });
   });
   if (points.length === 0) return null;
   points.sort((a, b) => a.x - b.x);
