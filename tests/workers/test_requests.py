@@ -9,7 +9,7 @@ from workers.errors import RequestError
 from workers.metrics import DEFAULT_METRIC
 from workers.evaluation_jobs import evaluate_frontier_job, run_evaluation_job
 from workers.jobs import run_analysis_job, run_export_job
-from workers.requests import AnalysisRequest, EvaluationRequest, ExportRequest, ModelSource
+from workers.requests import AnalysisRequest, EvaluationRequest, ExportRequest, ModelSource, damage_predicts
 
 MODEL = {"format": "safetensors", "path": "/nowhere/m.safetensors", "architecture": "mlp", "hyperparams": {"hidden": [8]}}
 PROBLEM = {"units": [{"name": "fc1", "weights": 4, "options": [{"candidate": "int4", "damage": 1.0, "costs": {"bytes": 2}},
@@ -23,7 +23,7 @@ REQUESTS = [
     AnalysisRequest.from_dict({"model": MODEL, "metric": "mse"}),
     EvaluationRequest.from_dict({"model": MODEL, "dataset_path": "/e.safetensors", "problem": PROBLEM,
                                  "groups": {"fc1": ["fc1"]}, "assignment": {"fc1": "int4"}, "hawq_table": TABLE,
-                                 "baselines": ["greedy"], "options": {"output_loss": "mse"}}),
+                                 "baselines": ["greedy"], "options": {"output_loss": "mse"}, "predicts": "kl"}),
     EvaluationRequest.from_dict({"model": MODEL, "dataset_path": "/e.safetensors", "problem": PROBLEM,
                                  "plans": [{"fc1": "int4"}, {"fc1": "int8"}], "refine_trials": 4}),
     EvaluationRequest.from_dict({"model": MODEL, "dataset_path": "/e.safetensors", "problem": PROBLEM, "points": 3,
@@ -71,6 +71,8 @@ def test_defaults_and_shapes():
         (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "problem": {"units": 3}}, "^problem"),
         (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "assignment": {"fc1": "int4"},
                              "options": {"output_loss": "ce"}}, "^options.output_loss: must be one of"),
+        (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "assignment": {"fc1": "int4"}, "predicts": "mse"},
+         "^predicts: must be null or 'kl'"),
         (ExportRequest, {"format": "nosuch", "table": TABLE, "assignment": {"fc1": "int4"}, "model": MODEL, "out": "/o"},
          "^format: unknown 'nosuch'"),
         (ExportRequest, {"format": "json", "table": TABLE, "assignment": {"fc1": "int4"}, "model": MODEL}, "^out: required"),
@@ -101,3 +103,18 @@ def test_an_evaluation_function_refuses_the_other_target():
         run_evaluation_job(REQUESTS[3])
     with pytest.raises(RequestError, match="^assignment: a plan evaluation, not a frontier one"):
         evaluate_frontier_job(REQUESTS[2])
+
+
+@pytest.mark.parametrize(
+    "metric, loss, predicts",
+    [
+        ("sampled_gauss_newton", "kl_label_free", "kl"),
+        ("gauss_newton", "cross_entropy", "kl"),  # cross-entropy's Gauss-Newton matrix in the logits is KL's
+        ("loss_delta", "kl_label_free", "kl"),
+        ("loss_delta", "cross_entropy", None),  # a measured change of cross-entropy, not of KL
+        ("sampled_gauss_newton", "mse_label_free", None),
+        ("hutchinson", "kl_label_free", None),  # a trace × ‖ΔW‖² proxy, in no loss's units
+    ],
+)
+def test_an_evaluation_sets_measured_kl_against_the_damages_only_when_they_are_kl(metric, loss, predicts):
+    assert damage_predicts({"metric": metric, "loss": loss}) == predicts
