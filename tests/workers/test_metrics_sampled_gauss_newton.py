@@ -125,7 +125,7 @@ def test_options_are_checked():
 
 def test_a_large_perturbation_stack_kept_as_int8_codes_gives_nearly_the_same_damages(monkeypatch):
     """Models whose ΔW stack would pass DELTA_FLOAT32_BYTES keep it as int8 codes with block scales,
-    widened a slice at a time for the product (blocks and slices are made smaller than one layer
+    coded and widened a slice at a time (blocks and slices are made smaller than one layer
     here, and the layers' sizes are not multiples of a block, so padding and several slices run)."""
     import workers.metrics.sampled_gauss_newton as sgn
 
@@ -136,6 +136,7 @@ def test_a_large_perturbation_stack_kept_as_int8_codes_gives_nearly_the_same_dam
     monkeypatch.setattr(sgn, "DELTA_FLOAT32_BYTES", 0)
     monkeypatch.setattr(sgn, "CODE_BLOCK", 5)
     monkeypatch.setattr(sgn, "WIDEN_ELEMENTS", 7)
+    monkeypatch.setattr(sgn, "CODING_ELEMENTS", 11)  # coded two blocks at a time: a short last slice too
     narrow = sgn_table(model, cal, draws=2, groups=3)
     assert narrow.provenance["metric_run"]["perturbations"] == "int8_blocks"
     for a, b in zip(wide.layers, narrow.layers, strict=True):

@@ -51,6 +51,7 @@ number of groups; damage is d(l, c) for the candidate asked.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -78,6 +79,8 @@ CODE_BLOCK = 64
 # weights per slice when int8 codes are widened to float32 for the product: small enough that the
 # widened slice of every candidate stays in cache (2^16: 2.4× a float32 product; 2^22: 12×)
 WIDEN_ELEMENTS = 2**16
+# ΔW values coded at once: the coding's temporaries stay a few MB, not a few copies of the layer
+CODING_ELEMENTS = 2**20
 
 
 @dataclass
@@ -263,7 +266,9 @@ def _perturbations(ctx: MetricContext) -> list[_Deltas | _CodedDeltas]:
     out = []
     for info, weight in ctx.layers:
         w = weight.detach().to(torch.float32)
-        out.append(store([(info.quantize(q, w) - w).reshape(-1) for q in ctx.candidates]))
+        # one candidate's ΔW at a time: SmolLM2's embedding's all at once were 790 MB in float32
+        rows = ((info.quantize(q, w) - w).reshape(-1) for q in ctx.candidates)
+        out.append(store(w.numel(), len(ctx.candidates), rows, device=w.device))
     return out
 
 
@@ -272,10 +277,10 @@ class _Deltas:
 
     kind = "float32"
 
-    def __init__(self, rows: list[torch.Tensor]):
-        self.values = torch.stack(rows)
+    def __init__(self, weights: int, candidates: int, rows: Iterable[torch.Tensor], *, device: torch.device):
+        self.values = torch.stack(list(rows))
         self.nbytes = self.values.numel() * 4
-        self.candidates = len(rows)
+        self.candidates = candidates
 
     def matvec(self, g: torch.Tensor) -> torch.Tensor:
         return self.values @ g
@@ -288,29 +293,34 @@ class _CodedDeltas:
 
     kind = "int8_blocks"
 
-    def __init__(self, rows: list[torch.Tensor]):
-        n = rows[0].numel()
-        self.weights = n
-        self.candidates = len(rows)
-        blocks = -(-n // CODE_BLOCK)
-        device = rows[0].device
-        self.codes = torch.empty(len(rows), blocks, CODE_BLOCK, dtype=torch.int8, device=device)
-        self.scales = torch.empty(len(rows), blocks, 1, dtype=torch.float32, device=device)
+    def __init__(self, weights: int, candidates: int, rows: Iterable[torch.Tensor], *, device: torch.device):
+        """`rows`: each candidate's ΔW (`weights` values), coded as it comes, a slice at a time."""
+        self.weights = weights
+        self.candidates = candidates
+        blocks = -(-weights // CODE_BLOCK)
+        self.codes = torch.empty(candidates, blocks, CODE_BLOCK, dtype=torch.int8, device=device)
+        self.scales = torch.empty(candidates, blocks, 1, dtype=torch.float32, device=device)
+        step = max(1, CODING_ELEMENTS // CODE_BLOCK)
         for c, delta in enumerate(rows):
-            padded = F.pad(delta, (0, blocks * CODE_BLOCK - n)).view(blocks, CODE_BLOCK)
-            scale = padded.abs().amax(dim=1, keepdim=True) / 127
-            self.scales[c] = scale
-            self.codes[c] = torch.round(padded / scale.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(-127, 127)
+            padded = F.pad(delta, (0, blocks * CODE_BLOCK - weights)).view(blocks, CODE_BLOCK)
+            for lo in range(0, blocks, step):
+                part = padded[lo : lo + step]
+                scale = part.abs().amax(dim=1, keepdim=True) / 127
+                self.scales[c, lo : lo + step] = scale
+                codes = torch.round(part / scale.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(-127, 127)
+                self.codes[c, lo : lo + step] = codes
         self.nbytes = self.codes.numel() + self.scales.numel() * 4
 
     def matvec(self, g: torch.Tensor) -> torch.Tensor:
-        blocks = self.codes.shape[1]
-        g = F.pad(g, (0, blocks * CODE_BLOCK - self.weights)).view(blocks, CODE_BLOCK)
-        step = max(1, WIDEN_ELEMENTS // CODE_BLOCK)
+        """`g` read in slices as it is, not a padded copy (SmolLM2's embedding gradient: 113 MB);
+        the last slice's padding codes are cut off instead."""
+        blocks, block = self.codes.shape[1], self.codes.shape[2]
+        step = max(1, WIDEN_ELEMENTS // block)
         out = torch.zeros(self.candidates, dtype=torch.float32, device=g.device)
         for lo in range(0, blocks, step):
+            part = g[lo * block : (lo + step) * block]
             wide = self.codes[:, lo : lo + step].to(torch.float32).mul_(self.scales[:, lo : lo + step])
-            out += wide.reshape(self.candidates, -1) @ g[lo : lo + step].reshape(-1)
+            out += wide.reshape(self.candidates, -1)[:, : part.numel()] @ part
         return out
 
 
