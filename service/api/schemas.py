@@ -100,6 +100,9 @@ class Progress(BaseModel):
     message: str
 
 
+STARTED_AT = "When its first attempt started; a retry, or a sharded analysis's merge, keeps it."
+
+
 class WarningOut(BaseModel):
     """A number the analysis cannot fully stand behind, machine-readable (workers.table)."""
 
@@ -137,7 +140,7 @@ class ShardOut(BaseModel):
     progress: Progress
     error: str | None
     attempts: int
-    started_at: datetime | None
+    started_at: datetime | None = Field(description=STARTED_AT)
     finished_at: datetime | None
 
 
@@ -154,7 +157,7 @@ class AnalysisOut(BaseModel):
     error: str | None
     attempts: int
     created_at: datetime
-    started_at: datetime | None
+    started_at: datetime | None = Field(description=STARTED_AT)
     finished_at: datetime | None
     links: dict[str, str]
     warnings: list[WarningOut] | None = Field(
@@ -370,7 +373,7 @@ class EvaluationOut(BaseModel):
     error: str | None
     attempts: int
     created_at: datetime
-    started_at: datetime | None
+    started_at: datetime | None = Field(description=STARTED_AT)
     finished_at: datetime | None
     float_metrics: dict[str, Any] | None = Field(None, alias="float")
     points: list[MeasuredPoint]
@@ -402,7 +405,7 @@ class ExportOut(BaseModel):
     error: str | None
     attempts: int
     created_at: datetime
-    started_at: datetime | None
+    started_at: datetime | None = Field(description=STARTED_AT)
     finished_at: datetime | None
     size_bytes: int | None = Field(None, description="The file's size once the job succeeded.")
     sha256: str | None = Field(None, description="The file's sha256 once the job succeeded.")

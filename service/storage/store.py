@@ -129,8 +129,9 @@ def get_job(session: Session, *, kind: str, job_id: str, owned_by: str | None = 
 
 
 def claim_job(session: Session, *, kind: str, job_id: str) -> str | None:
-    """Move queued → running atomically for one attempt and return that attempt's owner token; None when
-    someone else took it, it is no longer queued, or its retry backoff has not passed yet."""
+    """Move queued → running atomically for one attempt (started_at stays the first attempt's) and return
+    that attempt's owner token; None when someone else took it, it is no longer queued, or its retry
+    backoff has not passed yet."""
     rec = job_record(kind)
     now = utcnow()
     owner = new_id()
@@ -140,7 +141,7 @@ def claim_job(session: Session, *, kind: str, job_id: str) -> str | None:
         .values(
             status="running",
             attempts=rec.attempts + 1,
-            started_at=now,
+            started_at=func.coalesce(rec.started_at, now),  # the first attempt's: a retry or a shard merge keeps it
             heartbeat_at=now,
             message="starting",
             error=None,

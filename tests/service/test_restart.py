@@ -21,6 +21,9 @@ def test_unfinished_job_runs_after_restart(tmp_path, digits):
         analysis = c.post("/v1/analyses", json={"model_id": model["id"], "dataset_id": dataset["id"]}).json()
     with session_scope(settings.resolved_database_url) as s:  # it had started when the server died
         assert store.claim_job(s, kind="analysis", job_id=analysis["id"])
+    with TestClient(create_app(settings, run_jobs=False)) as c:
+        first_start = c.get(f"/v1/analyses/{analysis['id']}").json()["started_at"]
+    assert first_start is not None
     with TestClient(create_app(settings)) as c:
         deadline = time.monotonic() + 120
         while (state := c.get(f"/v1/analyses/{analysis['id']}").json())["status"] not in ("succeeded", "failed"):
@@ -28,3 +31,4 @@ def test_unfinished_job_runs_after_restart(tmp_path, digits):
             time.sleep(0.2)
         assert state["status"] == "succeeded", state["error"]
         assert state["attempts"] == 2
+        assert state["started_at"] == first_start  # when it first started, not when the retry did

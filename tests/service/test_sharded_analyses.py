@@ -36,6 +36,7 @@ def _same_table_as_unsplit(client: TestClient, model_id: str, dataset_id: str, c
     rows = _shard_rows(client, split["id"])
     assert [(r["index"], r["status"], r["progress"]["fraction"]) for r in rows] == [(i, "succeeded", 1.0) for i in range(count)]
     assert all(r["finished_at"] is not None and r["error"] is None for r in rows)
+    assert final["started_at"] <= min(r["started_at"] for r in rows)  # its fan-out's start, not its merge's
     assert state(client, whole["id"])["shards"] is None  # one job: no sub-jobs to show
     a = client.get(f"/v1/analyses/{whole['id']}/table").json()
     b = client.get(f"/v1/analyses/{split['id']}/table").json()
