@@ -7,6 +7,7 @@ from solver._solve import TimeLimitReached, solve
 from solver.backends import available_backends, backend_names, get_backend, register
 from solver.backends.base import Backend
 from solver._baselines import greedy_plan, uniform_plans
+from solver.given import STATUS_GIVEN, AssignmentError, given_plan
 from solver._budget import AVG_BITS, BudgetError, budgets_from_mapping, explain_infeasible, parse_budget
 from solver._frontier import Frontier, Frontier2D, frontier, frontier_2d, lower_convex_hull
 from solver.search import ScoredPlan, search
@@ -25,6 +26,9 @@ from solver.problem import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "STATUS_GIVEN",
+    "AssignmentError",
+    "given_plan",
     "Frontier",
     "Frontier2D",
     "Backend",

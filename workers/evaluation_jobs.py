@@ -295,32 +295,20 @@ def _plan_warnings(result: dict[str, Any], predicts: str | None) -> list[dict[st
                 "values": {"baseline": name, "loss": loss, "baseline_loss": theirs, "loss_kind": kind,
                            "bytes": plan["bytes"], "baseline_bytes": row["bytes"]},
                 "message": f"the plan measured {kind} {loss:.4g}, worse than the {name} baseline's {theirs:.4g} at"
-                           f" {row['bytes'] / plan['bytes']:.1%} of its bytes: use that baseline's assignment"
-                           " (result.baselines) at this budget",
+                           f" {row['bytes'] / plan['bytes']:.1%} of its bytes: keep that baseline as a plan by posting its"
+                           f" assignment (result.baselines.{name}.assignment) to the analysis's plans",
             })
     return out
 
 
 def _given_plan(problem, assignment: dict[str, str], field: str):
-    """A Plan of the problem for a given assignment (its damage and costs summed from the options)."""
-    from solver import Plan
+    """solver.given_plan, its errors naming `field` (a request's `plans[i]`)."""
+    from solver import AssignmentError, given_plan
 
-    missing = [u.name for u in problem.units if u.name not in assignment]
-    if missing:
-        raise ValueError(f"{field}: no candidate for unit {missing[0]!r}")
-    damage, costs = 0.0, {}
-    for unit in problem.units:
-        try:
-            option = unit.option(assignment[unit.name])
-        except KeyError as exc:
-            raise ValueError(f"{field}: {exc.args[0]}") from None
-        damage += option.damage
-        for name, value in option.costs.items():
-            costs[name] = costs.get(name, 0.0) + value
-    return Plan(
-        assignment=dict(assignment), damage=damage, costs=costs, status="given", gap=0.0, bound=damage,
-        backend="given", solve_seconds=0.0,
-    )
+    try:
+        return given_plan(problem, assignment)
+    except AssignmentError as exc:
+        raise ValueError(f"{field}.{exc.unit}: {exc.reason}" if exc.unit else f"{field}: {exc.reason}") from None
 
 
 def _spread(plans: list, k: int) -> list:
