@@ -28,7 +28,7 @@ def plan_out(rec: PlanRecord, problem: Problem) -> PlanOut:
                 "backend": rec.backend, "solve_seconds": rec.solve_seconds},
         layers=layers, units=[UnitChoice(**u) for u in units], created_at=rec.created_at,
         links={"self": f"/v1/plans/{rec.id}", "analysis": f"/v1/analyses/{rec.analysis_id}"},
-        **planning.plan_report(rec.id, problem, rec.budget, rec.assignment),
+        **planning.plan_report(rec.id, problem, rec.budget, rec.assignment, solved=not planning.is_given(rec.solver_status)),
     )
 
 

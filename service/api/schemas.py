@@ -211,9 +211,17 @@ class BudgetIn(BaseModel):
 
 
 class PlanIn(BaseModel):
+    """A `budget` (the solver picks the least-damage plan) or an `assignment` (you pick it)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    budget: BudgetIn
+    budget: BudgetIn | None = None
+    assignment: dict[str, str] | None = Field(
+        None, description="Unit → candidate, every unit once: a plan you chose instead of solving for one (a"
+                          " baseline an evaluation measured better, a hand edit). It is checked against the"
+                          " analysis's candidates, pins and ties (422 naming assignment.<unit>), stored with the"
+                          " table's sums (solver status `given`, `bound`/`gap` against the best plan at its bytes,"
+                          " `budget` its own bytes) and evaluated and exported like any plan.")
     backend: str = Field("auto", max_length=20)
     time_limit_s: float | None = Field(None, gt=0, le=600)
 
@@ -276,16 +284,18 @@ class PlanOut(BaseModel):
     solver: dict[str, Any] = Field(description=(
         "status: optimal (proven within `tolerance`, the proof's relative tolerance: no plan meeting the budget"
         " has less damage than damage − tolerance·|damage|), feasible (meets the budget; an ILP back-end called"
-        " it optimal but bitplan could not confirm it within its tolerance: see `bound` and `gap`) or time_limit"
-        " (the best plan found; `bound` a proven lower bound, `gap` relative); gap, tolerance, bound (null when"
-        " not known), backend, solve_seconds."))
+        " it optimal but bitplan could not confirm it within its tolerance: see `bound` and `gap`), time_limit"
+        " (the best plan found; `bound` a proven lower bound, `gap` relative) or given (an `assignment` you chose;"
+        " `bound` the least damage reachable at its bytes, `gap` how far above it the table puts it); gap,"
+        " tolerance, bound (null when not known), backend, solve_seconds."))
     layers: list[LayerChoice] = Field(description=(
         "One entry per decision unit, `layer` holding the unit's name: kept as it was for clients; `units`"
         " says the same per unit and lists each unit's layers."))
     units: list[UnitChoice] = Field(description="The plan per decision unit with the layers each applies to.")
     created_at: datetime
     links: dict[str, str]
-    confidence: PlanConfidence | None = Field(None, description="How sure the plan is (null if it could not be computed).")
+    confidence: PlanConfidence | None = Field(
+        None, description="How sure the plan is (null if it could not be computed, and for a given plan: nothing was solved).")
     warnings: list[WarningOut] = Field(default_factory=list, description="The analysis's warnings and the plan's own.")
 
 

@@ -26,8 +26,8 @@ from typing import Any
 from service.core.budgets import budget_field
 from service.errors import InvalidInput
 from solver import (
-    Budget, BudgetError, InfeasibleBudget, Plan, Problem, budgets_from_mapping, explain_infeasible, problem_from_dict,
-    solve,
+    STATUS_GIVEN, AssignmentError, Budget, BudgetError, InfeasibleBudget, Plan, Problem, budgets_from_mapping,
+    explain_infeasible, given_plan, problem_from_dict, solve,
 )
 from solver._budget import asked_budgets
 from solver.backends import available_backends, get_backend
@@ -147,6 +147,31 @@ def make_plan(problem: Problem, budgets: list[Budget], *, backend: str, time_lim
         raise InvalidInput("backend", str(exc)) from exc
 
 
+def requested_plan(problem: Problem, *, budget: dict[str, Any] | None, assignment: Mapping[str, str] | None,
+                   backend: str, time_limit: float | None) -> tuple[Plan, dict[str, Any]]:
+    """The plan a POST /plans asks for and the budget it is stored under: solved under `budget`, or
+    the given `assignment` (solver.given_plan) under its own bytes, what its baselines and its
+    confidence-free report compare at. Exactly one of the two; 422 naming the field otherwise."""
+    if (budget is None) == (assignment is None):
+        both = budget is not None
+        raise InvalidInput("assignment" if both else "budget", "give a budget (the solver picks the plan) or an"
+                           " assignment (you pick it)" + (", not both" if both else ""))
+    if assignment is None:
+        return make_plan(problem, budgets_from(problem, budget), backend=backend, time_limit=time_limit), budget
+    if backend != "auto" or time_limit is not None:
+        raise InvalidInput("backend" if backend != "auto" else "time_limit_s",
+                           "only with a budget: a given assignment is not solved")
+    try:
+        plan = given_plan(problem, assignment)
+    except AssignmentError as exc:
+        raise InvalidInput(f"assignment.{exc.unit}" if exc.unit else "assignment", exc.reason) from exc
+    return plan, {"bytes": plan.costs.get("bytes", 0.0)}
+
+
+def is_given(status: str) -> bool:
+    return status == STATUS_GIVEN
+
+
 def _uncertainty(raw: Any) -> dict[str, dict[str, float]]:
     if not isinstance(raw, Mapping):
         return {}
@@ -157,9 +182,13 @@ _confidences: OrderedDict[str, dict[str, Any]] = OrderedDict()
 _CONFIDENCE_CACHE = 4096
 
 
-def plan_report(plan_id: str | None, problem: Problem, budget: dict[str, Any], assignment: Mapping[str, str]) -> dict[str, Any]:
+def plan_report(plan_id: str | None, problem: Problem, budget: dict[str, Any], assignment: Mapping[str, str],
+                *, solved: bool = True) -> dict[str, Any]:
     """{"confidence": {...}, "warnings": [...]} of a plan of `problem` made under the API `budget`
-    (see module docstring); cached by `plan_id` when given."""
+    (see module docstring); cached by `plan_id` when given. A plan that was not `solved` (a given
+    assignment) has no confidence: redraws agreeing with a plan nobody optimised would say nothing."""
+    if not solved:
+        return {"confidence": None, "warnings": [dict(w) for w in getattr(problem, "warnings", ())]}
     with _lock:
         if plan_id is not None and plan_id in _confidences:
             _confidences.move_to_end(plan_id)

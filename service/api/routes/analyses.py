@@ -90,9 +90,10 @@ def create_plan(
 ) -> PlanOut:
     rec = store.get_succeeded_analysis(session, analysis_id=analysis_id, owned_by=caller.sees)
     problem = planning.problem_of(rec)
-    budget = body.budget.model_dump(exclude_none=True)
-    budgets = planning.budgets_from(problem, budget)
-    plan = planning.make_plan(problem, budgets, backend=body.backend, time_limit=body.time_limit_s)
+    plan, budget = planning.requested_plan(
+        problem, budget=None if body.budget is None else body.budget.model_dump(exclude_none=True),
+        assignment=body.assignment, backend=body.backend, time_limit=body.time_limit_s,
+    )
     prec = PlanRecord(
         analysis_id=rec.id, budget=budget, assignment=dict(plan.assignment), total_bytes=plan.costs.get("bytes", 0.0),
         average_bits=plan.average_bits(problem), predicted_damage=plan.damage, costs=dict(plan.costs),
