@@ -103,8 +103,11 @@ def _add_client_commands(sub) -> None:
     add_client_args(p)
     p.set_defaults(func=_lazy("service.cli.commands", "status"))
 
-    p = sub.add_parser("plan", help="solve a finished analysis for a budget and print the per-layer plan")
+    p = sub.add_parser("plan", help="solve a finished analysis for a budget (or store an assignment you chose)"
+                                    " and print the per-layer plan")
     p.add_argument("id")
+    p.add_argument("--assignment", metavar="JSON|FILE",
+                   help="instead of a budget: {unit: candidate} for every unit (e.g. an evaluation's baseline)")
     p.add_argument("--bits", type=float, help="avg_bits: average bits per weight (scale overhead included)")
     p.add_argument("--bytes", type=float, help="total bytes of the quantized layers")
     p.add_argument("--budget", action="append", default=[], metavar="COST=LIMIT",

@@ -153,6 +153,10 @@ class BitplanClient:
                 limits[word] = value
         return self._post(f"/v1/analyses/{analysis_id}/plans", json_body={"budget": limits, "backend": backend})
 
+    def given_plan(self, analysis_id: str, assignment: dict[str, str]) -> dict[str, Any]:
+        """Store a plan you chose (unit → candidate): the server checks it and adds the table's sums."""
+        return self._post(f"/v1/analyses/{analysis_id}/plans", json_body={"assignment": assignment})
+
     def frontier(self, analysis_id: str, *, cost: str = "bytes", points: int = 50) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/analyses/{analysis_id}/frontier",
                                          params={"cost": cost, "points": points}))

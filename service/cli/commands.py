@@ -80,18 +80,21 @@ def _errors(fn):
     return wrapped
 
 
-def _options(raw: str | None) -> dict[str, Any]:
-    """--options: JSON text or a JSON file (e.g. {"latency_table": {...}, "max_probes": 64})."""
-    if raw is None:
-        return {}
+def _json_object(raw: str, flag: str, example: str) -> dict[str, Any]:
+    """A flag's JSON object, given as JSON text or as a JSON file's path."""
     text = Path(raw).read_text() if not raw.lstrip().startswith("{") and Path(raw).is_file() else raw
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--options: not JSON ({exc})") from exc
+        raise ValueError(f"{flag}: not JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError("--options: expected a JSON object, e.g. '{\"max_probes\": 64}'")
+        raise ValueError(f"{flag}: expected a JSON object, e.g. '{example}'")
     return data
+
+
+def _options(raw: str | None) -> dict[str, Any]:
+    """--options: JSON text or a JSON file (e.g. {"latency_table": {...}, "max_probes": 64})."""
+    return {} if raw is None else _json_object(raw, "--options", '{"max_probes": 64}')
 
 
 def _latency_table_file(path: str) -> dict[str, Any]:
@@ -182,7 +185,7 @@ def confidence_text(plan: dict[str, Any]) -> str:
     """"97%", "100% (exact)", or "?" when the server could not compute it (or predates it)."""
     conf = plan.get("confidence")
     if not conf:
-        return "?"
+        return "none (a given plan: nothing was solved)" if (plan.get("solver") or {}).get("status") == "given" else "?"
     return f"{conf['confidence']:.0%}" + (" (exact)" if conf.get("exact") else "")
 
 
@@ -233,9 +236,16 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 @_errors
 def plan(args: argparse.Namespace) -> int:
-    budget = budget_from_args(args)
-    with client_from(args) as client:
-        result = client.plan(args.id, budget=budget, backend=args.backend)
+    if args.assignment is not None:
+        if args.budget or args.bits is not None or args.bytes is not None:
+            raise ValueError("--assignment: give it or a budget (--bits, --bytes, --budget), not both")
+        assignment = _json_object(args.assignment, "--assignment", '{"fc1": "int4", "fc2": "int8"}')
+        with client_from(args) as client:
+            result = client.given_plan(args.id, assignment)
+    else:
+        budget = budget_from_args(args)
+        with client_from(args) as client:
+            result = client.plan(args.id, budget=budget, backend=args.backend)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

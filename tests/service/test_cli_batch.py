@@ -190,6 +190,16 @@ def test_cli_pipeline_submit_plan_frontier_export(server, digits, tmp_path, caps
     plan = json.loads(capsys.readouterr().out)
     assert plan["budget"] == {"avg_bits": 6.0} and plan["average_bits"] <= 6.0
     assert plan["solver"]["status"] == "optimal" and plan["solver"]["tolerance"] <= 1e-9
+    # a plan you chose: every unit at int8 from a file, stored with the table's sums
+    chosen = tmp_path / "chosen.json"
+    chosen.write_text(json.dumps({layer["layer"]: "int8" for layer in plan["layers"]}))
+    assert main(["plan", analysis_id, "--assignment", str(chosen), *auth]) == 0
+    table = capsys.readouterr().out
+    assert "(given, gap " in table and "confidence none (a given plan: nothing was solved)" in table
+    assert main(["plan", analysis_id, "--assignment", '{"fc1": "int8"}', *auth]) == 2
+    assert capsys.readouterr().err.strip().endswith("no candidate given; every unit needs one")
+    assert main(["plan", analysis_id, "--assignment", str(chosen), "--bits", "4", *auth]) == 2
+    assert "--assignment: give it or a budget" in capsys.readouterr().err
     assert main(["plan", analysis_id, "--bits", "4", "--bytes", "100", *auth]) == 2
     assert "avg_bits or bytes" in capsys.readouterr().err
     assert main(["plan", analysis_id, "--bits", "1", *auth]) == 2
