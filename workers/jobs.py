@@ -17,8 +17,8 @@ from typing import Any
 from workers.errors import AnalysisError
 from workers.requests import ANALYSIS_OPTIONS, AnalysisRequest, ExportRequest
 
-__all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "run_analysis_job", "run_export_job",
-           "run_shard_job"]
+__all__ = ["ANALYSIS_OPTIONS", "describe_model_job", "inspect_model_job", "load_analysis_calibration", "run_analysis_job",
+           "run_export_job", "run_shard_job"]
 
 Report = Callable[[float, str], None]
 
@@ -155,7 +155,6 @@ def _load_inputs(request: AnalysisRequest, metric, report: Report, timings: dict
     """The model (resident, or streamed when its weights exceed the job's memory) and the calibration
     data of an analysis or one of its shards: (model, calibration or None, the weight-loading record)."""
     from workers.analysis import resolve_device
-    from workers.data import TEXT_DEFAULTS, load_calibration
     from workers.models import load_model
     from workers.streaming import load_streamed, plan_weights
 
@@ -181,32 +180,40 @@ def _load_inputs(request: AnalysisRequest, metric, report: Report, timings: dict
     calibration = None
     if dataset_path is not None:
         report(0.0, "loading calibration data")
-        from workers.data import sniff
-
-        tokenizer = None
-        if source.format == "hf" and os.path.isfile(dataset_path) and sniff(dataset_path) == "text":
-            from workers.hf import load_tokenizer
-
-            tokenizer = load_tokenizer(source.path)
-        max_length = analysis_options["max_length"]
-        positions = _max_positions(model)
-        if positions is not None:
-            if max_length is None and tokenizer is not None:
-                # text: the default window (TEXT_DEFAULTS), not the whole context (8192 for SmolLM2)
-                max_length = min(TEXT_DEFAULTS["max_length"], positions)
-            elif max_length is None or max_length > positions:
-                max_length = positions  # longer windows would index past the position embeddings
-        calibration = load_calibration(
-            dataset_path,
-            batch_size=analysis_options["batch_size"],
-            max_samples=analysis_options["max_samples"],
-            max_length=max_length,
-            token_ids=source.format == "hf",
-            tokenizer=tokenizer,
-            causal_lm=bool(getattr(model, "bitplan_causal_lm", False)),
-        )
+        calibration = load_analysis_calibration(request, model)
     timings["load_data_s"] = time.perf_counter() - started
     return model, calibration, weights
+
+
+def load_analysis_calibration(request: AnalysisRequest, model):
+    """The calibration data of an analysis as its metric saw it (windows, samples, batch size), for
+    `model`; what an evaluation's refinement measures on (workers.evaluation_jobs)."""
+    from workers.data import TEXT_DEFAULTS, load_calibration, sniff
+
+    source, dataset_path = request.model, request.dataset_path
+    analysis_options = request.analysis_options
+    tokenizer = None
+    if source.format == "hf" and os.path.isfile(dataset_path) and sniff(dataset_path) == "text":
+        from workers.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(source.path)
+    max_length = analysis_options["max_length"]
+    positions = _max_positions(model)
+    if positions is not None:
+        if max_length is None and tokenizer is not None:
+            # text: the default window (TEXT_DEFAULTS), not the whole context (8192 for SmolLM2)
+            max_length = min(TEXT_DEFAULTS["max_length"], positions)
+        elif max_length is None or max_length > positions:
+            max_length = positions  # longer windows would index past the position embeddings
+    return load_calibration(
+        dataset_path,
+        batch_size=analysis_options["batch_size"],
+        max_samples=analysis_options["max_samples"],
+        max_length=max_length,
+        token_ids=source.format == "hf",
+        tokenizer=tokenizer,
+        causal_lm=bool(getattr(model, "bitplan_causal_lm", False)),
+    )
 
 
 def run_export_job(request: ExportRequest | Mapping[str, Any], report: Report | None = None) -> dict[str, Any]:
