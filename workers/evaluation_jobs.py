@@ -193,6 +193,8 @@ def run_evaluation_job(request: EvaluationRequest | Mapping[str, Any], report: R
             if "assignment" in row:
                 row["measured"] = evaluator.evaluate(row["assignment"])
         result["baselines"] = baselines
+    if request.refine is not None:
+        result["refined"] = _refined(request, problem, evaluator, result["plan"]["bytes"], report)
     result["warnings"] = _plan_warnings(result, request.predicts)
     result["timings"] = {"total_s": time.perf_counter() - started}
     report(1.0, "done")
@@ -278,13 +280,18 @@ def _interaction_warnings(row: dict[str, Any], measured: Mapping[str, Any], pred
 
 
 def _plan_warnings(result: dict[str, Any], predicts: str | None) -> list[dict[str, Any]]:
-    """The plan's interaction warning and the baselines that measured better at no more bytes."""
+    """The plan's interaction warning, and the baselines (and the refined plan) that measured better
+    at no more bytes."""
     plan = result["plan"]
     out = _interaction_warnings(plan, plan, predicts, "the plan")
-    for name, row in (result.get("baselines") or {}).items():
+    rivals = [(f"the {name} baseline", f"result.baselines.{name}", name, row)
+              for name, row in (result.get("baselines") or {}).items()]
+    if result.get("refined") is not None:
+        rivals.append(("the refined plan", "result.refined", "refined", result["refined"]))
+    for what, where, name, row in rivals:
         if "measured" not in row:
             continue
-        _interaction_warnings(row, row["measured"], predicts, f"baseline {name}")  # the ratio only
+        _interaction_warnings(row, row["measured"], predicts, what)  # the ratio only
         loss, theirs = plan.get("loss"), row["measured"].get("loss")
         if (isinstance(loss, int | float) and isinstance(theirs, int | float) and theirs < loss
                 and row.get("bytes") is not None and plan.get("bytes") is not None
@@ -294,11 +301,38 @@ def _plan_warnings(result: dict[str, Any], predicts: str | None) -> list[dict[st
                 "code": "worse_than_baseline", "layer": None,
                 "values": {"baseline": name, "loss": loss, "baseline_loss": theirs, "loss_kind": kind,
                            "bytes": plan["bytes"], "baseline_bytes": row["bytes"]},
-                "message": f"the plan measured {kind} {loss:.4g}, worse than the {name} baseline's {theirs:.4g} at"
-                           f" {row['bytes'] / plan['bytes']:.1%} of its bytes: keep that baseline as a plan by posting its"
-                           f" assignment (result.baselines.{name}.assignment) to the analysis's plans",
+                "message": f"the plan measured {kind} {loss:.4g}, worse than {what}'s {theirs:.4g} at"
+                           f" {row['bytes'] / plan['bytes']:.1%} of its bytes: keep that one as a plan by posting its"
+                           f" assignment ({where}.assignment) to the analysis's plans",
             })
     return out
+
+
+def _refined(request: EvaluationRequest, problem, evaluator, plan_bytes: float, report: Report) -> dict[str, Any]:
+    """The interactions loop (workers.refine) at the plan's bytes, measuring on the analysis's
+    calibration data, then the refined plan measured on the evaluation data like the others. The
+    loop starts from the exact solve at those bytes, not from the plan asked about (a given plan
+    is not the table's optimum); it never returns one it measured worse than that start."""
+    from solver import Budget
+    from workers.jobs import load_analysis_calibration
+    from workers.refine import refine_plan
+    from workers.table import SensitivityTable
+
+    refine = request.refine
+    report(0.9, "refining: loading the analysis's calibration data")
+    calibration = load_analysis_calibration(refine["analysis"], evaluator.model)
+    table = SensitivityTable.from_dict(refine["table"])
+    output_loss = dict(refine["analysis"].metric_options).get("output_loss", "kl")
+    refinement = refine_plan(evaluator.model, calibration, table, [Budget("bytes", plan_bytes)], rounds=refine["rounds"],
+                             output_loss=output_loss, report=lambda fraction, message: report(0.9, message))
+    row = refinement.to_dict()
+    row["calibration_measured"] = row.pop("measured")  # the loop's own label-free loss, not the evaluation's
+    row["bytes"] = row["costs"].get("bytes")
+    row["predicted_damage"] = row.pop("predicted")
+    row["average_bits"] = row["bytes"] * 8.0 / problem.total_weights if row["bytes"] and problem.total_weights else None
+    report(0.95, "measuring the refined plan")
+    row["measured"] = evaluator.evaluate(row["assignment"])
+    return row
 
 
 def _given_plan(problem, assignment: dict[str, str], field: str):

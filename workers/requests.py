@@ -268,7 +268,10 @@ class EvaluationRequest:
       `refine_trials` Optuna trials around it.
     `groups` is the analysis table's unit → layers (empty: every unit is one layer); `options`
     are EVALUATION_OPTIONS keys; `predicts` "kl" when the problem's damages are the KL to the float
-    model per output row (`damage_predicts`), so a plan's measured KL can be set against them."""
+    model per output row (`damage_predicts`), so a plan's measured KL can be set against them.
+    `refine` (one plan only): {"rounds", "analysis": the AnalysisRequest whose calibration data the
+    interactions loop measures on, "table": its sensitivity table}: the plan is refined at its own
+    bytes (workers.refine) and the refined plan measured on the evaluation data beside it."""
 
     model: ModelSource
     dataset_path: str
@@ -284,6 +287,7 @@ class EvaluationRequest:
     max_bits: float | None = None
     refine_trials: int = 0
     predicts: str | None = None
+    refine: Mapping[str, Any] | None = None
 
     @property
     def target(self) -> str:
@@ -318,7 +322,8 @@ class EvaluationRequest:
             from solver import problem_from_dict
 
             _checked(lambda: problem_from_dict(problem), "problem")
-        plan_only, frontier_only = ("hawq_table", "baselines"), ("plans", "points", "min_bits", "max_bits", "refine_trials")
+        plan_only = ("hawq_table", "baselines", "refine")
+        frontier_only = ("plans", "points", "min_bits", "max_bits", "refine_trials")
         if data.get("assignment") is not None:
             for name in frontier_only:
                 if name in data:
@@ -350,8 +355,9 @@ class EvaluationRequest:
                "groups": {u: list(ls) for u, ls in self.groups.items()}, "options": dict(self.options),
                "predicts": self.predicts}
         if self.target == "plan":
+            refine = None if self.refine is None else {**self.refine, "analysis": self.refine["analysis"].to_dict()}
             return {**out, "assignment": dict(self.assignment), "hawq_table": self.hawq_table,
-                    "baselines": None if self.baselines is None else list(self.baselines)}
+                    "baselines": None if self.baselines is None else list(self.baselines), "refine": refine}
         if self.plans is not None:
             return {**out, "plans": [dict(p) for p in self.plans], "refine_trials": self.refine_trials}
         return {**out, "points": self.points, "min_bits": self.min_bits, "max_bits": self.max_bits,
@@ -375,7 +381,38 @@ def _plan_fields(data: Mapping[str, Any], problem: Any) -> dict[str, Any]:
         names = tuple(names)
     if names and problem is None:
         raise RequestError("problem: required to build baselines")
-    return {"assignment": _assignment(data["assignment"], "assignment"), "hawq_table": table, "baselines": names}
+    return {"assignment": _assignment(data["assignment"], "assignment"), "hawq_table": table, "baselines": names,
+            "refine": _refine_field(data.get("refine"), problem)}
+
+
+REFINE_MAX_ROUNDS = 10
+
+
+def _refine_field(refine: Any, problem: Any) -> dict[str, Any] | None:
+    """An evaluation's `refine`: rounds in 1..REFINE_MAX_ROUNDS, the analysis request whose calibration
+    data it measures on, and that analysis's table."""
+    if refine is None:
+        return None
+    refine = _mapping(refine, "refine")
+    unknown = sorted(set(refine) - {"rounds", "analysis", "table"})
+    if unknown:
+        raise RequestError(f"refine.{unknown[0]}: unknown field (valid: rounds, analysis, table)")
+    rounds = refine.get("rounds")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= REFINE_MAX_ROUNDS:
+        raise RequestError(f"refine.rounds: must be an integer in 1..{REFINE_MAX_ROUNDS}, got {rounds!r}")
+    if problem is None:
+        raise RequestError("problem: required to refine (the plan is re-solved at its bytes)")
+    try:
+        analysis = refine["analysis"] if isinstance(refine.get("analysis"), AnalysisRequest) else \
+            AnalysisRequest.from_dict(refine.get("analysis"))
+    except RequestError as exc:
+        raise RequestError(f"refine.analysis.{exc}") from None
+    if analysis.dataset_path is None:
+        raise RequestError("refine.analysis.dataset_path: required (the loop measures on the calibration data)")
+    table = _mapping(refine.get("table"), "refine.table")
+    if not table.get("layers"):
+        raise RequestError("refine.table: required (the analysis's sensitivity table)")
+    return {"rounds": rounds, "analysis": analysis, "table": table}
 
 
 def _frontier_fields(data: Mapping[str, Any], problem: Any) -> dict[str, Any]:

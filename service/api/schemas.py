@@ -339,6 +339,11 @@ class EvaluationIn(BaseModel):
 
     dataset_id: str = Field(..., min_length=1, max_length=32)
     baselines: bool = Field(True, description="Also measure uniform, greedy and plain HAWQ-v3 at the plan's bytes.")
+    refine_rounds: int = Field(0, ge=0, le=10, description=(
+        "Also run the interactions loop at the plan's bytes (0: no): each round measures a plan on the analysis's"
+        " calibration data (one forward + backward), corrects its units' damages by what it found and re-solves;"
+        " the best one it measured is then measured on this dataset like the others (`refined`). No sensitivity is"
+        " recomputed; the analysis needs calibration data."))
     options: EvaluationOptions = Field(default_factory=EvaluationOptions)
 
 

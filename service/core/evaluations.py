@@ -82,7 +82,10 @@ def measured_points(
         "measured": {k: plan.get(k) for k in MEASURED_FIELDS},
         "measured_over_predicted": plan.get("measured_over_predicted"),
     })
-    for name, row in (result.get("baselines") or {}).items():
+    rows = dict(result.get("baselines") or {})
+    if result.get("refined") is not None:
+        rows["refined"] = result["refined"]
+    for name, row in rows.items():
         if "measured" not in row:  # a baseline that could not meet the budget
             continue
         out.append({

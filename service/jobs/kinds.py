@@ -50,7 +50,9 @@ class Payload:
     def input_paths(self) -> list[str]:
         """The files the job reads: what its sandbox binds read-only."""
         dataset = getattr(self.request, "dataset_path", None)
-        return [self.request.model.path, *([dataset] if dataset else [])]
+        refine = getattr(self.request, "refine", None)  # an evaluation's refinement reads the calibration data too
+        calibration = refine["analysis"].dataset_path if refine else None
+        return [self.request.model.path, *(p for p in (dataset, calibration) if p)]
 
     def output_paths(self) -> list[str]:
         """The folders the job writes: what its sandbox binds writable (none for most kinds)."""
@@ -207,9 +209,12 @@ def _build_evaluation(s: Session, job_id: str, blobs) -> Payload:
         baselines = asked.get("baselines", True)
         # The plain HAWQ-v3 baseline needs raw Hutchinson traces: the analysis's own table when it is one.
         hutchinson = table.get("statistic") == "hessian_trace"
+        rounds = asked.get("refine_rounds") or 0
+        refine = ({"rounds": rounds, "analysis": _analysis_request(s, analysis, blobs), "table": table}
+                  if rounds else None)  # measured on the analysis's calibration data, at the plan's bytes
         return Payload(EvaluationRequest(
             **common, assignment=dict(plan.assignment), hawq_table=analysis.table if hutchinson and baselines else None,
-            baselines=None if baselines else (),
+            baselines=None if baselines else (), refine=refine,
         ))
     points = asked["points"]
     return Payload(

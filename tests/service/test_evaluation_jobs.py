@@ -69,6 +69,30 @@ def test_plan_evaluation_measures_plan_and_baselines(planned, digits):
     assert state["links"]["plan"] == f"/v1/plans/{plan['id']}"
 
 
+def test_plan_evaluation_refines_at_the_plans_bytes_without_a_new_analysis(planned):
+    client, ids = planned
+    plan = ids["plan"]
+    r = client.post(f"/v1/plans/{plan['id']}/evaluations",
+                    json={"dataset_id": ids["evaluation"], "baselines": False, "refine_rounds": 2})
+    assert r.status_code == 202, r.text
+    state = _wait(client, r.headers["Location"])
+    assert state["status"] == "succeeded", state["error"]
+    refined = state["result"]["refined"]
+    rounds = refined["rounds"]
+    assert rounds[0]["round"] == 0 and 2 <= len(rounds) <= 4  # the exact solve, up to 2 rounds, uniform
+    assert refined["calibration_measured"] == min(r["measured"] for r in rounds)  # never worse than the start
+    assert refined["bytes"] <= plan["total_bytes"] * (1 + 1e-9)
+    points = {p["source"]: p for p in state["points"]}
+    assert set(points) == {"plan", "refined"}
+    assert points["refined"]["measured"]["loss"] == refined["measured"]["loss"]
+    assert 0 <= refined["measured"]["accuracy"] <= 1
+    assert client.get(f"/v1/analyses/{ids['analysis']}").json()["attempts"] == 1  # no sensitivity recomputed
+    for rounds_asked in (11, -1):
+        r = client.post(f"/v1/plans/{plan['id']}/evaluations", json={"dataset_id": ids["evaluation"],
+                                                                     "refine_rounds": rounds_asked})
+        assert r.status_code == 422 and r.json()["field"] == "refine_rounds"
+
+
 def test_frontier_evaluation_stores_rank_agreement(planned):
     client, ids = planned
     analysis = ids["analysis"]

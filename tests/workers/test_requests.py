@@ -15,6 +15,7 @@ MODEL = {"format": "safetensors", "path": "/nowhere/m.safetensors", "architectur
 PROBLEM = {"units": [{"name": "fc1", "weights": 4, "options": [{"candidate": "int4", "damage": 1.0, "costs": {"bytes": 2}},
                                                                {"candidate": "int8", "damage": 0.5, "costs": {"bytes": 4}}]}]}
 TABLE = {"statistic": "hessian_trace", "layers": []}
+REFINE_TABLE = {"statistic": "max_quadratic_damage", "layers": [{"name": "fc1"}]}
 
 REQUESTS = [
     AnalysisRequest.from_dict({"model": MODEL, "dataset_path": "/d.safetensors", "candidates": ["int4", "int8"],
@@ -26,6 +27,9 @@ REQUESTS = [
                                  "baselines": ["greedy"], "options": {"output_loss": "mse"}, "predicts": "kl"}),
     EvaluationRequest.from_dict({"model": MODEL, "dataset_path": "/e.safetensors", "problem": PROBLEM,
                                  "plans": [{"fc1": "int4"}, {"fc1": "int8"}], "refine_trials": 4}),
+    EvaluationRequest.from_dict({"model": MODEL, "dataset_path": "/e.safetensors", "problem": PROBLEM,
+                                 "assignment": {"fc1": "int4"}, "refine": {"rounds": 2, "table": REFINE_TABLE,
+                                 "analysis": {"model": MODEL, "dataset_path": "/d.safetensors", "metric": "mse"}}}),
     EvaluationRequest.from_dict({"model": MODEL, "dataset_path": "/e.safetensors", "problem": PROBLEM, "points": 3,
                                  "min_bits": 2.5}),
     ExportRequest.from_dict({"format": "json", "table": TABLE, "assignment": {"fc1": "int4"}, "model": MODEL,
@@ -45,9 +49,10 @@ def test_defaults_and_shapes():
     assert analysis.candidates is None and analysis.seed == 0 and analysis.dataset_path is None
     assert analysis.analysis_options["grouping"] == "layer" and analysis.metric_options == {}
     assert REQUESTS[0].metric_options == {"tolerance": 0.2} and REQUESTS[0].analysis_options["batch_size"] == 8
-    assert [r.target for r in REQUESTS[2:5]] == ["plan", "frontier", "frontier"]
-    assert REQUESTS[4].points == 3 and REQUESTS[3].points is None
-    assert isinstance(REQUESTS[5].model, ModelSource)
+    assert [r.target for r in REQUESTS[2:6]] == ["plan", "frontier", "plan", "frontier"]
+    assert REQUESTS[5].points == 3 and REQUESTS[3].points is None
+    assert isinstance(REQUESTS[6].model, ModelSource)
+    assert REQUESTS[4].refine["analysis"].dataset_path == "/d.safetensors" and REQUESTS[2].refine is None
 
 
 @pytest.mark.parametrize(
@@ -73,6 +78,13 @@ def test_defaults_and_shapes():
                              "options": {"output_loss": "ce"}}, "^options.output_loss: must be one of"),
         (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "assignment": {"fc1": "int4"}, "predicts": "mse"},
          "^predicts: must be null or 'kl'"),
+        (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "problem": PROBLEM, "assignment": {"fc1": "int4"},
+                             "refine": {"rounds": 0, "table": REFINE_TABLE}}, r"^refine.rounds: must be an integer in 1..10"),
+        (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "problem": PROBLEM, "assignment": {"fc1": "int4"},
+                             "refine": {"rounds": 1, "table": REFINE_TABLE, "analysis": {"model": MODEL, "metric": "mse"}}},
+         r"^refine.analysis.dataset_path: required"),
+        (EvaluationRequest, {"model": MODEL, "dataset_path": "/e", "problem": PROBLEM, "plans": [{"fc1": "int4"}],
+                             "refine": {"rounds": 1}}, "^refine: only with assignment"),
         (ExportRequest, {"format": "nosuch", "table": TABLE, "assignment": {"fc1": "int4"}, "model": MODEL, "out": "/o"},
          "^format: unknown 'nosuch'"),
         (ExportRequest, {"format": "json", "table": TABLE, "assignment": {"fc1": "int4"}, "model": MODEL}, "^out: required"),

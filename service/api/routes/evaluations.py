@@ -51,9 +51,12 @@ def evaluate_plan(
     plan = store.get_plan(session, plan_id=plan_id, owned_by=caller.sees)
     analysis = store.get_succeeded_analysis(session, analysis_id=plan.analysis_id, owned_by=caller.sees)
     store.get_dataset(session, dataset_id=body.dataset_id, owned_by=caller.sees)
+    if body.refine_rounds and analysis.dataset_id is None:
+        raise InvalidInput("refine_rounds", "the analysis ran without calibration data; the loop measures on it")
     rec = EvaluationRecord(
         target="plan", analysis_id=analysis.id, plan_id=plan.id, dataset_id=body.dataset_id,
-        request={"baselines": body.baselines, "options": body.options.model_dump(exclude_none=True)},
+        request={"baselines": body.baselines, "options": body.options.model_dump(exclude_none=True),
+                 "refine_rounds": body.refine_rounds},
         status="queued", progress=0.0, message="queued", attempts=0, token_id=principal.token_id,
         owned_by=caller.owner,
     )
