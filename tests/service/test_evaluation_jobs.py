@@ -93,6 +93,19 @@ def test_plan_evaluation_refines_at_the_plans_bytes_without_a_new_analysis(plann
         assert r.status_code == 422 and r.json()["field"] == "refine_rounds"
 
 
+def test_refining_an_analysis_without_calibration_data_is_refused(planned):
+    from tests.utils.synthetic import problem_dict, stored_analysis
+
+    client, ids = planned
+    analysis_id = stored_analysis(client.app.state.settings.resolved_database_url, problem_dict(4))  # data-free
+    plan = client.post(f"/v1/analyses/{analysis_id}/plans", json={"budget": {"avg_bits": 4}}).json()
+    before = client.get(f"/v1/analyses/{analysis_id}/evaluations").json()
+    r = client.post(f"/v1/plans/{plan['id']}/evaluations", json={"dataset_id": ids["evaluation"], "refine_rounds": 1})
+    assert r.status_code == 422 and r.json()["field"] == "refine_rounds"
+    assert "without calibration data" in r.json()["detail"]
+    assert client.get(f"/v1/analyses/{analysis_id}/evaluations").json() == before  # nothing queued
+
+
 def test_frontier_evaluation_stores_rank_agreement(planned):
     client, ids = planned
     analysis = ids["analysis"]
