@@ -52,6 +52,9 @@ __all__ = ["RefineRound", "Refinement", "refine_plan"]
 
 Report = Callable[[float, str], None]
 
+# model outputs (float32) forwarded with a graph at once when measuring a plan
+OUTPUT_CHUNK_BYTES = 2**27
+
 
 @dataclass(frozen=True)
 class RefineRound:
@@ -369,11 +372,22 @@ class _Measurer:
         self.layers = list(layers)
         self.output_loss = output_loss
         device = model_device(model)
+        self.chunk = None  # samples forwarded with a graph at once: whole batches until the output size is known
         with torch.no_grad(), grad_only_for(model, []):
-            self.references = [
-                forward(model, x.to(device)).detach().to(torch.float32) for x, _ in calibration.batches()
-            ]
+            if getattr(model, "bitplan_static_batch", None) is None:  # a fixed-batch .pt2 takes whole batches only
+                first = next(iter(calibration.batches()))[0][:1]
+                per_sample = forward(model, first.to(device)).numel() * 4
+                self.chunk = max(1, OUTPUT_CHUNK_BYTES // per_sample)
+            self.references = [forward(model, x.to(device)).detach().to(torch.float32) for x in self._chunks()]
         self.rows = sum(r[..., 0].numel() for r in self.references)
+
+    def _chunks(self):
+        """The calibration inputs in the batches the loss is measured on: a batch of SmolLM2 windows at
+        once held 64 × 128 × 49,152 float32 logits, several times over in the graph (23 GB)."""
+        for x, _ in self.calibration.batches():
+            step = self.chunk or x.shape[0]
+            for lo in range(0, x.shape[0], step):
+                yield x[lo : lo + step]
 
     def __call__(
         self, choice: Mapping[str, str], quantizers: Mapping[str, Quantizer]
@@ -388,7 +402,7 @@ class _Measurer:
                 for (info, w), original in zip(self.layers, originals, strict=True):
                     w.copy_(info.quantize(quantizers[choice[info.name]], original).to(w.dtype))
             with grad_only_for(self.model, params):
-                for (x, _), ref in zip(self.calibration.batches(), self.references, strict=True):
+                for x, ref in zip(self._chunks(), self.references, strict=True):
                     out = forward(self.model, x.to(device)).to(torch.float32)
                     loss = self._loss(out, ref) / self.rows
                     if not torch.isfinite(loss):

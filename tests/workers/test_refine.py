@@ -166,3 +166,24 @@ def test_default_metric_plan_uses_spare_bytes_and_refined_is_no_worse_than_unifo
     refined = refine_plan(cnn["model"], cnn["calibration"], table, [cnn["budget"]], rounds=3)
     assert refined.plan.costs["bytes"] <= cnn["budget"].limit
     assert held_out.evaluate(refined.plan.assignment)["accuracy"] >= uniform_accuracy, dict(refined.plan.assignment)
+
+
+def test_a_plan_measured_in_small_chunks_measures_what_whole_batches_do(cnn, monkeypatch):
+    """An LM's outputs are forwarded a few samples at a time (OUTPUT_CHUNK_BYTES): the summed loss and
+    gradients are those of whole batches (here chunks of 3 samples against batches of 256)."""
+    import workers.refine as refine
+
+    from workers.models import find_layers
+    from workers.quantizers import parse_candidate
+
+    layers = find_layers(cnn["model"])
+    choice = {info.name: "int3" for info, _ in layers}
+    quantizers = {"int3": parse_candidate("int3")}
+    whole = refine._Measurer(cnn["model"], cnn["calibration"], layers, "kl")
+    monkeypatch.setattr(refine, "OUTPUT_CHUNK_BYTES", 3 * 10 * 4)  # 3 samples × 10 logits × float32
+    chunked = refine._Measurer(cnn["model"], cnn["calibration"], layers, "kl")
+    assert chunked.chunk == 3 and whole.chunk >= cnn["calibration"].inputs.shape[0]
+    (a, ga), (b, gb) = whole(choice, quantizers), chunked(choice, quantizers)
+    assert b == pytest.approx(a, rel=1e-6)  # float32 sums in another order
+    for name in ga:
+        assert float((gb[name] - ga[name]).norm()) <= 1e-5 * float(ga[name].norm()), name
