@@ -275,7 +275,7 @@ def _interaction_warnings(row: dict[str, Any], measured: Mapping[str, Any], pred
         "message": f"{what}: its measured KL to the float model ({kl:.3g} per output row) is {ratio:.1f}× the sum of"
                    f" its layers' predicted damages ({predicted:.3g}): their errors compound beyond what the solver"
                    " added up, so plans with many layers at the lowest bits are ranked too well here; compare it with"
-                   " the baselines, or analyse with options.refine_bits at this budget",
+                   " the baselines, or evaluate a plan at these bytes with refine_rounds (the interactions loop)",
     }]
 
 

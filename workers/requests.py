@@ -403,8 +403,7 @@ def _refine_field(refine: Any, problem: Any) -> dict[str, Any] | None:
     if problem is None:
         raise RequestError("problem: required to refine (the plan is re-solved at its bytes)")
     try:
-        analysis = refine["analysis"] if isinstance(refine.get("analysis"), AnalysisRequest) else \
-            AnalysisRequest.from_dict(refine.get("analysis"))
+        analysis = AnalysisRequest.from_dict(refine.get("analysis"))
     except RequestError as exc:
         raise RequestError(f"refine.analysis.{exc}") from None
     if analysis.dataset_path is None:
